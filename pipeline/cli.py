@@ -1,0 +1,137 @@
+"""Command line: ``python -m pipeline <stage> [options] [table.key=value ...]``.
+
+Exit codes: 0 success, 1 a stage failed (bad input data, a failed task), 2 bad usage or config,
+3 the stage is not built yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from pathlib import Path
+
+from . import __version__
+from . import config as config_mod
+from .config import EXECUTORS, ConfigError, PipelineConfig
+from .executor import TaskFailed
+from .rundir import RunDir
+from .stages import CHAIN, STAGES, StageNotBuilt, run_chain, run_stage
+
+log = logging.getLogger("pipeline")
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_NOT_BUILT = 1, 2, 3
+
+
+def _common_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--config", type=Path, metavar="FILE.toml",
+                   help="config file (tables [run], [synth], [tune-model], …); default: built-in defaults")
+    g.add_argument("--run-dir", type=Path, default=Path("runs/default"), metavar="DIR",
+                   help="run directory holding every artifact (default: %(default)s)")
+    g.add_argument("--executor", choices=EXECUTORS,
+                   help="where parallel tasks run: local processes, Slurm arrays, or in-process")
+    g.add_argument("--workers", type=int, metavar="N", help="parallel tasks at once")
+    g.add_argument("--seed", type=int, help="master seed (recorded in every artifact)")
+    g.add_argument("--force", action="store_true", help="redo stages even if their output is complete")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    g.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides; a bare key belongs to this stage's table, "
+                        "'table.key=value' to any table (e.g. run.storage=postgresql+psycopg2://…)")
+    return p
+
+
+def _add_section_options(parser: argparse.ArgumentParser, section: type, table: str) -> None:
+    """One ``--option`` per field of a stage's config dataclass (the one place options are defined)."""
+    g = parser.add_argument_group(f"[{table}] options (also settable as key=value or in the config file)")
+    hints = typing.get_type_hints(section)
+    for f in dataclasses.fields(section):
+        typ = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kwargs: dict = {"dest": f"opt_{f.name}", "default": None,
+                        "help": f"{f.metadata.get('help', '')} (default: {default!r})"}
+        if typ is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(typ) is list:
+            kwargs["nargs"] = "*"
+        else:
+            kwargs["type"] = typ
+            kwargs["metavar"] = f.name.upper()
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+            kwargs.pop("metavar", None)
+        g.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="MIMIC-III mortality LSTM, L1 adversarial attack and susceptibility analysis, "
+                    "as stages that run locally or as Slurm job arrays.",
+        epilog="Stages run in this order; `run` does them all, skipping completed ones.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+    common = _common_options()
+    types_ = config_mod.section_types()
+    for name in CHAIN:
+        stage = STAGES[name]
+        built = "" if stage.func else f" [not built yet, issue #{stage.issue}]"
+        p = sub.add_parser(name, parents=[common], help=f"{stage.summary} → {stage.produces}{built}",
+                           description=f"{stage.summary}. Writes {stage.produces} in the run directory.")
+        _add_section_options(p, types_[name], name)
+    p = sub.add_parser("run", parents=[common], help="all stages in order, skipping completed ones",
+                       description="Run " + " → ".join(CHAIN) + "; completed stages are skipped.")
+    p.add_argument("--mimic-dir", dest="opt_mimic_dir", metavar="DIR",
+                   help="real MIMIC-III tables (skips synth); default: synthetic data")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> PipelineConfig:
+    """Defaults ← --config file ← key=value overrides ← explicit options."""
+    table = "run" if args.stage == "run" else args.stage
+    cfg = config_mod.load(args.config, args.overrides, default_table=table)
+    run_opts = {k: getattr(args, k) for k in ("seed", "executor", "workers") if getattr(args, k) is not None}
+    if run_opts:
+        cfg = config_mod.replace(cfg, "run", **run_opts)
+    stage_opts = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+    if stage_opts:
+        cfg = config_mod.replace(cfg, "prepare" if args.stage == "run" else table, **stage_opts)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        cfg = resolve_config(args)
+        if args.stage != "run" and STAGES[args.stage].func is None:
+            raise StageNotBuilt(f"stage {args.stage!r} is not built yet "
+                                f"(tracked in issue #{STAGES[args.stage].issue})")
+        run_dir = RunDir(args.run_dir)
+        run_dir.open(cfg.to_dict(), cfg.run.seed)
+        log.info("run directory %s (executor %s, seed %d)", run_dir.path, cfg.run.executor, cfg.run.seed)
+        if args.stage == "run":
+            missing = run_chain(cfg, run_dir, force=args.force)
+            if missing:
+                print(f"not built yet, so not run: {', '.join(missing)}")
+            print(f"run directory: {run_dir.path}")
+        else:
+            run_stage(args.stage, cfg, run_dir, force=args.force)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StageNotBuilt as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    except TaskFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Typed configuration: one frozen dataclass per stage, loaded from TOML, overridable by key=value.
+
+A config file has one table per stage (``[synth]``, ``[tune-model]``, …) plus ``[run]`` for what all
+stages share. Unknown tables or keys, wrong types and missing files raise :class:`ConfigError`, which
+the CLI turns into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names it."""
+
+
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its CLI help text (and allowed values)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+EXECUTORS = ("local", "slurm", "debug")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Settings every stage shares."""
+
+    seed: int = option(0, "master seed; every stage derives its seeds from it and records them")
+    executor: str = option("local", "where parallel tasks run", EXECUTORS)
+    workers: int = option(2, "parallel tasks at once (local processes, or array tasks / tuning workers)")
+    slurm_profile: str = option(
+        "slurm/profiles/test-cluster.toml", "Slurm profile (TOML) with per-stage sbatch parameters"
+    )
+    storage: str = option(
+        "", "Optuna storage URL; empty = a journal file in the run directory (one machine only)"
+    )
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    admissions: int = option(2000, "number of synthetic hospital admissions")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    mimic_dir: str = option("", "folder of MIMIC-III CSV/CSV.gz tables; empty = <run-dir>/raw")
+    chunk_samples: int = option(1024, "dataset.zarr chunk length along `sample`")
+
+
+@dataclass(frozen=True)
+class TuneModelConfig:
+    trials: int = option(20, "finished trials the study must hold")
+    folds_used: int = option(2, "CV folds evaluated per trial")
+    max_epochs: int = option(30, "epochs per trial at most")
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    folds: int = option(5, "stratified folds on the non-test data")
+    test_fraction: float = option(0.15, "stratified held-out test set, never seen by tuning or CV")
+    epochs: int = option(30, "epochs per fold")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = option(0, "epochs of the final model; 0 = the count chosen by CV")
+
+
+@dataclass(frozen=True)
+class TuneAttackConfig:
+    trials: int = option(20, "finished trials the study must hold")
+    targets: int = option(200, "fixed subset of targets the attack is tuned on")
+    objective: str = option(
+        "sparse_small_max", "what tuning maximizes", ("sparse_small_max", "success_rate", "sparse_small")
+    )
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    shards: int = option(1, "array tasks; shard boundaries are multiples of the store chunk")
+    targets: str = option("test", "correctly classified samples of the test set or of all samples",
+                          ("test", "all"))
+    max_iter: int = option(1000, "iterations per target (no early stop: first and best are kept)")
+    observed_only: bool = option(False, "perturb only cells that were really measured (mask)")
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    top_features: int = option(10, "features listed in the ranked susceptibility tables")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole configuration; TOML table names are the stage names (``tune-model`` etc.)."""
+
+    run: RunSection = field(default_factory=RunSection)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    tune_model: TuneModelConfig = field(default_factory=TuneModelConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune_attack: TuneAttackConfig = field(default_factory=TuneAttackConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+
+    def section(self, name: str) -> Any:
+        return getattr(self, attr_name(name))
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {table_name(f.name): dataclasses.asdict(getattr(self, f.name))
+                for f in dataclasses.fields(self)}
+
+
+def table_name(attr: str) -> str:
+    return attr.replace("_", "-")
+
+
+def attr_name(table: str) -> str:
+    return table.replace("-", "_")
+
+
+def section_types() -> dict[str, type]:
+    """TOML table name → its dataclass."""
+    hints = typing.get_type_hints(PipelineConfig)
+    return {table_name(f.name): hints[f.name] for f in dataclasses.fields(PipelineConfig)}
+
+
+def _check_value(where: str, value: Any, typ: Any) -> Any:
+    """Return `value` as `typ` or raise ConfigError naming `where`."""
+    ok = False
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif typ is str:
+        ok = isinstance(value, str)
+    elif typing.get_origin(typ) is list:
+        (item,) = typing.get_args(typ)
+        if isinstance(value, list):
+            return [_check_value(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    elif isinstance(typ, types.UnionType):
+        for t in typing.get_args(typ):
+            try:
+                return _check_value(where, value, t)
+            except ConfigError:
+                pass
+    else:  # pragma: no cover - a developer added a field of an unsupported type
+        raise TypeError(f"unsupported config type {typ!r} for {where}")
+    if not ok:
+        name = getattr(typ, "__name__", str(typ))
+        raise ConfigError(f"{where}: expected {name}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate a section dataclass from a dict, checking keys, types and choices."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
+        value = _check_value(f"{where} {key}", value, hints[key])
+        choices = fields[key].metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{where} {key}: {value!r} is not one of {', '.join(choices)}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    types_ = section_types()
+    sections = {}
+    for table, values in data.items():
+        if table not in types_:
+            raise ConfigError(f"{source}: unknown table [{table}] (known: {', '.join(types_)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{table}] must be a table, got {type(values).__name__}")
+        sections[attr_name(table)] = build_section(types_[table], values, f"{source}: [{table}]")
+    return PipelineConfig(**sections)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def load(path: Path | None = None, overrides: list[str] = (), default_table: str = "run") -> PipelineConfig:
+    """Defaults ← TOML file ← ``table.key=value`` overrides (a bare ``key`` means `default_table`)."""
+    data: dict[str, dict[str, Any]] = {}
+    source = "config"
+    if path is not None:
+        data = read_toml(path)
+        source = str(path)
+    cfg = from_dict(data, source)
+    return apply_overrides(cfg, overrides, default_table)
+
+
+def _parse_override_value(raw: str, typ: Any) -> Any:
+    if typ is str:
+        return raw
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # type check below names the key
+
+
+def apply_overrides(cfg: PipelineConfig, overrides: list[str], default_table: str = "run") -> PipelineConfig:
+    types_ = section_types()
+    merged = cfg.to_dict()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value or table.key=value")
+        table, dot, name = key.rpartition(".")
+        table = table if dot else default_table
+        table = table_name(table)
+        if table not in types_:
+            raise ConfigError(f"override {item!r}: unknown table [{table}] (known: {', '.join(types_)})")
+        hints = typing.get_type_hints(types_[table])
+        if name not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"override {item!r}: unknown key {name!r} in [{table}] (known: {known})")
+        merged[table][name] = _parse_override_value(raw, hints[name])
+    return from_dict(merged, "overrides")
+
+
+def replace(cfg: PipelineConfig, table: str, **changes: Any) -> PipelineConfig:
+    """A copy of `cfg` with some keys of one table changed (values type-checked)."""
+    merged = cfg.to_dict()
+    merged[table_name(table)].update(changes)
+    return from_dict(merged, "options")
+
+
+def to_toml(cfg: PipelineConfig) -> str:
+    """Render a config as TOML (strings, numbers, bools, lists of those)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    lines = []
+    for table, values in cfg.to_dict().items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)

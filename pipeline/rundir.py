@@ -1,0 +1,171 @@
+"""The run directory: every artifact of one pipeline run, its manifest and per-stage markers.
+
+Artifacts are written under a temporary name and renamed into place when complete, so a crash never
+leaves a half-written file at a final path. ``manifest.json`` records the config, seeds, package
+versions and stage timings; ``.stages/<stage>.json`` marks a stage complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "dask", "xarray", "zarr", "optuna", "submitit",
+            "mimic-adversarial-pipeline")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `final` to write (a file or a directory); rename it on success.
+
+    On an exception the temporary is removed and `final` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if final.is_dir() and not final.is_symlink():
+        # a directory cannot be replaced in one rename: move the old one aside first
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def source_commit() -> str | None:
+    """The git commit of the pipeline's source tree, when it is a checkout."""
+    src = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+class RunDir:
+    """One run's directory. All stages read their inputs from here and write their outputs here."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path).resolve()
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def marker(self, stage: str) -> Path:
+        return self.path / ".stages" / f"{stage}.json"
+
+    def jobs_dir(self, stage: str) -> Path:
+        """Where submitit keeps a stage's pickles and logs (a shared file system on a cluster)."""
+        return self.path / "jobs" / stage
+
+    # ---- manifest -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked_manifest(self) -> Iterator[dict[str, Any]]:
+        """Read-modify-write of manifest.json under a file lock (stages may run side by side)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".manifest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            manifest = self.read_manifest()
+            yield manifest
+            write_json(self.manifest_path, manifest)
+
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {}
+        return json.loads(self.manifest_path.read_text())
+
+    def open(self, config: dict[str, Any], seed: int) -> None:
+        """Create the directory (or reopen it) and record the config, seed and environment."""
+        with self._locked_manifest() as m:
+            m.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            m.setdefault("stages", {})
+            m["config"] = config
+            m["seed"] = seed
+            m["environment"] = {
+                "host": socket.gethostname(),
+                "platform": platform.platform(),
+                "argv": sys.argv,
+                "source_commit": source_commit(),
+                "versions": package_versions(),
+            }
+
+    # ---- stage completion -----------------------------------------------------------------
+    def is_complete(self, stage: str) -> bool:
+        return self.marker(stage).exists()
+
+    def completed_config(self, stage: str) -> dict[str, Any] | None:
+        if not self.is_complete(stage):
+            return None
+        return json.loads(self.marker(stage).read_text()).get("config")
+
+    def mark_complete(self, stage: str, *, config: dict[str, Any], seed: int, started: float,
+                      executor: str, extra: dict[str, Any] | None = None) -> None:
+        record = {
+            "config": config,
+            "seed": seed,
+            "executor": executor,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "seconds": round(time.time() - started, 3),
+            **(extra or {}),
+        }
+        with self._locked_manifest() as m:
+            m.setdefault("stages", {})[stage] = record
+        write_json(self.marker(stage), record)
+
+    def clear(self, stage: str) -> None:
+        """Forget that a stage is complete (``--force``)."""
+        self.marker(stage).unlink(missing_ok=True)

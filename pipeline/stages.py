@@ -1,0 +1,96 @@
+"""The stages of the pipeline, in order, and how one is run (skip if complete, time it, mark it).
+
+A stage is a function ``stage(config, run_dir)`` that reads earlier stages' artifacts from disk and
+writes its own. ``func=None`` means the stage is not built yet: asking for it is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import PipelineConfig
+from .executor import ExecutorSpec
+from .rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+StageFunc = Callable[[PipelineConfig, RunDir], None]
+
+
+class StageNotBuilt(RuntimeError):
+    """The stage exists in the design but not in the code yet."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    summary: str
+    produces: str
+    issue: int
+    func: StageFunc | None = None
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("synth", "write synthetic MIMIC-III tables (CSV.gz) and each admission's true risk",
+          "raw/", 3),
+    Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
+          "dataset.zarr", 3),
+    Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study", 4),
+    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", 4),
+    Stage("train", "final model on all non-test data, evaluated once on the test set", "model/", 4),
+    Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study", 5),
+    Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr", 5),
+    Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
+          "susceptibility.zarr, figures/, report.md", 6),
+]}
+CHAIN = list(STAGES)
+
+
+def executor_spec(cfg: PipelineConfig) -> ExecutorSpec:
+    profile = Path(cfg.run.slurm_profile) if cfg.run.slurm_profile else None
+    return ExecutorSpec(kind=cfg.run.executor, workers=cfg.run.workers, slurm_profile=profile)
+
+
+def stage_config(cfg: PipelineConfig, name: str) -> dict:
+    """What a stage's result depends on: its own table and the shared [run] table."""
+    return {"run": asdict(cfg.run), name: asdict(cfg.section(name))}
+
+
+def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> bool:
+    """Run one stage unless it is complete; returns True if it ran."""
+    stage = STAGES[name]
+    if stage.func is None:
+        raise StageNotBuilt(f"stage {name!r} is not built yet (tracked in issue #{stage.issue})")
+    wanted = stage_config(cfg, name)
+    if run_dir.is_complete(name) and not force:
+        done_with = run_dir.completed_config(name)
+        if done_with != wanted:
+            log.warning("%s: complete with a different config; kept (use --force to redo)", name)
+        log.info("%s: complete, skipped (%s)", name, run_dir.marker(name))
+        return False
+    run_dir.clear(name)
+    log.info("%s: %s → %s", name, stage.summary, stage.produces)
+    started = time.time()
+    stage.func(cfg, run_dir)
+    run_dir.mark_complete(name, config=wanted, seed=cfg.run.seed, started=started,
+                          executor=cfg.run.executor)
+    log.info("%s: done in %.1f s", name, time.time() - started)
+    return True
+
+
+def run_chain(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> list[str]:
+    """Run every built stage in order; stop before the first stage that is not built yet.
+
+    Returns the names of the stages that are not built (and so did not run).
+    """
+    for i, name in enumerate(CHAIN):
+        if STAGES[name].func is None:
+            missing = CHAIN[i:]
+            log.warning("stage %r is not built yet: stopping before %s", name, ", ".join(missing))
+            return missing
+        run_stage(name, cfg, run_dir, force)
+    return []

@@ -1,0 +1,88 @@
+"""Fixtures for the real services: a Slurm cluster and a PostgreSQL server.
+
+Tests that need them skip with a reason when they are absent — unless PIPELINE_REQUIRE_SERVICES=1
+(set by .ci/run), where an absent service is a failure. Start them with
+``bash slurm/test-cluster.sh up``; the connection settings are read from its env.sh.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE_SERVICES = os.environ.get("PIPELINE_REQUIRE_SERVICES") == "1"
+CLUSTER_ENV = Path(os.environ.get("PIPELINE_TEST_CLUSTER", "/tmp/pipeline-test-cluster")) / "env.sh"
+
+# Slurm jobs and spawned local workers import task functions from tests.tasks by name.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
+def _load_cluster_env() -> None:
+    if not CLUSTER_ENV.is_file():
+        return
+    for line in CLUSTER_ENV.read_text().splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, _, value = line[len("export "):].partition("=")
+            os.environ.setdefault(key, value)
+
+
+_load_cluster_env()
+
+
+def service_missing(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (PIPELINE_REQUIRE_SERVICES=1: services must be up)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The name of the cluster's partition; skips/fails when no Slurm controller answers."""
+    if shutil.which("sbatch") is None:
+        service_missing("Slurm is not installed (bash slurm/test-cluster.sh install)")
+    if not os.environ.get("SLURM_CONF"):
+        service_missing("SLURM_CONF is not set (bash slurm/test-cluster.sh up)")
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        service_missing(f"no Slurm controller answers: {ping.stdout.strip()} {ping.stderr.strip()}")
+    sacct = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True)
+    if sacct.returncode != 0:
+        service_missing(f"Slurm accounting (sacct) is not working: {sacct.stderr.strip()}")
+    part = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, check=True)
+    return part.stdout.split()[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    url = os.environ.get("PIPELINE_TEST_PG_URL")
+    if not url:
+        service_missing("PIPELINE_TEST_PG_URL is not set (bash slurm/test-cluster.sh up)")
+    import sqlalchemy
+
+    try:
+        with sqlalchemy.create_engine(url).connect() as conn:
+            conn.execute(sqlalchemy.text("select 1"))
+    except Exception as e:
+        service_missing(f"PostgreSQL at {url} does not answer: {e}")
+    return url
+
+
+@pytest.fixture
+def fresh_pg_url(postgres_url: str) -> str:
+    """The test database emptied of Optuna's tables, so that each test starts from nothing."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public;"))
+    engine.dispose()
+    return postgres_url
+
+
+@pytest.fixture
+def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temp dir with a shell-hostile name, as the run directory of Slurm tests."""
+    return tmp_path_factory.mktemp("run dir 'quoted'; echo x")

@@ -1,0 +1,66 @@
+"""Task functions the executor tests launch (importable by name in Slurm jobs and spawned workers)."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from pipeline import rundir, study
+
+
+def noisy_sum(index: int, seed: int) -> dict:
+    """A deterministic, seed-dependent result, to compare executors."""
+    draws = np.random.default_rng(seed + index).normal(size=1000)
+    return {"index": index, "sum": float(draws.sum()), "max": float(draws.max())}
+
+
+def record_interval(index: int, seconds: float, log_dir: str) -> int:
+    """Sleep and record [start, end] so that a test can count how many ran at once."""
+    start = time.time()
+    time.sleep(seconds)
+    rundir.write_json(Path(log_dir) / f"{index}.json", {"start": start, "end": time.time(), "pid": os.getpid()})
+    return index
+
+
+def fail_on(index: int, bad: int) -> int:
+    if index == bad:
+        raise ValueError(f"task {index} was told to fail")
+    return index
+
+
+def sum_of_squares(checkpoint: str, n_steps: int, step_s: float) -> dict:
+    """Adds i² for i < n_steps, one step at a time, saving progress after each step.
+
+    A requeued call resumes from the saved step; `starts` lists the step each run began at and
+    `done` every step that was finished (a step finished twice would show up twice).
+    """
+    path = Path(checkpoint)
+    state = json.loads(path.read_text()) if path.exists() else {"next": 0, "total": 0, "done": [], "starts": []}
+    state["starts"].append(state["next"])
+    for step in range(state["next"], n_steps):
+        time.sleep(step_s)
+        state["total"] += step * step
+        state["done"].append(step)
+        state["next"] = step + 1
+        rundir.write_json(path, state)
+    rundir.write_json(path, state)
+    return state
+
+
+def quadratic(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -5, 5)
+    time.sleep(0.05)
+    return -((x - 2.0) ** 2)
+
+
+def slow_quadratic(trial: optuna.Trial) -> float:
+    time.sleep(3.0)
+    return quadratic(trial)
+
+
+def tuning_worker(url: str, run_dir: str, name: str, n_trials: int, worker: int, slow: bool = False) -> int:
+    objective = slow_quadratic if slow else quadratic
+    return study.run_worker(url, Path(run_dir), name, objective, n_trials, worker, poll_s=0.5)

@@ -1,0 +1,67 @@
+"""The command line: stages listed and documented, unbuilt stages refused, the run directory."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.stages import CHAIN, STAGES
+
+ALL = CHAIN + ["run"]
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_every_stage():
+    out = cli("--help")
+    assert out.returncode == 0
+    for name in ALL:
+        assert f"\n    {name} " in out.stdout or f"\n    {name}\n" in out.stdout, name
+
+
+def test_console_script_is_installed():
+    exe = __import__("pathlib").Path(sys.executable).parent / "mimic-pipeline"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "tune-attack" in out.stdout
+
+
+@pytest.mark.parametrize("stage", ALL)
+def test_each_stage_documents_its_options(stage, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([stage, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--config", "--run-dir", "--executor", "--workers", "--seed", "--force", "key=value"):
+        assert opt in text
+    if stage != "run":
+        from pipeline import config
+
+        for f in __import__("dataclasses").fields(config.section_types()[stage]):
+            assert "--" + f.name.replace("_", "-") in text
+
+
+@pytest.mark.parametrize("stage", [s for s in CHAIN if STAGES[s].func is None])
+def test_unbuilt_stage_says_so_and_exits_nonzero(stage, tmp_path, capsys):
+    assert main([stage, "--run-dir", str(tmp_path / "r")]) == 3
+    assert f"stage '{stage}' is not built yet" in capsys.readouterr().err
+
+
+def test_bad_executor_is_a_usage_error(tmp_path):
+    out = cli("run", "--executor", "pbs", "--run-dir", str(tmp_path))
+    assert out.returncode == 2 and "--executor" in out.stderr
+
+
+def test_run_records_the_manifest(tmp_path):
+    out = cli("run", "--run-dir", str(tmp_path / "r"), "--seed", "11", "synth.admissions=50")
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["seed"] == 11
+    assert manifest["config"]["run"]["seed"] == 11
+    assert manifest["config"]["synth"]["admissions"] == 50
+    versions = manifest["environment"]["versions"]
+    for pkg in ("python", "torch", "zarr", "optuna", "submitit"):
+        assert versions[pkg] != "not installed", pkg

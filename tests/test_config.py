@@ -1,0 +1,92 @@
+"""Config files, overrides and their errors (one line naming the key/file, exit code 2)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import config
+from pipeline.cli import main
+from pipeline.config import ConfigError, PipelineConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_local_config_equals_built_in_defaults():
+    assert config.load(ROOT / "configs" / "local.toml") == PipelineConfig()
+
+
+def test_cluster_example_loads():
+    cfg = config.load(ROOT / "configs" / "cluster.toml")
+    assert cfg.run.executor == "slurm"
+    assert cfg.run.storage.startswith("postgresql+psycopg2://")
+    assert (ROOT / cfg.run.slurm_profile).is_file()
+
+
+def test_toml_round_trip():
+    cfg = config.apply_overrides(PipelineConfig(), ["run.seed=7", "attack.observed_only=true"])
+    assert config.from_dict(__import__("tomllib").loads(config.to_toml(cfg))) == cfg
+
+
+def test_precedence_file_then_overrides_then_options(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[run]\nseed = 3\nworkers = 5\n[synth]\nadmissions = 10\n")
+    cfg = config.load(f, ["admissions=20", "run.workers=6"], default_table="synth")
+    assert (cfg.run.seed, cfg.run.workers, cfg.synth.admissions) == (3, 6, 20)
+    cfg = config.replace(cfg, "run", seed=9)
+    assert cfg.run.seed == 9 and cfg.synth.admissions == 20
+
+
+def test_int_is_accepted_for_float_but_not_bool_for_int():
+    cfg = config.apply_overrides(PipelineConfig(), ["cv.test_fraction=1"])
+    assert cfg.cv.test_fraction == 1.0 and isinstance(cfg.cv.test_fraction, float)
+    with pytest.raises(ConfigError, match=r"\[cv\] folds: expected int, got bool"):
+        config.apply_overrides(PipelineConfig(), ["cv.folds=true"])
+
+
+BAD_FILES = [
+    ("[synth]\nadmisions = 5\n", r"c\.toml: \[synth\]: unknown key 'admisions'"),
+    ("[synth]\nadmissions = 'many'\n", r"c\.toml: \[synth\] admissions: expected int, got str 'many'"),
+    ("[sinth]\nadmissions = 5\n", r"c\.toml: unknown table \[sinth\]"),
+    ("[run]\nexecutor = 'pbs'\n", r"c\.toml: \[run\] executor: 'pbs' is not one of local, slurm, debug"),
+    ("[run\nseed = 1\n", r"c\.toml: invalid TOML"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_FILES)
+def test_bad_config_file_is_named(tmp_path, text, message):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        config.load(f)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.toml"):
+        config.load(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["synth", "--config", "{tmp}/missing.toml"], "config file not found: {tmp}/missing.toml"),
+    (["synth", "--config", "{tmp}/bad.toml"], "[synth]: unknown key 'admisions'"),
+    (["synth", "admissions=lots"], "[synth] admissions: expected int, got str 'lots'"),
+    (["synth", "synth.nope=1"], "unknown key 'nope' in [synth]"),
+    (["run", "run.workers=2.5"], "[run] workers: expected int, got float 2.5"),
+])
+def test_cli_bad_config_one_line_exit_2(tmp_path, capsys, argv, needle):
+    (tmp_path / "bad.toml").write_text("[synth]\nadmisions = 5\n")
+    argv = [a.format(tmp=tmp_path) for a in argv] + ["--run-dir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert needle.format(tmp=tmp_path) in err
+    assert not (tmp_path / "run").exists(), "a bad config must not create the run directory"
+
+
+def test_bad_config_exit_code_of_the_real_command(tmp_path):
+    (tmp_path / "bad.toml").write_text("[attack]\nmax_iter = 'x'\n")
+    out = subprocess.run([sys.executable, "-m", "pipeline", "attack", "--config", str(tmp_path / "bad.toml")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"error: {tmp_path / 'bad.toml'}: [attack] max_iter: expected int, got str 'x'"

@@ -1,0 +1,78 @@
+"""The executor layer without a cluster: debug vs local, throttling, errors, profiles, the sbatch script."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.executor import ExecutorSpec, TaskFailed, load_profile, run_tasks, sbatch_script
+from tests import tasks
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+CALLS = [(i, 123) for i in range(4)]
+
+
+def test_local_and_debug_give_identical_results(tmp_path):
+    debug = run_tasks(tasks.noisy_sum, CALLS, spec=ExecutorSpec("debug"), jobs_dir=tmp_path, stage="t")
+    local = run_tasks(tasks.noisy_sum, CALLS, spec=ExecutorSpec("local", workers=2), jobs_dir=tmp_path,
+                      stage="t")
+    assert debug == local
+    assert [r["index"] for r in local] == [0, 1, 2, 3]
+
+
+def test_local_runs_at_most_n_at_once(tmp_path):
+    calls = [(i, 1.0, str(tmp_path)) for i in range(4)]
+    assert run_tasks(tasks.record_interval, calls, spec=ExecutorSpec("local", workers=2), jobs_dir=tmp_path,
+                     stage="t") == [0, 1, 2, 3]
+    spans = [json.loads((tmp_path / f"{i}.json").read_text()) for i in range(4)]
+    assert all(s["pid"] != os.getpid() for s in spans)
+    events = sorted([(s["start"], 1) for s in spans] + [(s["end"], -1) for s in spans])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2
+
+
+@pytest.mark.parametrize("kind", ["debug", "local"])
+def test_a_failing_task_is_named(tmp_path, kind):
+    with pytest.raises((TaskFailed, ValueError), match="told to fail") as e:
+        run_tasks(tasks.fail_on, [(i, 2) for i in range(3)], spec=ExecutorSpec(kind, workers=2),
+                  jobs_dir=tmp_path, stage="t")
+    if kind == "local":
+        assert "task 2" in str(e.value)
+
+
+def test_profile_stage_table_overrides_default():
+    profile = ROOT / "slurm" / "profiles" / "example-gpu-cluster.toml"
+    attack, synth = load_profile(profile, "attack"), load_profile(profile, "synth")
+    assert (attack.partition, attack.gpus_per_node, attack.constraint) == ("gpu", 1, "a100|h100")
+    assert (synth.partition, synth.gpus_per_node) == ("cpu", 0)
+    assert synth.python.startswith("apptainer exec --nv")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[default]\ngpus = 1\n", r"p\.toml: \[stages\.cv\]: unknown key 'gpus'"),
+    ("[stages.cv]\nmem_gb = 'lots'\n", r"p\.toml: \[stages\.cv\] mem_gb: expected float"),
+    ("[defaults]\n", r"p\.toml: unknown table"),
+])
+def test_bad_profile_is_named(tmp_path, text, message):
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_profile(tmp_path / "p.toml", "cv")
+
+
+def test_generated_sbatch_script_matches_golden_file():
+    """Any change to what is submitted shows up as a diff of this file in review.
+
+    Regenerate with UPDATE_GOLDEN=1 after an intended change.
+    """
+    profile = load_profile(ROOT / "slurm" / "profiles" / "example-gpu-cluster.toml", "attack")
+    script = sbatch_script(profile, "attack", "/scratch/run/jobs/attack/%j", n_tasks=8)
+    golden = GOLDEN / "sbatch-attack-example-gpu-cluster.sh"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(script)
+    assert script == golden.read_text()

@@ -1,0 +1,94 @@
+"""The executor layer on the real Slurm test cluster (slurm/test-cluster.sh)."""
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+
+from pipeline.executor import (
+    CheckpointableTask,
+    ExecutorSpec,
+    TaskFailed,
+    load_profile,
+    make_slurm_executor,
+    run_tasks,
+    sbatch_script,
+    wait_for_jobs,
+)
+from tests import tasks
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILE = ROOT / "slurm" / "profiles" / "test-cluster.toml"
+CALLS = [(i, 123) for i in range(4)]
+
+pytestmark = pytest.mark.slurm
+
+
+def slurm_spec(workers=4):
+    return ExecutorSpec("slurm", workers=workers, slurm_profile=PROFILE)
+
+
+def test_array_of_4_tasks_returns_the_same_results_as_local_and_debug(slurm_cluster, shared_tmp):
+    jobs_dir = shared_tmp / "jobs" / "demo"
+    on_slurm = run_tasks(tasks.noisy_sum, CALLS, spec=slurm_spec(), jobs_dir=jobs_dir, stage="demo")
+    in_process = run_tasks(tasks.noisy_sum, CALLS, spec=ExecutorSpec("debug"), jobs_dir=jobs_dir, stage="demo")
+    local = run_tasks(tasks.noisy_sum, CALLS, spec=ExecutorSpec("local", 2), jobs_dir=jobs_dir, stage="demo")
+    assert on_slurm == in_process == local
+
+    # one sbatch --array: four task folders <array>_<k> of one array job, in the run directory
+    folders = sorted(p.name for p in jobs_dir.iterdir() if p.name[0].isdigit() and "_" in p.name)
+    array_ids = {name.split("_")[0] for name in folders}
+    assert len(array_ids) == 1 and [f.split("_")[1] for f in folders] == ["0", "1", "2", "3"]
+
+    # what Slurm received is exactly the script our generator (and the golden test) describes
+    (array_id,) = array_ids
+    submitted = subprocess.run(["scontrol", "write", "batch_script", array_id, "-"],
+                               capture_output=True, text=True, check=True).stdout
+    expected = sbatch_script(load_profile(PROFILE, "demo"), "demo", jobs_dir / "%j", n_tasks=4)
+    assert submitted == expected
+    deadline = time.time() + 30  # accounting records arrive a moment after the jobs end
+    while (states := sacct_states(array_id)) != ["COMPLETED"] * 4 and time.time() < deadline:
+        time.sleep(0.5)
+    assert states == ["COMPLETED"] * 4
+
+
+def sacct_states(job_id: str) -> list[str]:
+    return subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-o", "State", "--parsable2"],
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_failed_array_task_is_named_with_its_log(slurm_cluster, shared_tmp):
+    with pytest.raises(TaskFailed, match=r"bad: task 1 \(1, 1\) \(Slurm job \d+_1\) failed; log: .*") as e:
+        run_tasks(tasks.fail_on, [(i, 1) for i in range(3)], spec=slurm_spec(), jobs_dir=shared_tmp / "j",
+                  stage="bad")
+    assert "told to fail" in str(e.value)
+
+
+def test_requeued_checkpointable_task_resumes_from_its_checkpoint(slurm_cluster, shared_tmp):
+    n_steps, step_s = 16, 0.5
+    checkpoints = [shared_tmp / f"ckpt-{k}.json" for k in range(2)]
+    calls = [(str(c), n_steps, step_s) for c in checkpoints]
+    profile = load_profile(PROFILE, "requeue")
+    executor = make_slurm_executor(profile, shared_tmp / "jobs" / "requeue", "requeue")
+    with executor.batch():
+        jobs = [executor.submit(CheckpointableTask(tasks.sum_of_squares), *c) for c in calls]
+
+    # wait until task 0 has finished a few steps, then preempt it (SIGTERM + USR2, as Slurm does)
+    deadline = time.time() + 120
+    while not (checkpoints[0].exists() and '"next": 4' in checkpoints[0].read_text()):
+        assert time.time() < deadline, "task 0 never made progress"
+        time.sleep(0.1)
+    jobs[0]._interrupt()
+
+    results = wait_for_jobs(jobs, calls, "requeue", progress=False)
+    expected_total = sum(i * i for i in range(n_steps))
+    first, second = results
+    assert first["total"] == second["total"] == expected_total
+    assert first["starts"][0] == 0 and len(first["starts"]) == 2 and first["starts"][1] >= 4, first["starts"]
+    assert first["done"] == list(range(n_steps)), "a finished step was redone or skipped"
+    assert second["starts"] == [0]
+    assert isinstance(jobs[0], submitit.Job)
+    log = Path(str(jobs[0].paths.stdout)).read_text() + Path(str(jobs[0].paths.stderr)).read_text()
+    assert "requeued" in log.lower() or "checkpoint" in log.lower()

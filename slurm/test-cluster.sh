@@ -8,7 +8,7 @@
 #   bash slurm/test-cluster.sh smoke     # a 4-task array and a PostgreSQL query
 #   bash slurm/test-cluster.sh down      # stop everything
 #   source $BASE/env.sh                  # SLURM_CONF and PIPELINE_TEST_PG_URL for tests
-set -euo pipefail
+set -Eeuo pipefail
 
 BASE=${BASE:-/tmp/pipeline-test-cluster}
 PG_PORT=${PG_PORT:-5433}
@@ -168,15 +168,22 @@ up_postgres() {
     "${psql[@]}" -c "CREATE USER optuna PASSWORD 'optunapw'" -c "CREATE DATABASE optuna OWNER optuna"
 }
 
+show_logs() {
+  say "failed; the end of each log in $BASE/log:"
+  tail -n 15 "$BASE"/log/* "$BASE"/pg/*.log 2>/dev/null || true
+}
+
 up() {
   mkdir -p "$BASE"/{pids,log,slurm/state,slurm/spool,munge,mysql,pg}
-  running munged || up_munge
+  chmod 755 "$BASE"  # munge, mysql and postgres must reach their folders (mktemp -d makes it 700)
+  trap show_logs ERR
+  if ! running munged; then up_munge; fi
   say "munge up"
-  running slurmdbd || up_accounting
+  if ! running slurmdbd; then up_accounting; fi
   say "accounting up (slurmdbd + MariaDB)"
-  running slurmctld || up_slurm
+  if ! running slurmctld; then up_slurm; fi
   say "slurm up: $(sinfo -h -o '%P %a %D %t %N')"
-  [[ -f $BASE/pg/data/postmaster.pid ]] || up_postgres
+  if [[ ! -f $BASE/pg/data/postmaster.pid ]]; then up_postgres; fi
   say "postgres up on port $PG_PORT"
   cat >"$BASE/env.sh" <<EOF
 export SLURM_CONF=$SLURM_CONF

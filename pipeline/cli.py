@@ -16,6 +16,7 @@ from pathlib import Path
 from . import __version__
 from . import config as config_mod
 from .config import EXECUTORS, ConfigError, PipelineConfig
+from .errors import InputError
 from .executor import TaskFailed
 from .rundir import RunDir
 from .stages import CHAIN, STAGES, StageNotBuilt, run_chain, run_stage
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except StageNotBuilt as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_NOT_BUILT
-    except TaskFailed as e:
+    except (TaskFailed, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     return 0

@@ -52,6 +52,15 @@ class SynthConfig:
 class PrepareConfig:
     mimic_dir: str = option("", "folder of MIMIC-III CSV/CSV.gz tables; empty = <run-dir>/raw")
     chunk_samples: int = option(1024, "dataset.zarr chunk length along `sample`")
+    require_chartevents_data: bool = option(True, "keep only admissions with has_chartevents_data = 1")
+    min_age_years: float = option(18.0, "minimum age at ICU intime, years")
+    min_hospital_hours: float = option(24.0, "minimum hospital stay dischtime − admittime, hours")
+    min_icu_hours: float = option(24.0, "minimum ICU stay outtime − intime, hours")
+    window_hours: int = option(48, "hourly bins from ICU intime")
+    span_start_max_hours: float = option(1.0, "span rule: a sample's first kept event at t ≤ this")
+    span_end_min_hours: float = option(47.0, "span rule: a sample's last kept event at t ≥ this")
+    lower_percentile: float = option(5.0, "winsorize / scale from this percentile of the window's events")
+    upper_percentile: float = option(95.0, "… to this one")
 
 
 @dataclass(frozen=True)

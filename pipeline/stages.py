@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import PipelineConfig
 from .executor import ExecutorSpec
+from .prepare import prepare
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("synth", "write synthetic MIMIC-III tables (CSV.gz) and each admission's true risk",
           "raw/", 3),
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
-          "dataset.zarr", 3),
+          "dataset.zarr", 3, prepare),
     Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study", 4),
     Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", 4),
     Stage("train", "final model on all non-test data, evaluated once on the test set", "model/", 4),

@@ -1,0 +1,257 @@
+"""Reading MIMIC-III tables: find them, check their columns, stream the feature events out of them.
+
+Tables are ``NAME.csv`` or ``NAME.csv.gz`` with file and column names in any case (the full release
+has upper-case headers, the open demo lower-case). LABEVENTS and CHARTEVENTS are never loaded whole:
+:func:`filter_events` streams them block by block and keeps only the 19 features' rows that pass the
+event rules, written to Parquet.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from .errors import InputError
+from .features import CHART, FAHRENHEIT_ITEMIDS, FEATURES, LAB, itemid_to_feature
+
+# columns read from each table (lower-case); everything else is ignored
+COLUMNS = {
+    "PATIENTS": {"subject_id": pa.int64(), "dob": pa.timestamp("s")},
+    "ADMISSIONS": {"subject_id": pa.int64(), "hadm_id": pa.int64(), "admittime": pa.timestamp("s"),
+                   "dischtime": pa.timestamp("s"), "hospital_expire_flag": pa.int64(),
+                   "has_chartevents_data": pa.int64()},
+    "ICUSTAYS": {"subject_id": pa.int64(), "hadm_id": pa.int64(), "icustay_id": pa.int64(),
+                 "intime": pa.timestamp("s"), "outtime": pa.timestamp("s")},
+    LAB: {"hadm_id": pa.int64(), "itemid": pa.int64(), "charttime": pa.timestamp("s"), "valuenum": pa.float64()},
+    CHART: {"icustay_id": pa.int64(), "itemid": pa.int64(), "charttime": pa.timestamp("s"),
+            "valuenum": pa.float64(), "error": pa.float64()},
+}
+# the key that ties an event to a sample
+EVENT_KEY = {LAB: "hadm_id", CHART: "icustay_id"}
+DICTIONARIES = {"D_ITEMS": CHART, "D_LABITEMS": LAB}
+EVENT_SCHEMA = pa.schema([("key", pa.int64()), ("feature", pa.int8()), ("charttime", pa.timestamp("s")),
+                          ("value", pa.float64())])
+BLOCK_BYTES = 16 << 20
+
+
+def find_table(mimic_dir: Path, name: str, required: bool = True) -> Path | None:
+    """The file of table `name` in `mimic_dir` (NAME.csv.gz or NAME.csv, any case)."""
+    mimic_dir = Path(mimic_dir)
+    if not mimic_dir.is_dir():
+        raise InputError(f"{mimic_dir}: MIMIC-III folder not found")
+    wanted = {f"{name}.csv.gz".lower(), f"{name}.csv".lower()}
+    hits = sorted(p for p in mimic_dir.iterdir() if p.name.lower() in wanted)
+    if not hits and required:
+        raise InputError(f"{mimic_dir}: table {name} not found (expected {name}.csv.gz or {name}.csv, any case)")
+    return hits[0] if hits else None
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", newline="") if path.name.lower().endswith(".gz") else open(path, newline="")
+
+
+def read_header(path: Path) -> list[str]:
+    try:
+        with _open_text(path) as f:
+            line = f.readline()
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the header ({e}); is it a corrupt gzip file?") from None
+    if not line.strip():
+        raise InputError(f"{path}: empty file, expected a CSV header")
+    return next(csv.reader([line]))
+
+
+def column_names(path: Path, table: str) -> dict[str, str]:
+    """lower-case name → name in the file, for the columns we read; names the first missing one."""
+    in_file = {c.strip().lower(): c for c in read_header(path)}
+    for col in COLUMNS[table]:
+        if col not in in_file:
+            raise InputError(f"{path}: missing column '{col}' (table {table}; found: {', '.join(in_file)})")
+    return {col: in_file[col] for col in COLUMNS[table]}
+
+
+def _convert_options(path: Path, table: str) -> pacsv.ConvertOptions:
+    names = column_names(path, table)
+    return pacsv.ConvertOptions(include_columns=list(names.values()),
+                                column_types={names[c]: t for c, t in COLUMNS[table].items()},
+                                strings_can_be_null=True)
+
+
+def _explain(path: Path, table: str, err: Exception) -> InputError:
+    """Turn a pyarrow error into one naming the file and, for a bad value, the column."""
+    msg = str(err).split("\n")[0]
+    m = re.search(r"CSV column #(\d+)", msg)
+    if m:
+        header = read_header(path)
+        col = header[int(m.group(1))].lower() if int(m.group(1)) < len(header) else f"#{m.group(1)}"
+        return InputError(f"{path}: column '{col}': {msg}")
+    if any(word in msg.lower() for word in ("gzip", "zlib", "inflate", "compress")):
+        return InputError(f"{path}: corrupt or truncated gzip file ({msg})")
+    return InputError(f"{path}: cannot read table {table} ({msg})")
+
+
+def read_table(path: Path, table: str) -> pd.DataFrame:
+    """A small table (PATIENTS, ADMISSIONS, ICUSTAYS) with lower-case column names."""
+    try:
+        data = pacsv.read_csv(_input_stream(path), convert_options=_convert_options(path, table))
+    except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as e:
+        raise _explain(path, table, e) from None
+    df = data.to_pandas()
+    df.columns = [c.lower() for c in df.columns]
+    return df
+
+
+def _input_stream(path: Path, source=None) -> pa.NativeFile:
+    source = pa.PythonFile(source, mode="r") if source is not None else pa.OSFile(str(path))
+    if path.name.lower().endswith(".gz"):
+        return pa.CompressedInputStream(source, "gzip")
+    return source
+
+
+class _HashingReader:
+    """A binary file that hashes (and counts, for the progress bar) the bytes read through it."""
+
+    def __init__(self, path: Path, bar: tqdm):
+        self._file = open(path, "rb")
+        self.sha256 = hashlib.sha256()
+        self._bar = bar
+        self.closed = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._file.read(n)
+        self.sha256.update(data)
+        self._bar.update(len(data))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._file.close()
+        self.closed = True
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class EventCounts:
+    """Rows of an event table after each event rule (stored in dataset.zarr's attrs)."""
+
+    rows: int = 0
+    feature_items: int = 0
+    with_key: int = 0
+    not_error: int = 0
+    with_valuenum: int = 0
+    in_range: int = 0
+    per_feature: dict[str, int] = field(default_factory=dict)
+
+
+def _feature_lookup(table: str) -> tuple[np.ndarray, np.ndarray]:
+    mapping = itemid_to_feature(table)
+    items = np.array(sorted(mapping), dtype=np.int64)
+    return items, np.array([mapping[i] for i in items], dtype=np.int8)
+
+
+LO = np.array([f.lo for f in FEATURES])
+HI = np.array([f.hi for f in FEATURES])
+FAHRENHEIT = np.array(sorted(FAHRENHEIT_ITEMIDS), dtype=np.int64)
+
+
+def _filter_batch(batch: pa.RecordBatch, table: str, names: dict[str, str], items: np.ndarray,
+                  features: np.ndarray, counts: EventCounts) -> pa.Table | None:
+    """The event rules on one block: feature items, a key, no error flag, a value, in range."""
+    counts.rows += batch.num_rows
+    t = pa.Table.from_batches([batch]).rename_columns([c.lower() for c in batch.schema.names])
+    t = t.filter(pc.is_in(t["itemid"], value_set=pa.array(items)))
+    counts.feature_items += t.num_rows
+    t = t.filter(pc.is_valid(t[EVENT_KEY[table]]))
+    counts.with_key += t.num_rows
+    if table == CHART:  # ERROR = 1 marks a value the nurse flagged; empty means no error
+        t = t.filter(pc.invert(pc.fill_null(pc.equal(t["error"], 1), False)))
+    counts.not_error += t.num_rows
+    t = t.filter(pc.is_valid(t["valuenum"]))
+    counts.with_valuenum += t.num_rows
+    if t.num_rows == 0:
+        return None
+    itemid = t["itemid"].to_numpy()
+    feature = features[np.searchsorted(items, itemid)]
+    value = t["valuenum"].to_numpy(zero_copy_only=False).astype(np.float64)
+    fahrenheit = np.isin(itemid, FAHRENHEIT)
+    value[fahrenheit] = (value[fahrenheit] - 32.0) * 5.0 / 9.0
+    keep = (value > LO[feature]) & (value <= HI[feature])
+    counts.in_range += int(keep.sum())
+    for k, c in zip(*np.unique(feature[keep], return_counts=True), strict=True):
+        name = FEATURES[k].name
+        counts.per_feature[name] = counts.per_feature.get(name, 0) + int(c)
+    return pa.table({"key": t[EVENT_KEY[table]].filter(pa.array(keep)),
+                     "feature": pa.array(feature[keep], pa.int8()),
+                     "charttime": t["charttime"].filter(pa.array(keep)),
+                     "value": pa.array(value[keep])}, schema=EVENT_SCHEMA)
+
+
+def filter_events(path: Path, table: str, out: Path, position: int = 0) -> tuple[EventCounts, str]:
+    """Stream `path` (LABEVENTS or CHARTEVENTS) into Parquet `out` with only valid feature events.
+
+    Returns the counts after each rule and the sha256 of the input file.
+    """
+    names = column_names(path, table)
+    items, features = _feature_lookup(table)
+    counts = EventCounts()
+    bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"filter {table}", position=position,
+               leave=False, mininterval=1.0)
+    source = _HashingReader(path, bar)
+    try:
+        reader = pacsv.open_csv(_input_stream(path, source),
+                                read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
+                                convert_options=_convert_options(path, table))
+        with pq.ParquetWriter(out, EVENT_SCHEMA, compression="snappy") as writer:
+            for batch in reader:
+                kept = _filter_batch(batch, table, names, items, features, counts)
+                if kept is not None and kept.num_rows:
+                    writer.write_table(kept)
+    except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as e:
+        raise _explain(path, table, e) from None
+    finally:
+        source.close()
+        bar.close()
+    return counts, source.sha256.hexdigest()
+
+
+def check_dictionaries(mimic_dir: Path) -> list[str]:
+    """Warnings where D_ITEMS / D_LABITEMS (when present) lack a feature's item id."""
+    warnings = []
+    for name, table in DICTIONARIES.items():
+        path = find_table(mimic_dir, name, required=False)
+        if path is None:
+            continue
+        header = {c.lower(): c for c in read_header(path)}
+        if "itemid" not in header:
+            raise InputError(f"{path}: missing column 'itemid'")
+        known = set(pacsv.read_csv(_input_stream(path),
+                                   convert_options=pacsv.ConvertOptions(include_columns=[header["itemid"]]))
+                    .column(0).to_pylist())
+        for f in FEATURES:
+            if f.table == table:
+                missing = [i for i in f.all_itemids if i not in known]
+                if missing:
+                    warnings.append(f"{path.name}: item id(s) {missing} of feature {f.name} not listed")
+    return warnings

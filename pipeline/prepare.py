@@ -1,0 +1,146 @@
+"""Stage `prepare`: MIMIC-III tables → ``dataset.zarr`` (the rules are DATASET.md's; counts in attrs).
+
+1. cohort from PATIENTS, ADMISSIONS, ICUSTAYS (cohort.py)
+2. LABEVENTS and CHARTEVENTS streamed to Parquet, keeping the valid events of the 19 features
+   (mimic.py), both tables at once on Dask's threads
+3. Dask dataframes over the Parquet: events → samples, span rule, 48 hourly bins (timeseries.py)
+4. interpolation, median fill, winsorize and scale; written with xarray as Zarr v3, chunked along
+   `sample`, to a temporary name renamed into place when complete
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import xarray as xr
+
+from . import mimic, timeseries
+from .cohort import build_cohort
+from .config import PipelineConfig, PrepareConfig
+from .errors import InputError
+from .features import CHART, FEATURES, LAB, NAMES
+from .rundir import RunDir, atomic_path, package_versions
+
+log = logging.getLogger(__name__)
+
+SMALL_TABLES = ("PATIENTS", "ADMISSIONS", "ICUSTAYS")
+
+
+def mimic_dir_of(cfg: PipelineConfig, run_dir: RunDir) -> Path:
+    return Path(cfg.prepare.mimic_dir) if cfg.prepare.mimic_dir else run_dir / "raw"
+
+
+def prepare(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """The stage: read the tables in the configured folder, write run_dir/dataset.zarr."""
+    mimic_dir = mimic_dir_of(cfg, run_dir)
+    with atomic_path(run_dir / "dataset.zarr") as tmp:
+        ds = build_dataset(mimic_dir, cfg.prepare, work_dir=run_dir.path, workers=cfg.run.workers,
+                           seed=cfg.run.seed)
+        write_store(ds, tmp, cfg.prepare.chunk_samples)
+    log.info("wrote %s: %d samples (%d positive), %.1f%% of cells observed", run_dir / "dataset.zarr",
+             ds.sizes["sample"], int(ds.y.sum()), 100 * float(ds["mask"].mean()))
+
+
+def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = None, workers: int = 2,
+                  seed: int = 0) -> xr.Dataset:
+    """The dataset of the tables in `mimic_dir`; filtered events are staged in a temp dir under `work_dir`."""
+    mimic_dir = Path(mimic_dir)
+    paths = {name: mimic.find_table(mimic_dir, name) for name in (*SMALL_TABLES, LAB, CHART)}
+    for warning in mimic.check_dictionaries(mimic_dir):
+        log.warning("%s", warning)
+    small = {name: mimic.read_table(paths[name], name) for name in SMALL_TABLES}
+    cohort, counts = build_cohort(small["PATIENTS"], small["ADMISSIONS"], small["ICUSTAYS"], cfg)
+    log.info("cohort: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    cohort["sample"] = np.arange(len(cohort))
+
+    with tempfile.TemporaryDirectory(prefix="prepare-events-", dir=work_dir) as tmp:
+        parquet = {table: Path(tmp) / f"{table}.parquet" for table in (LAB, CHART)}
+        with dask.config.set(scheduler="threads", num_workers=max(1, workers)):
+            results = dask.compute(*[dask.delayed(mimic.filter_events)(paths[t], t, parquet[t], position=i)
+                                     for i, t in enumerate((LAB, CHART))])
+        event_counts = {t: r[0] for t, r in zip((LAB, CHART), results, strict=True)}
+        checksums = {paths[t].name: r[1] for t, r in zip((LAB, CHART), results, strict=True)}
+        checksums.update({paths[t].name: mimic.file_sha256(paths[t]) for t in SMALL_TABLES})
+        for table, c in event_counts.items():
+            log.info("%s: %d rows → %d feature events kept", table, c.rows, c.in_range)
+        with dask.config.set(scheduler="threads", num_workers=max(1, workers)):
+            events = dd.concat([
+                timeseries.attach_samples(dd.read_parquet(parquet[LAB]), cohort, "hadm_id"),
+                timeseries.attach_samples(dd.read_parquet(parquet[CHART]), cohort, "icustay_id"),
+            ])
+            keep = timeseries.span_ok(events, len(cohort), cfg)
+            counts["span_rule"] = int(keep.sum())
+            if not keep.any():
+                raise InputError(f"the cohort is empty after rule 'span_rule' (counts so far: {counts})")
+            windowed = timeseries.window_events(events, keep, cfg)
+
+    cohort = cohort[keep].reset_index(drop=True)
+    n, n_time, n_feat = len(cohort), cfg.window_hours, len(FEATURES)
+    means = timeseries.bin_means(windowed, n, n_time, n_feat)
+    stats = timeseries.feature_stats(windowed, n_feat, cfg)
+    unseen = [NAMES[k] for k in range(n_feat) if np.isnan(stats["median"][k])]
+    if unseen:
+        raise InputError(f"{mimic_dir}: no kept event inside any window for feature(s) {', '.join(unseen)}; "
+                         "cannot compute their percentiles")
+    x = timeseries.impute_and_scale(means, stats)
+    mask = ~np.isnan(means)
+    attrs = {
+        "description": "MIMIC-III in-hospital mortality: 19 features in 48 hourly bins from ICU intime",
+        "mimic_dir": str(mimic_dir),
+        "cohort_config": dataclasses.asdict(cfg),
+        "counts": {**counts, "positive": int(cohort.y.sum())},
+        "event_counts": {t: vars(c) for t, c in event_counts.items()},
+        "input_sha256": checksums,
+        "versions": package_versions(),
+        "seed": seed,
+        "sample_order": "ascending hadm_id",
+    }
+    return to_dataset(x, mask, cohort, stats, attrs)
+
+
+def to_dataset(x: np.ndarray, mask: np.ndarray, cohort, stats: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
+    n, n_time, _ = x.shape
+    units = np.array([f.unit for f in FEATURES], dtype=object)
+    return xr.Dataset(
+        data_vars={
+            "x": (("sample", "time", "feature"), x, {"description": "scaled value, (v − p5)/(p95 − p5) in [0, 1]"}),
+            "mask": (("sample", "time", "feature"), mask, {"description": "the cell had ≥ 1 measured event"}),
+            "y": ("sample", cohort["y"].to_numpy(np.int8), {"description": "in-hospital mortality"}),
+            "p5": ("feature", stats["p5"], {"description": "5th percentile, clinical units"}),
+            "median": ("feature", stats["median"], {"description": "median, clinical units"}),
+            "p95": ("feature", stats["p95"], {"description": "95th percentile, clinical units"}),
+        },
+        coords={
+            "sample": np.arange(n),
+            "hadm_id": ("sample", cohort["hadm_id"].to_numpy(np.int64)),
+            "icustay_id": ("sample", cohort["icustay_id"].to_numpy(np.int64)),
+            "subject_id": ("sample", cohort["subject_id"].to_numpy(np.int64)),
+            "time": ("time", np.arange(n_time),
+                     {"long_name": "hour after ICU intime (bin b holds b ≤ t < b + 1)", "units": "h"}),
+            "feature": ("feature", np.array(NAMES, dtype=object)),
+            "unit": ("feature", units),
+        },
+        attrs=attrs,
+    )
+
+
+def write_store(ds: xr.Dataset, path: Path, chunk_samples: int) -> None:
+    """Zarr v3, chunked along `sample` only; consolidated metadata once, at the end."""
+    along = min(chunk_samples, ds.sizes["sample"])
+    encoding = {name: {"chunks": tuple(along if d == "sample" else ds.sizes[d] for d in var.dims)}
+                for name, var in ds.variables.items() if "sample" in var.dims}
+    with warnings.catch_warnings():  # consolidated metadata is outside the v3 spec: a convenience, not relied on
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        ds.to_zarr(path, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
+
+
+def open_dataset(run_dir: RunDir | Path) -> xr.Dataset:
+    """dataset.zarr of a run directory (lazy)."""
+    return xr.open_zarr(Path(run_dir) / "dataset.zarr")

@@ -89,6 +89,9 @@ def run_chain(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> list
     Returns the names of the stages that are not built (and so did not run).
     """
     for i, name in enumerate(CHAIN):
+        if name == "synth" and cfg.prepare.mimic_dir:
+            log.info("synth: skipped, real tables in %s", cfg.prepare.mimic_dir)
+            continue
         if STAGES[name].func is None:
             missing = CHAIN[i:]
             log.warning("stage %r is not built yet: stopping before %s", name, ", ".join(missing))

@@ -16,6 +16,7 @@ from .config import PipelineConfig
 from .executor import ExecutorSpec
 from .prepare import prepare
 from .rundir import RunDir
+from .synth import synth
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class Stage:
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("synth", "write synthetic MIMIC-III tables (CSV.gz) and each admission's true risk",
-          "raw/", 3),
+          "raw/", 3, synth),
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
           "dataset.zarr", 3, prepare),
     Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study", 4),

@@ -2,7 +2,7 @@
 
 1. cohort from PATIENTS, ADMISSIONS, ICUSTAYS (cohort.py)
 2. LABEVENTS and CHARTEVENTS streamed to Parquet, keeping the valid events of the 19 features
-   (mimic.py), both tables at once on Dask's threads
+   (mimic.py), both tables at once on two threads
 3. Dask dataframes over the Parquet: events → samples, span rule, 48 hourly bins (timeseries.py)
 4. interpolation, median fill, winsorize and scale; written with xarray as Zarr v3, chunked along
    `sample`, to a temporary name renamed into place when complete
@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import dask
@@ -62,35 +63,32 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
 
     with tempfile.TemporaryDirectory(prefix="prepare-events-", dir=work_dir) as tmp:
         parquet = {table: Path(tmp) / f"{table}.parquet" for table in (LAB, CHART)}
-        with dask.config.set(scheduler="threads", num_workers=max(1, workers)):
-            results = dask.compute(*[dask.delayed(mimic.filter_events)(paths[t], t, parquet[t], position=i)
-                                     for i, t in enumerate((LAB, CHART))])
+        results = filter_both(paths, parquet, workers)
         event_counts = {t: r[0] for t, r in zip((LAB, CHART), results, strict=True)}
         checksums = {paths[t].name: r[1] for t, r in zip((LAB, CHART), results, strict=True)}
         checksums.update({paths[t].name: mimic.file_sha256(paths[t]) for t in SMALL_TABLES})
         for table, c in event_counts.items():
             log.info("%s: %d rows → %d feature events kept", table, c.rows, c.in_range)
         with dask.config.set(scheduler="threads", num_workers=max(1, workers)):
-            events = dd.concat([
-                timeseries.attach_samples(dd.read_parquet(parquet[LAB]), cohort, "hadm_id"),
-                timeseries.attach_samples(dd.read_parquet(parquet[CHART]), cohort, "icustay_id"),
+            events = dd.concat([  # one partition per Parquet row group: streamed, never whole
+                timeseries.attach_samples(dd.read_parquet(parquet[LAB], split_row_groups=True), cohort, "hadm_id"),
+                timeseries.attach_samples(dd.read_parquet(parquet[CHART], split_row_groups=True), cohort,
+                                          "icustay_id"),
             ])
             keep = timeseries.span_ok(events, len(cohort), cfg)
             counts["span_rule"] = int(keep.sum())
             if not keep.any():
                 raise InputError(f"the cohort is empty after rule 'span_rule' (counts so far: {counts})")
-            windowed = timeseries.window_events(events, keep, cfg)
+            per_cell, values = timeseries.window_cells(events, keep, cfg, len(FEATURES))
 
     cohort = cohort[keep].reset_index(drop=True)
-    n, n_time, n_feat = len(cohort), cfg.window_hours, len(FEATURES)
-    means = timeseries.bin_means(windowed, n, n_time, n_feat)
-    stats = timeseries.feature_stats(windowed, n_feat, cfg)
-    unseen = [NAMES[k] for k in range(n_feat) if np.isnan(stats["median"][k])]
+    stats = timeseries.feature_stats(values, len(FEATURES), cfg)
+    del values
+    unseen = [NAMES[k] for k in range(len(FEATURES)) if np.isnan(stats["median"][k])]
     if unseen:
         raise InputError(f"{mimic_dir}: no kept event inside any window for feature(s) {', '.join(unseen)}; "
                          "cannot compute their percentiles")
-    x = timeseries.impute_and_scale(means, stats)
-    mask = ~np.isnan(means)
+    x, mask = timeseries.build_tensor(per_cell, len(cohort), cfg.window_hours, len(FEATURES), stats)
     attrs = {
         "description": "MIMIC-III in-hospital mortality: 19 features in 48 hourly bins from ICU intime",
         "mimic_dir": str(mimic_dir),
@@ -103,6 +101,15 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
         "sample_order": "ascending hadm_id",
     }
     return to_dataset(x, mask, cohort, stats, attrs)
+
+
+def filter_both(paths: dict[str, Path], parquet: dict[str, Path], workers: int) -> list:
+    """LABEVENTS and CHARTEVENTS streamed at once (pyarrow releases the GIL); waits for both before
+    raising, so that no thread is still writing when the staging folder is removed."""
+    with ThreadPoolExecutor(max_workers=max(1, min(2, workers))) as pool:
+        futures = [pool.submit(mimic.filter_events, paths[t], t, parquet[t], i) for i, t in enumerate((LAB, CHART))]
+        wait(futures)
+    return [f.result() for f in futures]
 
 
 def to_dataset(x: np.ndarray, mask: np.ndarray, cohort, stats: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:

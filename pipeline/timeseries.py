@@ -1,12 +1,14 @@
 """From filtered events to the model's input tensor: span rule, hourly bins, imputation, scaling.
 
 Events come as Dask dataframes over the filtered Parquet files (columns sample, feature, t, value;
-t = hours since ICU intime). The dense part works on (sample, time, feature) numpy arrays, in
-blocks of samples so that memory stays bounded.
+t = hours since ICU intime), reduced partition by partition to per-cell sums and counts. The dense
+part works on (sample, time, feature) numpy arrays in blocks of samples, so that memory stays
+bounded by the output.
 """
 
 from __future__ import annotations
 
+import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
@@ -38,38 +40,41 @@ def span_ok(events: dd.DataFrame, n_samples: int, cfg: PrepareConfig) -> np.ndar
     return (first <= cfg.span_start_max_hours) & (last >= cfg.span_end_min_hours)
 
 
-def window_events(events: dd.DataFrame, keep: np.ndarray, cfg: PrepareConfig) -> pd.DataFrame:
-    """Events of kept samples with 0 ≤ t < window, with their bin (0 ≤ t − bin < 1); renumbered samples."""
-    new_index = np.cumsum(keep) - 1  # old sample → position among kept samples
-    inside = events[(events.t >= 0) & (events.t < cfg.window_hours)]
-    inside = inside[inside["sample"].isin(np.flatnonzero(keep).tolist())]
-    df = inside.compute()
-    return pd.DataFrame({
-        "sample": new_index[df["sample"].to_numpy()],
-        "bin": np.floor(df["t"].to_numpy()).astype(np.int16),
-        "feature": df["feature"].to_numpy(np.int16),
-        "value": df["value"].to_numpy(np.float64),
-    })
+def window_cells(events: dd.DataFrame, keep: np.ndarray, cfg: PrepareConfig,
+                 n_features: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Reduce the events of kept samples inside the window, partition by partition.
+
+    Returns (1) per observed cell — index ``cell = (sample · time + bin) · feature + feature``, with
+    samples renumbered among the kept ones, bin b holding b ≤ t < b + 1 — the sum and count of its
+    events, sorted by cell; (2) the windowed events' (feature, value) pairs, for the percentiles.
+    Memory grows with the number of observed cells and windowed values, not with the input tables.
+    """
+    new_index = np.where(keep, np.cumsum(keep) - 1, -1)  # old sample → position among kept samples
+    n_time = cfg.window_hours
+
+    def cells(part: pd.DataFrame) -> pd.DataFrame:
+        sample = new_index[part["sample"].to_numpy()]
+        t = part["t"].to_numpy()
+        inside = (t >= 0) & (t < n_time) & (sample >= 0)
+        cell = (sample[inside] * n_time + np.floor(t[inside]).astype(np.int64)) * n_features \
+            + part["feature"].to_numpy()[inside]
+        return pd.DataFrame({"cell": cell.astype(np.int64), "feature": part["feature"].to_numpy()[inside],
+                             "value": part["value"].to_numpy()[inside]})
+
+    meta = pd.DataFrame({"cell": np.array([], np.int64), "feature": np.array([], np.int8),
+                         "value": np.array([], np.float64)})
+    windowed = events.map_partitions(cells, meta=meta)
+    per_cell, values = dask.compute(windowed.groupby("cell")["value"].agg(["sum", "count"]),
+                                    windowed[["feature", "value"]])
+    return per_cell.sort_index(), values
 
 
-def bin_means(windowed: pd.DataFrame, n_samples: int, n_time: int, n_features: int) -> np.ndarray:
-    """Mean of the events in each (sample, bin, feature) cell; NaN where there was none."""
-    cell = (windowed["sample"].to_numpy(np.int64) * n_time + windowed["bin"].to_numpy()) * n_features \
-        + windowed["feature"].to_numpy()
-    size = n_samples * n_time * n_features
-    sums = np.bincount(cell, weights=windowed["value"].to_numpy(), minlength=size)
-    counts = np.bincount(cell, minlength=size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    return means.reshape(n_samples, n_time, n_features)
-
-
-def feature_stats(windowed: pd.DataFrame, n_features: int, cfg: PrepareConfig) -> dict[str, np.ndarray]:
+def feature_stats(values: pd.DataFrame, n_features: int, cfg: PrepareConfig) -> dict[str, np.ndarray]:
     """p_lo, median, p_hi per feature over all kept event values inside the kept samples' windows."""
     qs = [cfg.lower_percentile, 50.0, cfg.upper_percentile]
     stats = np.full((3, n_features), np.nan)
-    for k, values in windowed.groupby("feature")["value"]:
-        stats[:, k] = np.percentile(values.to_numpy(), qs)  # numpy's default: linear interpolation
+    for k, group in values.groupby("feature")["value"]:
+        stats[:, k] = np.percentile(group.to_numpy(), qs)  # numpy's default: linear interpolation
     return {"p5": stats[0], "median": stats[1], "p95": stats[2]}
 
 
@@ -93,17 +98,30 @@ def interpolate(values: np.ndarray) -> np.ndarray:
     return np.where(both, between, np.where(has_prev, v_prev, v_next))
 
 
-def impute_and_scale(means: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
-    """Interpolate, fill never-observed features with the median, winsorize to [p5, p95], scale to [0, 1].
+def build_tensor(per_cell: pd.DataFrame, n_samples: int, n_time: int, n_features: int,
+                 stats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """x (float32 in [0, 1]) and mask (bool), both (sample, time, feature), built block by block.
 
-    A feature with p95 == p5 (a constant) scales to 0. Returns float32.
+    A cell's value is the mean of its events; then interpolation, the feature's median where a sample
+    never observed it, winsorizing to [p5, p95] and scaling (v − p5)/(p95 − p5). A constant feature
+    (p95 == p5) scales to 0.
     """
     lo, med, hi = stats["p5"], stats["median"], stats["p95"]
     width = np.where(hi > lo, hi - lo, 1.0)
-    x = np.empty(means.shape, dtype=np.float32)
-    for start in range(0, len(means), BLOCK):
-        block = interpolate(means[start:start + BLOCK])
+    cells = per_cell.index.to_numpy()
+    means = (per_cell["sum"] / per_cell["count"]).to_numpy()
+    x = np.empty((n_samples, n_time, n_features), dtype=np.float32)
+    mask = np.zeros((n_samples, n_time, n_features), dtype=bool)
+    per_sample = n_time * n_features
+    for start in range(0, n_samples, BLOCK):
+        stop = min(start + BLOCK, n_samples)
+        a, b = np.searchsorted(cells, [start * per_sample, stop * per_sample])
+        block = np.full((stop - start) * per_sample, np.nan)
+        block[cells[a:b] - start * per_sample] = means[a:b]
+        block = block.reshape(stop - start, n_time, n_features)
+        mask[start:stop] = ~np.isnan(block)
+        block = interpolate(block)
         block = np.where(np.isnan(block), med, block)
         block = np.clip(block, lo, hi)
-        x[start:start + BLOCK] = np.clip((block - lo) / width, 0.0, 1.0)
-    return x
+        x[start:stop] = np.clip((block - lo) / width, 0.0, 1.0)
+    return x, mask

@@ -41,6 +41,7 @@ class RunSection:
     storage: str = option(
         "", "Optuna storage URL; empty = a journal file in the run directory (one machine only)"
     )
+    heartbeat_s: int = option(10, "RDB storage: a trial without a heartbeat for 3× this long is failed and retried")
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,26 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
+class ModelParams:
+    """[model]: the LSTM and its optimizer; `tune-model`'s best parameters replace these in a run."""
+
+    hidden: int = option(128, "LSTM hidden units per direction")
+    layers: int = option(1, "stacked LSTM layers")
+    bidirectional: bool = option(True, "read the series both ways")
+    fc: int = option(64, "units of the fully connected layer before the output")
+    dropout: float = option(0.2, "dropout before the fully connected layer (and between LSTM layers)")
+    activation: str = option("relu", "activation of the head", ("relu", "tanh"))
+    optimizer: str = option("adam", "optimizer", ("adam", "rmsprop", "sgd"))
+    lr: float = option(1e-3, "learning rate")
+    batch_size: int = option(128, "samples per batch")
+
+
+@dataclass(frozen=True)
 class TuneModelConfig:
-    trials: int = option(20, "finished trials the study must hold")
-    folds_used: int = option(2, "CV folds evaluated per trial")
+    trials: int = option(20, "finished (complete or pruned) trials the study must hold")
+    folds_used: int = option(2, "CV folds trained and evaluated per trial")
     max_epochs: int = option(30, "epochs per trial at most")
+    epochs_per_report: int = option(5, "epochs between reports of the held-out AUROC to the pruner")
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,7 @@ class PipelineConfig:
     """The whole configuration; TOML table names are the stage names (``tune-model`` etc.)."""
 
     run: RunSection = field(default_factory=RunSection)
+    model: ModelParams = field(default_factory=ModelParams)
     synth: SynthConfig = field(default_factory=SynthConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     tune_model: TuneModelConfig = field(default_factory=TuneModelConfig)

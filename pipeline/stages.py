@@ -10,13 +10,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from .config import PipelineConfig
-from .executor import ExecutorSpec
+from .cv import cv
 from .prepare import prepare
 from .rundir import RunDir
 from .synth import synth
+from .train import train
+from .tune_model import tune_model
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +42,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "raw/", 3, synth),
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
           "dataset.zarr", 3, prepare),
-    Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study", 4),
-    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", 4),
-    Stage("train", "final model on all non-test data, evaluated once on the test set", "model/", 4),
+    Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study", 4, tune_model),
+    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", 4, cv),
+    Stage("train", "final model on all non-test data, evaluated once on the test set", "model/", 4, train),
     Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study", 5),
     Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr", 5),
     Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
           "susceptibility.zarr, figures/, report.md", 6),
 ]}
 CHAIN = list(STAGES)
-
-
-def executor_spec(cfg: PipelineConfig) -> ExecutorSpec:
-    profile = Path(cfg.run.slurm_profile) if cfg.run.slurm_profile else None
-    return ExecutorSpec(kind=cfg.run.executor, workers=cfg.run.workers, slurm_profile=profile)
 
 
 def stage_config(cfg: PipelineConfig, name: str) -> dict:

@@ -24,21 +24,19 @@ from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 10
-GRACE_S = 30
+HEARTBEAT_S = 10  # a trial is stale after 3 heartbeats without a beat
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
-def open_storage(url: str, run_dir: Path, heartbeat_s: int = HEARTBEAT_S,
-                 grace_s: int = GRACE_S) -> optuna.storages.BaseStorage:
+def open_storage(url: str, run_dir: Path, heartbeat_s: int = HEARTBEAT_S) -> optuna.storages.BaseStorage:
     if not url:
         path = Path(run_dir) / "optuna.journal"
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     with warnings.catch_warnings():  # heartbeats are marked experimental; we rely on them knowingly
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _rdb_storage(url, heartbeat_s, grace_s)
+        return _rdb_storage(url, heartbeat_s, 3 * heartbeat_s)
 
 
 def _rdb_storage(url: str, heartbeat_s: int, grace_s: int) -> RDBStorage:
@@ -53,11 +51,16 @@ def _rdb_storage(url: str, heartbeat_s: int, grace_s: int) -> RDBStorage:
 
 
 def create_study(url: str, run_dir: Path, name: str, direction: str = "maximize",
-                 seed: int = 0) -> optuna.Study:
+                 seed: int = 0, heartbeat_s: int = HEARTBEAT_S) -> optuna.Study:
     """Create (or reopen) the study before workers start; returns it."""
-    storage = open_storage(url, run_dir)
+    storage = open_storage(url, run_dir, heartbeat_s)
     return optuna.create_study(storage=storage, study_name=name, direction=direction,
                                sampler=optuna.samplers.TPESampler(seed=seed), load_if_exists=True)
+
+
+def finished_trials(url: str, run_dir: Path, name: str, heartbeat_s: int = HEARTBEAT_S) -> int:
+    """COMPLETE + PRUNED trials of a study."""
+    return count(optuna.load_study(study_name=name, storage=open_storage(url, run_dir, heartbeat_s)), DONE)
 
 
 def count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
@@ -66,14 +69,14 @@ def count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
 
 def run_worker(url: str, run_dir: Path, name: str, objective: Callable[[optuna.Trial], float],
                n_trials: int, worker: int, seed: int = 0, poll_s: float = 2.0,
-               pruner: optuna.pruners.BasePruner | None = None) -> int:
+               pruner: optuna.pruners.BasePruner | None = None, heartbeat_s: int = HEARTBEAT_S) -> int:
     """Run trials of study `name` until it holds `n_trials` COMPLETE or PRUNED ones.
 
     A worker does not leave while another worker's trial is still RUNNING: if that worker dies,
     its stale trial is failed and re-queued, and someone has to run the retry. Returns the number
     of trials this worker finished.
     """
-    storage = open_storage(url, run_dir)
+    storage = open_storage(url, run_dir, heartbeat_s)
     # per-worker sampler seed: workers must not propose the same first points
     study = optuna.load_study(study_name=name, storage=storage,
                               sampler=optuna.samplers.TPESampler(seed=seed + 1000 * worker),

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from .config import ConfigError, PipelineConfig
 from .features import CHART, FEATURES, LAB, itemid_to_feature
+from .metrics import auroc
 from .rundir import RunDir, atomic_path
 
 log = logging.getLogger(__name__)
@@ -153,18 +154,6 @@ def true_risk(latents: Latents) -> np.ndarray:
     h = latents.base + 0.75 * latents.drift
     g = np.where(DIRECTION == 0, h**2 - 1, DIRECTION * h)
     return 1 / (1 + np.exp(-(RISK_INTERCEPT + RISK_SCALE * (g @ WEIGHT))))
-
-
-def auroc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann–Whitney) formula, ties get average ranks."""
-    score, label = np.asarray(score, float), np.asarray(label).astype(bool)
-    n_pos, n_neg = int(label.sum()), int((~label).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
-    average_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based mean rank of each distinct score
-    rank_sum = average_rank[inverse][label].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 # ---- item dictionaries ---------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ import pytest
 from pipeline import synth as synth_module
 from pipeline.config import from_dict
 from pipeline.features import FAHRENHEIT_ITEMIDS, FEATURES, itemid_to_feature
+from pipeline.metrics import auroc
 from pipeline.rundir import RunDir
-from pipeline.synth import auroc, generate, synth
+from pipeline.synth import generate, synth
 
 N, SEED = 300, 0
 HOUR = np.timedelta64(3600, "s")

@@ -1,0 +1,108 @@
+"""Stage `cv`: stratified k-fold cross-validation on the non-test data, one array task per fold.
+
+Each fold trains on the other folds and evaluates on its own after every epoch, saving in
+``cv/fold-K/``: ``metrics.csv`` (per epoch: AUROC, AUPRC, F1, precision, recall, accuracy, loss on
+the held-out fold, and the training loss), ``predictions.csv`` (sample, y, prob of the final
+epoch — the saved metrics can be recomputed from it), ``checkpoint.pt`` (resumable) and
+``learning_curve.png``. ``cv/summary.json`` gives mean ± sd over folds and the epoch count with the
+best mean held-out AUROC, which `train` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import figures, metrics, rundir, training
+from .config import PipelineConfig
+from .executor import CheckpointableTask, run_tasks
+from .model import params_from_dict
+from .rundir import RunDir
+from .settings import chosen_params, executor_spec, stage_seed
+
+log = logging.getLogger(__name__)
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    return Path(run_dir) / "cv" / f"fold-{fold}"
+
+
+def run_fold(run_dir: str, fold: int, params: dict, epochs: int, seed: int, workers: int) -> dict:
+    """Train and evaluate one fold (a task: runs in a Slurm array, a local process or in-process).
+
+    Resumes from ``checkpoint.pt`` after a requeue; a fold that is done is not redone.
+    """
+    folder = fold_dir(run_dir, fold)
+    if (folder / "done.json").exists():
+        return json.loads((folder / "done.json").read_text())
+    training.set_threads(workers)
+    data = training.load_data(Path(run_dir))
+    split = json.loads((Path(run_dir) / "split.json").read_text())
+    train_idx, held_out = training.fold_indices(split, fold)
+    trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)
+    history: list[dict] = []
+    checkpoint = folder / "checkpoint.pt"
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        trainer.load_state(saved["trainer"])
+        history = saved["history"]
+        log.info("fold %d: resumed at epoch %d", fold, trainer.epoch)
+
+    def on_epoch(epoch: int, row: dict, prob: np.ndarray) -> None:
+        history.append(row)
+        log.info("fold %d epoch %d/%d: train loss %.4f, held-out AUROC %.4f, AUPRC %.4f", fold, epoch, epochs,
+                 row["train_loss"], row["auroc"], row["auprc"])
+        with rundir.atomic_path(checkpoint) as tmp:
+            torch.save({"trainer": trainer.state(), "history": history}, tmp)
+
+    training.fit(trainer, held_out, epochs, on_epoch)
+    prob = trainer.predict(held_out)
+    predictions = pd.DataFrame({"sample": held_out, "y": data.y[held_out], "prob": prob})
+    rundir.write_text(folder / "predictions.csv", predictions.to_csv(index=False))
+    rundir.write_text(folder / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
+    figures.learning_curve(pd.DataFrame(history), folder / "learning_curve.png", f"fold {fold}")
+    done = {"fold": fold, "seed": seed, "params": params, "epochs": epochs, "n_train": len(train_idx),
+            "n_held_out": len(held_out), "final": metrics.evaluate(prob, data.y[held_out])}
+    rundir.write_json(folder / "done.json", done)
+    return done
+
+
+def summarize(run_dir: Path, folds: int) -> dict:
+    """Mean ± sd over folds of the final-epoch metrics, and the epoch count with the best mean AUROC."""
+    per_epoch = pd.concat([pd.read_csv(fold_dir(run_dir, k) / "metrics.csv").assign(fold=k) for k in range(folds)])
+    mean_auroc = per_epoch.groupby("epoch")["auroc"].mean()
+    final = pd.DataFrame([json.loads((fold_dir(run_dir, k) / "done.json").read_text())["final"]
+                          for k in range(folds)])
+    summary = {
+        "folds": folds,
+        "mean": final.mean().to_dict(),
+        "sd": final.std(ddof=1).to_dict() if folds > 1 else {k: 0.0 for k in final},
+        "per_fold": final.to_dict(orient="records"),
+        "best_epoch": int(mean_auroc.idxmax()),
+        "best_epoch_mean_auroc": float(mean_auroc.max()),
+        "provenance": "every figure is computed on held-out folds only (never on training data)",
+    }
+    rundir.write_json(Path(run_dir) / "cv" / "summary.json", summary)
+    table = pd.DataFrame({"mean": final.mean(), "sd": pd.Series(summary["sd"])})
+    rundir.write_text(Path(run_dir) / "cv" / "summary.csv", table.to_csv(index_label="metric"))
+    return summary
+
+
+def cv(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    data = training.load_data(run_dir.path)
+    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed)
+    params, source = chosen_params(cfg, run_dir)
+    log.info("cv: %d folds, %d epochs, parameters from %s", cfg.cv.folds, cfg.cv.epochs, source)
+    seed = stage_seed(cfg, "cv")
+    calls = [(str(run_dir.path), k, params, cfg.cv.epochs, seed + k, cfg.run.workers) for k in range(cfg.cv.folds)]
+    run_tasks(CheckpointableTask(run_fold), calls, spec=executor_spec(cfg), jobs_dir=run_dir.jobs_dir("cv"),
+              stage="cv")
+    summary = summarize(run_dir.path, cfg.cv.folds)
+    m, sd = summary["mean"], summary["sd"]
+    log.info("cv: held-out AUROC %.4f ± %.4f, AUPRC %.4f ± %.4f, F1 %.4f ± %.4f; best epoch count %d",
+             m["auroc"], sd["auroc"], m["auprc"], sd["auprc"], m["f1"], sd["f1"], summary["best_epoch"])

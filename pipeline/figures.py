@@ -1,0 +1,41 @@
+"""Figures (PNG, matplotlib's Agg backend: no display needed on a compute node)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .rundir import atomic_path  # noqa: E402
+
+
+def save(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def learning_curve(history: pd.DataFrame, path: Path, title: str) -> None:
+    """Per epoch: training vs held-out loss (left), held-out AUROC and AUPRC (right)."""
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(history.epoch, history.train_loss, marker=".", label="training (class-balanced draws)")
+    ax_loss.plot(history.epoch, history.loss, marker=".", label="held-out fold")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title=f"{title}: loss")
+    ax_loss.legend()
+    ax_score.plot(history.epoch, history.auroc, marker=".", label="AUROC")
+    ax_score.plot(history.epoch, history.auprc, marker=".", label="AUPRC")
+    ax_score.set(xlabel="epoch", ylabel="score on the held-out fold", ylim=(0, 1), title=f"{title}: held-out scores")
+    ax_score.legend()
+    ax_score.grid(alpha=0.3)
+    save(fig, path)
+
+
+def training_loss(losses: list[float], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, marker=".")
+    ax.set(xlabel="epoch", ylabel="cross-entropy loss (class-balanced draws)", title=title)
+    save(fig, path)

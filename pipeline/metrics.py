@@ -1,0 +1,59 @@
+"""Held-out classification metrics of probabilities `prob` (of class 1) against labels `y`.
+
+Written out in numpy (no scikit-learn dependency); tests check them against brute-force definitions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+THRESHOLD = 0.5
+NAMES = ("auroc", "auprc", "f1", "precision", "recall", "accuracy", "loss")
+
+
+def auroc(score: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum (Mann–Whitney) formula, ties get average ranks."""
+    score, label = np.asarray(score, float), np.asarray(label).astype(bool)
+    n_pos, n_neg = int(label.sum()), int((~label).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based mean rank of each distinct score
+    rank_sum = average_rank[inverse][label].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auprc(score: np.ndarray, label: np.ndarray) -> float:
+    """Average precision: Σ (R_k − R_{k−1}) · P_k over the distinct score thresholds, highest first."""
+    score, label = np.asarray(score, float), np.asarray(label).astype(bool)
+    if not label.any():
+        return float("nan")
+    order = np.argsort(-score, kind="stable")
+    score, label = score[order], label[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # a threshold takes a whole tie
+    tp = np.cumsum(label)[last_of_tie]
+    precision = tp / (last_of_tie + 1)
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def at_threshold(prob: np.ndarray, y: np.ndarray, threshold: float = THRESHOLD) -> dict[str, float]:
+    """Precision, recall, F1 and accuracy of ``prob ≥ threshold``; 0 where a ratio is 0/0."""
+    pred, y = np.asarray(prob) >= threshold, np.asarray(y).astype(bool)
+    tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"f1": f1, "precision": precision, "recall": recall, "accuracy": float((pred == y).mean())}
+
+
+def cross_entropy(prob: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(np.asarray(prob, float), 1e-12, 1 - 1e-12)
+    y = np.asarray(y, float)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def evaluate(prob: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """All held-out metrics (NAMES) from predictions alone, so they can be recomputed from a saved table."""
+    return {"auroc": auroc(prob, y), "auprc": auprc(prob, y), **at_threshold(prob, y),
+            "loss": cross_entropy(prob, y)}

@@ -1,0 +1,36 @@
+"""What a stage derives from the config and the run directory: launcher, seeds, model parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import zlib
+from pathlib import Path
+
+from .config import PipelineConfig
+from .executor import ExecutorSpec
+from .rundir import RunDir
+
+
+def executor_spec(cfg: PipelineConfig) -> ExecutorSpec:
+    profile = Path(cfg.run.slurm_profile) if cfg.run.slurm_profile else None
+    return ExecutorSpec(kind=cfg.run.executor, workers=cfg.run.workers, slurm_profile=profile)
+
+
+def stage_seed(cfg: PipelineConfig, stage: str) -> int:
+    """A stage's own seed, derived from the master seed (stages do not share random streams)."""
+    return cfg.run.seed * 65536 + zlib.crc32(stage.encode()) % 65536
+
+
+def study_name(run_dir: RunDir, stage: str) -> str:
+    """Unique per run directory, so that runs can share one PostgreSQL database."""
+    return f"{stage}-{hashlib.sha1(str(run_dir.path).encode()).hexdigest()[:10]}"
+
+
+def chosen_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[dict, str]:
+    """The model parameters a run uses: tune-model's best when it ran, else the config's [model]."""
+    best = run_dir.path / "tune-model" / "best.json"
+    if best.exists():
+        return json.loads(best.read_text())["params"], str(best)
+    return dataclasses.asdict(cfg.model), "the config's [model] table"

@@ -1,0 +1,85 @@
+"""Stage `train`: the final model on all non-test data, evaluated once on the held-out test set.
+
+Parameters come from `tune-model` (or the config's [model]); the epoch count from `cv`'s best mean
+held-out AUROC unless ``[train] epochs`` sets it. Writes ``model/``: weights.pt and model.json (so
+that :func:`pipeline.model.load_model` returns it), test_predictions.csv (sample, y, prob),
+test_metrics.json and training_loss.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import figures, metrics, rundir, training
+from .config import ConfigError, PipelineConfig
+from .executor import CheckpointableTask, run_tasks
+from .model import params_from_dict, save_model
+from .rundir import RunDir
+from .settings import chosen_params, executor_spec, stage_seed
+
+log = logging.getLogger(__name__)
+
+
+def train_final(run_dir: str, params: dict, epochs: int, seed: int, workers: int, provenance: dict) -> dict:
+    """The task: train on all non-test samples (resumable per epoch), then predict the test set once."""
+    training.set_threads(workers)
+    run = Path(run_dir)
+    data = training.load_data(run)
+    split = json.loads((run / "split.json").read_text())
+    train_idx, test_idx = training.non_test_indices(split), np.array(sorted(split["test"]))
+    trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)
+    checkpoint = run / "model-checkpoint.pt"
+    losses: list[float] = []
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        trainer.load_state(saved["trainer"])
+        losses = saved["losses"]
+        log.info("train: resumed at epoch %d", trainer.epoch)
+    while trainer.epoch < epochs:
+        losses.append(trainer.train_epoch())
+        log.info("train: epoch %d/%d, training loss %.4f", trainer.epoch, epochs, losses[-1])
+        with rundir.atomic_path(checkpoint) as tmp:
+            torch.save({"trainer": trainer.state(), "losses": losses}, tmp)
+    prob = trainer.predict(test_idx)
+    test_metrics = metrics.evaluate(prob, data.y[test_idx])
+    with rundir.atomic_path(run / "model") as folder:
+        save_model(folder, trainer.model.cpu(), {
+            "n_features": int(data.x.shape[2]), "epochs": epochs, "seed": seed, "n_train": len(train_idx),
+            "n_test": len(test_idx), **provenance})
+        pd.DataFrame({"sample": test_idx, "y": data.y[test_idx], "prob": prob}).to_csv(
+            folder / "test_predictions.csv", index=False)
+        (folder / "test_metrics.json").write_text(json.dumps(
+            {**test_metrics, "provenance": "held-out test set, evaluated once; never seen by tuning or CV"},
+            indent=2) + "\n")
+        figures.training_loss(losses, folder / "training_loss.png", "final model: training loss per epoch")
+    checkpoint.unlink(missing_ok=True)
+    return test_metrics
+
+
+def final_epochs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[int, str]:
+    if cfg.train.epochs > 0:
+        return cfg.train.epochs, "[train] epochs"
+    summary = run_dir.path / "cv" / "summary.json"
+    if not summary.exists():
+        raise ConfigError(f"{summary}: not found; run `cv` first or set [train] epochs")
+    return json.loads(summary.read_text())["best_epoch"], f"{summary} (best mean held-out AUROC)"
+
+
+def train(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    data = training.load_data(run_dir.path)
+    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed)
+    params, params_source = chosen_params(cfg, run_dir)
+    epochs, epochs_source = final_epochs(cfg, run_dir)
+    log.info("train: %d epochs (from %s), parameters from %s", epochs, epochs_source, params_source)
+    provenance = {"params_source": params_source, "epochs_source": epochs_source}
+    (result,) = run_tasks(CheckpointableTask(train_final),
+                          [(str(run_dir.path), params, epochs, stage_seed(cfg, "train"), cfg.run.workers, provenance)],
+                          spec=executor_spec(cfg), jobs_dir=run_dir.jobs_dir("train"), stage="train")
+    log.info("train: test set AUROC %.4f, AUPRC %.4f, F1 %.4f (evaluated once)", result["auroc"], result["auprc"],
+             result["f1"])

@@ -1,0 +1,169 @@
+"""Data, split and the training loop shared by tune-model, cv and train.
+
+The split: a stratified test set (fixed by the seed, saved as ``split.json``) that tuning and CV
+never see, and stratified folds on the rest. Training draws class-balanced batches with a
+WeightedRandomSampler (weights 1/class count, as many draws as training samples) and evaluates on
+held-out data only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
+
+from . import metrics, rundir
+from .config import ConfigError, ModelParams
+from .model import MortalityLSTM, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+# ---- data and split --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Data:
+    x: torch.Tensor  # (n, 48, 19) float32
+    y: np.ndarray  # (n,) int
+
+
+def load_data(run_dir: Path) -> Data:
+    path = Path(run_dir) / "dataset.zarr"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found (run the `prepare` stage first)")
+    ds = xr.open_zarr(path, consolidated=False)
+    return Data(torch.from_numpy(np.ascontiguousarray(ds.x.values, dtype=np.float32)), ds.y.values.astype(np.int64))
+
+
+def make_split(y: np.ndarray, test_fraction: float, folds: int, seed: int) -> dict:
+    """Stratified: per class, a shuffled share goes to the test set, the rest round-robin to folds."""
+    rng = np.random.default_rng(seed)
+    test, fold_of = [], np.full(len(y), -1)
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        n_test = int(round(test_fraction * len(members)))
+        test.extend(members[:n_test].tolist())
+        rest = members[n_test:]
+        fold_of[rest] = (np.arange(len(rest)) + int(rng.integers(folds))) % folds
+    return {"seed": seed, "test_fraction": test_fraction, "folds": folds, "test": sorted(test),
+            "fold": [np.flatnonzero(fold_of == k).tolist() for k in range(folds)]}
+
+
+def ensure_split(run_dir: Path, y: np.ndarray, test_fraction: float, folds: int, seed: int) -> dict:
+    """The run's split, made once and saved; a later stage with other settings is an error."""
+    path = Path(run_dir) / "split.json"
+    if path.exists():
+        split = json.loads(path.read_text())
+        saved = (split["seed"], split["test_fraction"], split["folds"])
+        if saved != (seed, test_fraction, folds) or sum(map(len, split["fold"])) + len(split["test"]) != len(y):
+            raise ConfigError(f"{path}: made with (seed, test_fraction, folds) = {saved}, the config asks for "
+                              f"{(seed, test_fraction, folds)}; use a new run directory")
+        return split
+    if min(np.bincount(y)) < folds + 1:
+        raise ConfigError(f"[cv] folds = {folds}: the smaller class has only {min(np.bincount(y))} samples")
+    split = make_split(y, test_fraction, folds, seed)
+    rundir.write_json(path, split)
+    return split
+
+
+def fold_indices(split: dict, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) sample indices of a fold; the test set is in neither."""
+    held_out = np.array(split["fold"][fold])
+    train = np.sort(np.concatenate([np.array(f) for k, f in enumerate(split["fold"]) if k != fold]))
+    return train, held_out
+
+
+def non_test_indices(split: dict) -> np.ndarray:
+    return np.sort(np.concatenate([np.array(f) for f in split["fold"]]))
+
+
+# ---- training --------------------------------------------------------------------------------------
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_threads(workers: int) -> None:
+    """Share the CPU among parallel workers (Slurm says how many CPUs this task has)."""
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or max(1, (os.cpu_count() or 1) // max(1, workers))
+    torch.set_num_threads(cpus)
+
+
+class Trainer:
+    """One model, its optimizer and its class-balanced sampler; epochs can be run a few at a time."""
+
+    def __init__(self, data: Data, train_idx: np.ndarray, params: ModelParams, seed: int):
+        self.data, self.params = data, params
+        self.train_idx = np.asarray(train_idx)
+        torch.manual_seed(seed)
+        self.device = device()
+        self.model = MortalityLSTM(params, n_features=data.x.shape[2]).to(self.device)
+        self.optimizer = make_optimizer(self.model, params)
+        self.loss_fn = nn.CrossEntropyLoss()
+        y = data.y[self.train_idx]
+        weights = 1.0 / np.bincount(y, minlength=2)[y]
+        self.generator = torch.Generator().manual_seed(seed)
+        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(y),
+                                        replacement=True, generator=self.generator)
+        dataset = TensorDataset(data.x[self.train_idx], torch.as_tensor(y))
+        self.loader = DataLoader(dataset, batch_size=params.batch_size, sampler=sampler)
+        self.epoch = 0
+
+    def train_epoch(self) -> float:
+        """One pass of len(train) class-balanced draws; returns the mean training loss."""
+        self.model.train()
+        total, n = 0.0, 0
+        for xb, yb in self.loader:
+            xb, yb = xb.to(self.device), yb.to(self.device)
+            self.optimizer.zero_grad()
+            loss = self.loss_fn(self.model(xb), yb)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss) * len(yb)
+            n += len(yb)
+        self.epoch += 1
+        return total / max(n, 1)
+
+    @torch.no_grad()
+    def predict(self, idx: np.ndarray, batch: int = 1024) -> np.ndarray:
+        """Probability of class 1 for samples `idx` (eval mode: dropout off)."""
+        self.model.eval()
+        probs = []
+        for start in range(0, len(idx), batch):
+            xb = self.data.x[idx[start:start + batch]].to(self.device)
+            probs.append(torch.softmax(self.model(xb), dim=1)[:, 1].cpu().numpy())
+        return np.concatenate(probs) if probs else np.zeros(0)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def fit(trainer: Trainer, held_out: np.ndarray, epochs: int,
+        on_epoch: Callable[[int, dict, np.ndarray], None] | None = None) -> list[dict]:
+    """Train to `epochs` (from wherever the trainer is), evaluating on `held_out` after every epoch."""
+    history = []
+    while trainer.epoch < epochs:
+        train_loss = trainer.train_epoch()
+        prob = trainer.predict(held_out)
+        row = {"epoch": trainer.epoch, "train_loss": train_loss, **metrics.evaluate(prob, trainer.data.y[held_out])}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(trainer.epoch, row, prob)
+    return history

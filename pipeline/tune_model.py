@@ -1,0 +1,116 @@
+"""Stage `tune-model`: distributed Optuna search of the LSTM's hyper-parameters (METHODS.md §2).
+
+The driver creates one study in the run's storage, then W workers (an array of W tasks, or W local
+processes) run trials until the study holds N finished ones. A trial trains the first `folds_used`
+CV folds side by side and reports their mean held-out AUROC every `epochs_per_report` epochs, so
+that the median pruner can stop bad trials early. The best parameters go to
+``tune-model/best.json``, which `cv` and `train` then use. The test set is never touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from . import metrics, rundir, study, training
+from .config import ConfigError, ModelParams, PipelineConfig
+from .executor import CheckpointableTask, TaskFailed, run_tasks
+from .rundir import RunDir
+from .settings import executor_spec, stage_seed, study_name
+
+log = logging.getLogger(__name__)
+
+
+def suggest(trial: optuna.Trial) -> ModelParams:
+    """The reference search space, plus layers and bidirectionality."""
+    return ModelParams(
+        hidden=2 ** trial.suggest_int("log2_hidden", 5, 8),
+        layers=trial.suggest_int("layers", 1, 2),
+        bidirectional=trial.suggest_categorical("bidirectional", [True, False]),
+        fc=2 ** trial.suggest_int("log2_fc", 4, 8),
+        dropout=trial.suggest_float("dropout", 0.0, 0.5),
+        activation=trial.suggest_categorical("activation", ["relu", "tanh"]),
+        optimizer=trial.suggest_categorical("optimizer", ["adam", "rmsprop", "sgd"]),
+        lr=trial.suggest_float("lr", 1e-5, 1e-1, log=True),
+        batch_size=2 ** trial.suggest_int("log2_batch_size", 5, 8),
+    )
+
+
+def params_of(trial: optuna.trial.FrozenTrial) -> ModelParams:
+    return suggest(optuna.trial.FixedTrial(trial.params))
+
+
+def objective(data: training.Data, split: dict, folds_used: int, max_epochs: int, block: int, seed: int):
+    def run_trial(trial: optuna.Trial) -> float:
+        params = suggest(trial)
+        folds = [training.fold_indices(split, k) for k in range(folds_used)]
+        trainers = [training.Trainer(data, train, params, seed + k) for k, (train, _) in enumerate(folds)]
+        value = float("nan")
+        for stop in range(block, max_epochs + block, block):
+            stop = min(stop, max_epochs)
+            scores = []
+            for trainer, (_, held_out) in zip(trainers, folds, strict=True):
+                while trainer.epoch < stop:
+                    trainer.train_epoch()
+                scores.append(metrics.auroc(trainer.predict(held_out), data.y[held_out]))
+            value = float(np.mean(scores))
+            log.info("trial %d: epoch %d, mean held-out AUROC %.4f", trial.number, stop, value)
+            trial.report(value, step=stop)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {stop} (AUROC {value:.4f})")
+        return value
+    return run_trial
+
+
+def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: int, settings: dict) -> int:
+    """One worker (a task): runs trials of the study until it holds `trials` finished ones."""
+    training.set_threads(settings["workers"])
+    data = training.load_data(Path(run_dir))
+    split = json.loads((Path(run_dir) / "split.json").read_text())
+    run_trial = objective(data, split, settings["folds_used"], settings["max_epochs"], settings["epochs_per_report"],
+                          settings["seed"])
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    return study.run_worker(storage, Path(run_dir), name, run_trial, trials, worker, seed=settings["seed"],
+                            pruner=pruner, heartbeat_s=settings["heartbeat_s"])
+
+
+def tune_model(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    tm = cfg.tune_model
+    data = training.load_data(run_dir.path)
+    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed)
+    if not 1 <= tm.folds_used <= cfg.cv.folds:
+        raise ConfigError(f"[tune-model] folds_used = {tm.folds_used}: must be in 1…{cfg.cv.folds}")
+    name = study_name(run_dir, "tune-model")
+    seed = stage_seed(cfg, "tune-model")
+    study.create_study(cfg.run.storage, run_dir.path, name, seed=seed, heartbeat_s=cfg.run.heartbeat_s)
+    settings = {"workers": cfg.run.workers, "folds_used": tm.folds_used, "max_epochs": tm.max_epochs,
+                "epochs_per_report": tm.epochs_per_report, "seed": seed, "heartbeat_s": cfg.run.heartbeat_s}
+    calls = [(str(run_dir.path), cfg.run.storage, name, tm.trials, w, settings) for w in range(cfg.run.workers)]
+    log.info("tune-model: study %s, %d trials, %d workers", name, tm.trials, cfg.run.workers)
+    try:
+        run_tasks(CheckpointableTask(tuning_worker), calls, spec=executor_spec(cfg),
+                  jobs_dir=run_dir.jobs_dir("tune-model"), stage="tune-model")
+    except TaskFailed as e:
+        # a lost worker is fine when the others finished the study (its trial was retried)
+        if study.finished_trials(cfg.run.storage, run_dir.path, name, cfg.run.heartbeat_s) < tm.trials:
+            raise
+        log.warning("tune-model: a worker failed but the study is complete: %s", str(e).splitlines()[0])
+    save_best(cfg, run_dir, name)
+
+
+def save_best(cfg: PipelineConfig, run_dir: RunDir, name: str) -> None:
+    s = optuna.load_study(study_name=name, storage=study.open_storage(cfg.run.storage, run_dir.path,
+                                                                          cfg.run.heartbeat_s))
+    best = s.best_trial
+    states = [t.state.name for t in s.trials]
+    record = {"study": name, "trial": best.number, "value": best.value,
+              "metric": f"mean held-out AUROC over {cfg.tune_model.folds_used} fold(s)",
+              "params": dataclasses.asdict(params_of(best)), "optuna_params": best.params,
+              "trials": {state: states.count(state) for state in sorted(set(states))}}
+    rundir.write_json(run_dir.path / "tune-model" / "best.json", record)
+    log.info("tune-model: best trial %d, AUROC %.4f, %s", best.number, best.value, record["params"])

@@ -1,0 +1,183 @@
+"""Model stage: the LSTM, metrics, the split, held-out CV, the final model, tuning (local + file storage)."""
+
+import dataclasses
+import itertools
+import json
+import shutil
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import metrics, training
+from pipeline.cli import main
+from pipeline.config import ModelParams
+from pipeline.model import MortalityLSTM, load_model
+
+TINY = ["model.hidden=8", "model.fc=8", "model.batch_size=64", "model.bidirectional=true"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A run directory holding dataset.zarr of 300 synthetic admissions."""
+    run = tmp_path_factory.mktemp("small")
+    assert main(["synth", "--run-dir", str(run), "--admissions", "300", "--seed", "3"]) == 0
+    assert main(["prepare", "--run-dir", str(run), "--seed", "3"]) == 0
+    return run
+
+
+def copy_run(small_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(small_run / "dataset.zarr", run / "dataset.zarr")
+    return run
+
+
+# ---- model ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layers,bidirectional", [(1, True), (2, True), (2, False)])
+def test_read_out_is_the_final_state_of_each_direction(layers, bidirectional):
+    torch.manual_seed(0)
+    model = MortalityLSTM(ModelParams(hidden=6, layers=layers, bidirectional=bidirectional, fc=4)).eval()
+    x = torch.rand(5, 48, 19)
+    out, _ = model.lstm(x)
+    expected = torch.cat([out[:, -1, :6], out[:, 0, 6:]], dim=1) if bidirectional else out[:, -1, :]
+    torch.testing.assert_close(model.encode(x), expected)
+    logits = model(x)
+    assert logits.shape == (5, 2)
+    assert not any(isinstance(m, torch.nn.Softmax) for m in model.modules()), "the model returns logits"
+
+
+# ---- metrics ----------------------------------------------------------------------------------------
+
+def test_metrics_against_brute_force():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    prob = np.round(np.clip(0.3 * y + rng.random(200) * 0.7, 0, 1), 2)  # rounded: many ties
+    pos, neg = prob[y == 1], prob[y == 0]
+    pairs = np.mean([(p > n) + 0.5 * (p == n) for p, n in itertools.product(pos, neg)])
+    assert metrics.auroc(prob, y) == pytest.approx(pairs)
+    # average precision: precision at each distinct threshold, weighted by the recall it adds
+    ap, prev_recall = 0.0, 0.0
+    for t in np.unique(prob)[::-1]:
+        pred = prob >= t
+        recall = (pred & (y == 1)).sum() / (y == 1).sum()
+        ap += (recall - prev_recall) * (pred & (y == 1)).sum() / pred.sum()
+        prev_recall = recall
+    assert metrics.auprc(prob, y) == pytest.approx(ap)
+    pred = prob >= 0.5
+    tp, fp, fn = (pred & (y == 1)).sum(), (pred & (y == 0)).sum(), (~pred & (y == 1)).sum()
+    m = metrics.evaluate(prob, y)
+    assert m["precision"] == pytest.approx(tp / (tp + fp)) and m["recall"] == pytest.approx(tp / (tp + fn))
+    assert m["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert m["accuracy"] == pytest.approx((pred == y).mean())
+
+
+# ---- split ------------------------------------------------------------------------------------------
+
+def test_split_is_stratified_disjoint_and_fixed_by_seed():
+    y = np.r_[np.zeros(900, int), np.ones(100, int)]
+    split = training.make_split(y, 0.15, 5, seed=1)
+    assert split == training.make_split(y, 0.15, 5, seed=1) != training.make_split(y, 0.15, 5, seed=2)
+    test = set(split["test"])
+    folds = [set(f) for f in split["fold"]]
+    assert len(test) == 150 and y[list(test)].sum() == 15
+    assert all(not (test & f) for f in folds) and sum(map(len, folds)) == 850
+    assert set().union(*folds, test) == set(range(1000))
+    assert all(17 <= y[list(f)].sum() <= 17 for f in folds)
+
+
+# ---- cross-validation ---------------------------------------------------------------------------------
+
+def run_cv(run, *extra):
+    assert main(["cv", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3", "cv.epochs=3",
+                 *TINY, *extra]) == 0
+
+
+def test_cv_is_held_out_only_and_metrics_match_the_saved_predictions(small_run, tmp_path):
+    run = copy_run(small_run, tmp_path)
+    run_cv(run)
+    split = json.loads((run / "split.json").read_text())
+    test = set(split["test"])
+    for k in range(3):
+        train_idx, held_out = training.fold_indices(split, k)
+        assert not set(train_idx) & set(held_out)
+        assert not test & set(held_out) and not test & set(train_idx)
+        folder = run / "cv" / f"fold-{k}"
+        predictions = pd.read_csv(folder / "predictions.csv")
+        assert predictions["sample"].tolist() == held_out.tolist()
+        recomputed = metrics.evaluate(predictions["prob"].to_numpy(), predictions["y"].to_numpy())
+        final = json.loads((folder / "done.json").read_text())["final"]
+        last_epoch = pd.read_csv(folder / "metrics.csv").iloc[-1]
+        for name in metrics.NAMES:
+            assert final[name] == pytest.approx(recomputed[name], abs=1e-12)
+            assert last_epoch[name] == pytest.approx(recomputed[name], abs=1e-12)
+        assert (folder / "learning_curve.png").stat().st_size > 10_000
+    summary = json.loads((run / "cv" / "summary.json").read_text())
+    assert 1 <= summary["best_epoch"] <= 3 and set(summary["mean"]) >= set(metrics.NAMES)
+
+
+def test_same_seed_same_fold_metrics(small_run, tmp_path):
+    a, b = copy_run(small_run, tmp_path / "a"), copy_run(small_run, tmp_path / "b")
+    run_cv(a)
+    run_cv(b)
+    for k in range(3):
+        assert (a / "cv" / f"fold-{k}" / "metrics.csv").read_text() == (b / "cv" / f"fold-{k}" / "metrics.csv").read_text()
+
+
+def test_an_interrupted_fold_resumes_from_its_checkpoint(small_run, tmp_path):
+    full, cut = copy_run(small_run, tmp_path / "full"), copy_run(small_run, tmp_path / "cut")
+    run_cv(full)
+    run_cv(cut, "cv.epochs=2")  # as if the fold task had stopped after epoch 2 ...
+    for k in range(3):
+        (cut / "cv" / f"fold-{k}" / "done.json").unlink()
+    run_cv(cut, "--force")  # ... and was started again for 3 epochs
+    for k in range(3):
+        assert (full / "cv" / f"fold-{k}" / "metrics.csv").read_text() == \
+            (cut / "cv" / f"fold-{k}" / "metrics.csv").read_text()
+
+
+# ---- final model ------------------------------------------------------------------------------------
+
+def test_train_evaluates_once_on_the_test_set_and_load_model(small_run, tmp_path):
+    run = copy_run(small_run, tmp_path)
+    run_cv(run)
+    assert main(["train", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3", *TINY]) == 0
+    model = load_model(run)
+    assert not model.training
+    split = json.loads((run / "split.json").read_text())
+    predictions = pd.read_csv(run / "model" / "test_predictions.csv")
+    assert predictions["sample"].tolist() == sorted(split["test"])
+    x = torch.from_numpy(training.load_data(run).x.numpy()[predictions["sample"].to_numpy()])
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (len(predictions), 2) and logits.dtype == torch.float32
+    np.testing.assert_allclose(torch.softmax(logits, 1)[:, 1].numpy(), predictions["prob"], atol=1e-6)
+    saved = json.loads((run / "model" / "test_metrics.json").read_text())
+    assert saved["auroc"] == pytest.approx(metrics.auroc(predictions["prob"], predictions["y"]))
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert meta["epochs"] == json.loads((run / "cv" / "summary.json").read_text())["best_epoch"]
+
+
+# ---- tuning -------------------------------------------------------------------------------------------
+
+def test_tune_model_with_two_local_workers_on_the_journal_file(small_run, tmp_path):
+    run = copy_run(small_run, tmp_path)
+    assert main(["tune-model", "--run-dir", str(run), "--executor", "local", "--workers", "2", "--seed", "5",
+                 "cv.folds=3", "tune-model.trials=4", "tune-model.max_epochs=2", "tune-model.epochs_per_report=1",
+                 "tune-model.folds_used=2"]) == 0
+    best = json.loads((run / "tune-model" / "best.json").read_text())
+    from pipeline import study
+
+    s = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run))
+    done = s.get_trials(states=study.DONE)
+    assert len(done) == 4 and (run / "optuna.journal").exists()
+    assert {t.user_attrs["worker"] for t in done} == {0, 1}
+    assert not s.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert best["params"] == dataclasses.asdict(ModelParams(**best["params"]))
+    # cv then trains with the tuned parameters
+    run_cv(run)
+    fold = json.loads((run / "cv" / "fold-0" / "done.json").read_text())
+    assert fold["params"] == best["params"]

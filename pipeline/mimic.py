@@ -45,7 +45,7 @@ DICTIONARIES = {"D_ITEMS": CHART, "D_LABITEMS": LAB}
 EVENT_SCHEMA = pa.schema([("key", pa.int64()), ("feature", pa.int8()), ("charttime", pa.timestamp("s")),
                           ("value", pa.float64())])
 BLOCK_BYTES = 4 << 20  # the reader holds a few blocks ahead: memory ∝ block, speed flat from 1 MB on
-ROW_GROUP_ROWS = 1 << 20  # filtered rows per Parquet row group (= a Dask partition downstream)
+ROW_GROUP_ROWS = 1 << 18  # filtered rows per Parquet row group (= a Dask partition downstream)
 
 
 def find_table(mimic_dir: Path, name: str, required: bool = True) -> Path | None:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .config import PrepareConfig
 
-BLOCK = 4096  # samples per block in the dense steps
+BLOCK = 1024  # samples per block in the dense steps
 
 
 def attach_samples(events: dd.DataFrame, stays: pd.DataFrame, key: str) -> dd.DataFrame:

@@ -86,3 +86,16 @@ def fresh_pg_url(postgres_url: str) -> str:
 def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A temp dir with a shell-hostile name, as the run directory of Slurm tests."""
     return tmp_path_factory.mktemp("run dir 'quoted'; echo x")
+
+
+# ---- small synthetic runs for the model and attack stages ---------------------------------------
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """A run directory holding dataset.zarr of 300 synthetic admissions (copy it before writing)."""
+    from pipeline.cli import main
+
+    run = tmp_path_factory.mktemp("small")
+    assert main(["synth", "--run-dir", str(run), "--admissions", "300", "--seed", "3"]) == 0
+    assert main(["prepare", "--run-dir", str(run), "--seed", "3"]) == 0
+    return run

@@ -3,7 +3,6 @@
 import dataclasses
 import itertools
 import json
-import shutil
 
 import numpy as np
 import optuna
@@ -15,25 +14,7 @@ from pipeline import metrics, training
 from pipeline.cli import main
 from pipeline.config import ModelParams
 from pipeline.model import MortalityLSTM, load_model
-
-TINY = ["model.hidden=8", "model.fc=8", "model.batch_size=64", "model.bidirectional=true"]
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    """A run directory holding dataset.zarr of 300 synthetic admissions."""
-    run = tmp_path_factory.mktemp("small")
-    assert main(["synth", "--run-dir", str(run), "--admissions", "300", "--seed", "3"]) == 0
-    assert main(["prepare", "--run-dir", str(run), "--seed", "3"]) == 0
-    return run
-
-
-def copy_run(small_run, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    shutil.copytree(small_run / "dataset.zarr", run / "dataset.zarr")
-    return run
-
+from tests.runs import TINY, copy_run
 
 # ---- model ------------------------------------------------------------------------------------------
 
@@ -124,7 +105,8 @@ def test_same_seed_same_fold_metrics(small_run, tmp_path):
     run_cv(a)
     run_cv(b)
     for k in range(3):
-        assert (a / "cv" / f"fold-{k}" / "metrics.csv").read_text() == (b / "cv" / f"fold-{k}" / "metrics.csv").read_text()
+        fold = f"cv/fold-{k}/metrics.csv"
+        assert (a / fold).read_text() == (b / fold).read_text()
 
 
 def test_an_interrupted_fold_resumes_from_its_checkpoint(small_run, tmp_path):

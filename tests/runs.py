@@ -1,0 +1,17 @@
+"""Helpers for tests that run stages on the small synthetic run (the `small_run` fixture)."""
+
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_PROFILE = ROOT / "slurm" / "profiles" / "test-cluster.toml"
+# a tiny model: the tests check plumbing and discipline, not accuracy
+TINY = ["model.hidden=8", "model.fc=8", "model.batch_size=64", "model.bidirectional=true"]
+
+
+def copy_run(small_run: Path, where: Path) -> Path:
+    """A fresh run directory holding small_run's dataset.zarr."""
+    run = where / "run"
+    run.mkdir(parents=True)
+    shutil.copytree(small_run / "dataset.zarr", run / "dataset.zarr")
+    return run

@@ -1,0 +1,86 @@
+"""The model stage on the real Slurm cluster with Optuna on the real PostgreSQL."""
+
+import json
+import subprocess
+import threading
+import time
+
+import optuna
+import pytest
+
+from pipeline import study
+from pipeline.cli import main
+from pipeline.rundir import RunDir
+from pipeline.settings import study_name
+from tests.runs import TEST_PROFILE, TINY, copy_run
+
+pytestmark = [pytest.mark.slurm, pytest.mark.postgres]
+
+
+def slurm_args(run, pg_url, *extra):
+    return ["--run-dir", str(run), "--executor", "slurm", "--workers", "2", "--seed", "5",
+            f"run.storage={pg_url}", f"run.slurm_profile={TEST_PROFILE}", "cv.folds=3", *extra]
+
+
+def array_tasks(jobs_dir):
+    """{array job id: [task ids]} from submitit's folders <array>_<task>."""
+    arrays = {}
+    for p in jobs_dir.iterdir():
+        if p.name[0].isdigit() and "_" in p.name:
+            job, task = p.name.split("_")
+            arrays.setdefault(job, []).append(int(task))
+    return {job: sorted(tasks) for job, tasks in arrays.items()}
+
+
+def load(run, pg_url):
+    name = study_name(RunDir(run), "tune-model")
+    return optuna.load_study(study_name=name, storage=study.open_storage(pg_url, run, heartbeat_s=1))
+
+
+def test_tune_model_on_postgresql_then_cv_as_one_array(slurm_cluster, fresh_pg_url, small_run, tmp_path):
+    run = copy_run(small_run, tmp_path)
+    assert main(["tune-model", *slurm_args(run, fresh_pg_url, "tune-model.trials=4", "tune-model.max_epochs=2",
+                                           "tune-model.epochs_per_report=1")]) == 0
+    s = load(run, fresh_pg_url)
+    done = s.get_trials(states=study.DONE)
+    assert len(done) == 4 and len(s.trials) == 4
+    assert {t.user_attrs["worker"] for t in done} == {0, 1}, "both array workers ran trials"
+    assert array_tasks(run / "jobs" / "tune-model").__len__() == 1
+
+    assert main(["cv", *slurm_args(run, fresh_pg_url, "cv.epochs=2")]) == 0
+    (tasks,) = array_tasks(run / "jobs" / "cv").values()
+    assert tasks == [0, 1, 2], "the folds ran as one array of three tasks"
+    summary = json.loads((run / "cv" / "summary.json").read_text())
+    assert len(summary["per_fold"]) == 3
+
+
+def test_a_cancelled_tuning_worker_leaves_no_running_trial(slurm_cluster, fresh_pg_url, small_run, tmp_path):
+    run = copy_run(small_run, tmp_path)
+    args = ["tune-model", *slurm_args(run, fresh_pg_url, "run.heartbeat_s=1", "tune-model.trials=4",
+                                      "tune-model.max_epochs=6", "tune-model.epochs_per_report=1", *TINY)]
+    outcome = []
+    driver = threading.Thread(target=lambda: outcome.append(main(args)))
+    driver.start()
+
+    deadline = time.time() + 180
+    while True:  # wait until worker 0 is in the middle of a trial
+        assert time.time() < deadline, "worker 0 never started a trial"
+        try:
+            running = [t for t in load(run, fresh_pg_url).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                       if t.user_attrs.get("worker") == 0]
+        except KeyError:  # the study is not created yet
+            running = []
+        if running:
+            break
+        time.sleep(0.2)
+    (array_id,) = array_tasks(run / "jobs" / "tune-model")
+    subprocess.run(["scancel", f"{array_id}_0"], check=True)
+
+    driver.join(timeout=300)
+    assert outcome == [0], "the stage succeeds: the other worker finished the study"
+    s = load(run, fresh_pg_url)
+    assert len(s.get_trials(states=study.DONE)) == 4
+    assert not s.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
+    failed = s.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert running[0].number in {t.number for t in failed}, "the killed trial was failed by its missing heartbeat"
+    assert any(t.system_attrs.get("failed_trial") == running[0].number for t in s.trials), "and retried"

@@ -128,7 +128,7 @@ class Trainer:
             loss = self.loss_fn(self.model(xb), yb)
             loss.backward()
             self.optimizer.step()
-            total += float(loss) * len(yb)
+            total += loss.item() * len(yb)
             n += len(yb)
         self.epoch += 1
         return total / max(n, 1)
@@ -141,7 +141,8 @@ class Trainer:
         for start in range(0, len(idx), batch):
             xb = self.data.x[idx[start:start + batch]].to(self.device)
             probs.append(torch.softmax(self.model(xb), dim=1)[:, 1].cpu().numpy())
-        return np.concatenate(probs) if probs else np.zeros(0)
+        # float64, so that a saved table (CSV) round-trips exactly and metrics can be recomputed from it
+        return np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -63,13 +63,13 @@ def test_a_cancelled_tuning_worker_leaves_no_running_trial(slurm_cluster, fresh_
     driver.start()
 
     deadline = time.time() + 180
+    while not (run / "jobs" / "tune-model").exists():  # the driver creates the study, then submits
+        assert time.time() < deadline and driver.is_alive(), "the array was never submitted"
+        time.sleep(0.2)
     while True:  # wait until worker 0 is in the middle of a trial
         assert time.time() < deadline, "worker 0 never started a trial"
-        try:
-            running = [t for t in load(run, fresh_pg_url).get_trials(states=(optuna.trial.TrialState.RUNNING,))
-                       if t.user_attrs.get("worker") == 0]
-        except KeyError:  # the study is not created yet
-            running = []
+        running = [t for t in load(run, fresh_pg_url).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                   if t.user_attrs.get("worker") == 0]
         if running:
             break
         time.sleep(0.2)
@@ -81,6 +81,10 @@ def test_a_cancelled_tuning_worker_leaves_no_running_trial(slurm_cluster, fresh_
     s = load(run, fresh_pg_url)
     assert len(s.get_trials(states=study.DONE)) == 4
     assert not s.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
-    failed = s.get_trials(states=(optuna.trial.TrialState.FAIL,))
-    assert running[0].number in {t.number for t in failed}, "the killed trial was failed by its missing heartbeat"
-    assert any(t.system_attrs.get("failed_trial") == running[0].number for t in s.trials), "and retried"
+    # the trial worker 0 was running when it was killed (the one seen, or a later one if that one ended
+    # in the meantime) was failed for its missing heartbeat, and retried
+    killed = [t for t in s.get_trials(states=(optuna.trial.TrialState.FAIL,)) if t.user_attrs.get("worker") == 0]
+    assert len(killed) == 1 and killed[0].number >= running[0].number
+    retry = [t for t in s.trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert len(retry) == 1 and retry[0].state in study.DONE
+    assert killed[0].params.items() <= retry[0].params.items(), "the retry keeps what the killed trial had drawn"

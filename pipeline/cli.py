@@ -17,7 +17,7 @@ from . import __version__
 from . import config as config_mod
 from .config import EXECUTORS, ConfigError, PipelineConfig
 from .errors import InputError
-from .executor import TaskFailed
+from .executor import LOG_FORMAT, TaskFailed
 from .rundir import RunDir
 from .stages import CHAIN, STAGES, StageNotBuilt, run_chain, run_stage
 
@@ -106,7 +106,7 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format=LOG_FORMAT, datefmt="%H:%M:%S")
     try:
         cfg = resolve_config(args)
         if args.stage != "run" and STAGES[args.stage].func is None:

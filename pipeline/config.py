@@ -82,17 +82,17 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TuneModelConfig:
-    trials: int = option(20, "finished (complete or pruned) trials the study must hold")
+    trials: int = option(8, "finished (complete or pruned) trials the study must hold")
     folds_used: int = option(2, "CV folds trained and evaluated per trial")
-    max_epochs: int = option(30, "epochs per trial at most")
-    epochs_per_report: int = option(5, "epochs between reports of the held-out AUROC to the pruner")
+    max_epochs: int = option(10, "epochs per trial at most")
+    epochs_per_report: int = option(2, "epochs between reports of the held-out AUROC to the pruner")
 
 
 @dataclass(frozen=True)
 class CVConfig:
     folds: int = option(5, "stratified folds on the non-test data")
     test_fraction: float = option(0.15, "stratified held-out test set, never seen by tuning or CV")
-    epochs: int = option(30, "epochs per fold")
+    epochs: int = option(10, "epochs per fold")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,26 @@ class TaskFailed(RuntimeError):
     """A task of a stage raised or its job died; the message says which and where its log is."""
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def ensure_logging() -> None:
+    """In a worker process (local or a Slurm task), log INFO lines like the driver does."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+
+
+class LoggedTask:
+    """A task function that sets up logging in the process it runs in."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        ensure_logging()
+        return self.fn(*args)
+
+
 class CheckpointableTask(submitit.helpers.Checkpointable):
     """A task function that saves its progress on disk, so that a requeued call resumes.
 
@@ -45,6 +65,7 @@ class CheckpointableTask(submitit.helpers.Checkpointable):
         self.fn = fn
 
     def __call__(self, *args: Any) -> Any:
+        ensure_logging()
         return self.fn(*args)
 
     def __repr__(self) -> str:
@@ -157,7 +178,8 @@ def _run_local(fn: Callable[..., Any], calls: list[tuple], workers: int, stage: 
     # spawn, not fork: a forked child of a process holding torch/OpenMP threads can deadlock
     ctx = multiprocessing.get_context("spawn")
     results: list[Any] = [None] * len(calls)
-    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(calls))), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(calls))), mp_context=ctx,
+                             initializer=ensure_logging) as pool:
         futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
         for fut in tqdm(as_completed(futures), total=len(calls), desc=stage, disable=not progress):
             i = futures[fut]
@@ -183,8 +205,9 @@ def make_slurm_executor(profile: SlurmProfile, jobs_dir: Path, stage: str) -> su
 def _run_slurm(fn: Callable[..., Any], calls: list[tuple], profile: SlurmProfile, jobs_dir: Path,
                stage: str, progress: bool) -> list[Any]:
     executor = make_slurm_executor(profile, jobs_dir, stage)
+    task = fn if isinstance(fn, CheckpointableTask) else LoggedTask(fn)
     with executor.batch():  # one sbatch --array for all calls
-        jobs = [executor.submit(fn, *args) for args in calls]
+        jobs = [executor.submit(task, *args) for args in calls]
     log.info("%s: submitted array job %s (%d tasks), logs in %s", stage, jobs[0].job_id.split("_")[0],
              len(jobs), jobs_dir)
     return wait_for_jobs(jobs, calls, stage, progress)

@@ -159,7 +159,7 @@ def test_tune_model_with_two_local_workers_on_the_journal_file(small_run, tmp_pa
     assert {t.user_attrs["worker"] for t in done} == {0, 1}
     assert not s.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     assert best["params"] == dataclasses.asdict(ModelParams(**best["params"]))
-    # cv then trains with the tuned parameters
-    run_cv(run)
+    # cv then trains with the tuned parameters, its folds in local processes
+    run_cv(run, "--executor", "local", "--workers", "2")
     fold = json.loads((run / "cv" / "fold-0" / "done.json").read_text())
     assert fold["params"] == best["params"]

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     types_ = config_mod.section_types()
     for name in CHAIN:
         stage = STAGES[name]
-        built = "" if stage.func else f" [not built yet, issue #{stage.issue}]"
+        built = "" if stage.built else f" [not built yet, issue #{stage.issue}]"
         p = sub.add_parser(name, parents=[common], help=f"{stage.summary} → {stage.produces}{built}",
                            description=f"{stage.summary}. Writes {stage.produces} in the run directory.")
         _add_section_options(p, types_[name], name)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                         format=LOG_FORMAT, datefmt="%H:%M:%S")
     try:
         cfg = resolve_config(args)
-        if args.stage != "run" and STAGES[args.stage].func is None:
+        if args.stage != "run" and not STAGES[args.stage].built:
             raise StageNotBuilt(f"stage {args.stage!r} is not built yet "
                                 f"(tracked in issue #{STAGES[args.stage].issue})")
         run_dir = RunDir(args.run_dir)

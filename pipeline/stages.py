@@ -1,23 +1,19 @@
 """The stages of the pipeline, in order, and how one is run (skip if complete, time it, mark it).
 
 A stage is a function ``stage(config, run_dir)`` that reads earlier stages' artifacts from disk and
-writes its own. ``func=None`` means the stage is not built yet: asking for it is an error.
+writes its own. ``entry=None`` means the stage is not built yet: asking for it is an error.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .config import PipelineConfig
-from .cv import cv
-from .prepare import prepare
 from .rundir import RunDir
-from .synth import synth
-from .train import train
-from .tune_model import tune_model
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +30,27 @@ class Stage:
     summary: str
     produces: str
     issue: int
-    func: StageFunc | None = None
+    entry: str | None = None  # "package.module:function", imported only when the stage runs (a fast --help)
+
+    @property
+    def built(self) -> bool:
+        return self.entry is not None
+
+    def load(self) -> StageFunc:
+        module, _, name = self.entry.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("synth", "write synthetic MIMIC-III tables (CSV.gz) and each admission's true risk",
-          "raw/", 3, synth),
+          "raw/", 3, "pipeline.synth:synth"),
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
-          "dataset.zarr", 3, prepare),
-    Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study", 4, tune_model),
-    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", 4, cv),
-    Stage("train", "final model on all non-test data, evaluated once on the test set", "model/", 4, train),
+          "dataset.zarr", 3, "pipeline.prepare:prepare"),
+    Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study", 4,
+          "pipeline.tune_model:tune_model"),
+    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", 4, "pipeline.cv:cv"),
+    Stage("train", "final model on all non-test data, evaluated once on the test set", "model/", 4,
+          "pipeline.train:train"),
     Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study", 5),
     Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr", 5),
     Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
@@ -61,7 +67,7 @@ def stage_config(cfg: PipelineConfig, name: str) -> dict:
 def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> bool:
     """Run one stage unless it is complete; returns True if it ran."""
     stage = STAGES[name]
-    if stage.func is None:
+    if not stage.built:
         raise StageNotBuilt(f"stage {name!r} is not built yet (tracked in issue #{stage.issue})")
     wanted = stage_config(cfg, name)
     if run_dir.is_complete(name) and not force:
@@ -73,7 +79,7 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
     run_dir.clear(name)
     log.info("%s: %s → %s", name, stage.summary, stage.produces)
     started = time.time()
-    stage.func(cfg, run_dir)
+    stage.load()(cfg, run_dir)
     run_dir.mark_complete(name, config=wanted, seed=cfg.run.seed, started=started,
                           executor=cfg.run.executor)
     log.info("%s: done in %.1f s", name, time.time() - started)
@@ -89,7 +95,7 @@ def run_chain(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> list
         if name == "synth" and cfg.prepare.mimic_dir:
             log.info("synth: skipped, real tables in %s", cfg.prepare.mimic_dir)
             continue
-        if STAGES[name].func is None:
+        if not STAGES[name].built:
             missing = CHAIN[i:]
             log.warning("stage %r is not built yet: stopping before %s", name, ", ".join(missing))
             return missing

@@ -41,17 +41,25 @@ def test_failed_directory_write_keeps_the_previous_one(tmp_path):
     assert (final / "good").exists()
 
 
-def _counting_stage(calls):
-    def stage(cfg, run_dir):
-        calls.append(cfg.run.seed)
-        rundir.write_text(run_dir / "raw" / "out.txt", f"seed {cfg.run.seed}")
-    return stage
+CALLS: list[int] = []
+
+
+def counting_stage(cfg, run_dir):
+    CALLS.append(cfg.run.seed)
+    rundir.write_text(run_dir / "raw" / "out.txt", f"seed {cfg.run.seed}")
+
+
+def broken_stage(cfg, run_dir):
+    raise OSError("disk full")
+
+
+def use_stage(monkeypatch, entry: str) -> None:
+    monkeypatch.setitem(stages.STAGES, "synth", dataclasses.replace(stages.STAGES["synth"], entry=entry))
 
 
 def test_complete_stage_is_skipped_unless_forced(tmp_path, monkeypatch, caplog):
-    calls = []
-    monkeypatch.setitem(stages.STAGES, "synth", dataclasses.replace(stages.STAGES["synth"],
-                                                                     func=_counting_stage(calls)))
+    CALLS.clear()
+    use_stage(monkeypatch, "tests.test_rundir:counting_stage")
     run = RunDir(tmp_path / "run")
     cfg = PipelineConfig()
     run.open(cfg.to_dict(), cfg.run.seed)
@@ -61,7 +69,7 @@ def test_complete_stage_is_skipped_unless_forced(tmp_path, monkeypatch, caplog):
     assert stages.run_stage("synth", other, run) is False
     assert "complete with a different config" in caplog.text
     assert stages.run_stage("synth", other, run, force=True) is True
-    assert calls == [0, 5]
+    assert CALLS == [0, 5]
 
     manifest = json.loads(run.manifest_path.read_text())
     record = manifest["stages"]["synth"]
@@ -70,10 +78,7 @@ def test_complete_stage_is_skipped_unless_forced(tmp_path, monkeypatch, caplog):
 
 
 def test_failed_stage_is_not_marked_complete(tmp_path, monkeypatch):
-    def broken(cfg, run_dir):
-        raise OSError("disk full")
-
-    monkeypatch.setitem(stages.STAGES, "synth", dataclasses.replace(stages.STAGES["synth"], func=broken))
+    use_stage(monkeypatch, "tests.test_rundir:broken_stage")
     run = RunDir(tmp_path)
     with pytest.raises(OSError):
         stages.run_stage("synth", PipelineConfig(), run)

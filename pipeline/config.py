@@ -103,19 +103,27 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TuneAttackConfig:
     trials: int = option(20, "finished trials the study must hold")
-    targets: int = option(200, "fixed subset of targets the attack is tuned on")
+    targets: int = option(200, "fixed subset of targets the attack is tuned on (at most 1,000)")
     objective: str = option(
         "sparse_small_max", "what tuning maximizes", ("sparse_small_max", "success_rate", "sparse_small")
     )
+    max_iter: int = option(200, "proximal updates per trial's attack")
 
 
 @dataclass(frozen=True)
 class AttackConfig:
-    shards: int = option(1, "array tasks; shard boundaries are multiples of the store chunk")
+    shards: int = option(1, "array tasks, each a contiguous range of targets (boundaries on batch multiples)")
     targets: str = option("test", "correctly classified samples of the test set or of all samples",
                           ("test", "all"))
-    max_iter: int = option(1000, "iterations per target (no early stop: first and best are kept)")
+    max_iter: int = option(1000, "proximal updates per target (no early stop: first and best are kept)")
     observed_only: bool = option(False, "perturb only cells that were really measured (mask)")
+    kappa: float = option(0.0, "confidence margin κ of the hinge max(Z_t − Z_o, −κ)")
+    lam: float = option(1e-3, "λ, weight of the elementwise L1 norm; the threshold is lr·λ")
+    lr: float = option(0.01, "step size η of the optimizer on the hinge term")
+    optimizer: str = option("adam", "optimizer of the gradient step", ("sgd", "adam", "rmsprop"))
+    fista: bool = option(False, "FISTA momentum (as EAD)")
+    batch_size: int = option(256, "targets attacked at once; a multiple of chunk_samples")
+    chunk_samples: int = option(64, "attack.zarr chunk length along `sample`")
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train", "final model on all non-test data, evaluated once on the test set", "model/", 4,
           "pipeline.train:train"),
     Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study", 5),
-    Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr", 5),
+    Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr", 5,
+          "pipeline.attack:attack"),
     Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
           "susceptibility.zarr, figures/, report.md", 6),
 ]}

@@ -99,3 +99,15 @@ def small_run(tmp_path_factory) -> Path:
     assert main(["synth", "--run-dir", str(run), "--admissions", "300", "--seed", "3"]) == 0
     assert main(["prepare", "--run-dir", str(run), "--seed", "3"]) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_run, tmp_path_factory) -> Path:
+    """small_run plus a tiny trained model (split, model/); copy before writing."""
+    from pipeline.cli import main
+    from tests.runs import TINY, copy_run
+
+    run = copy_run(small_run, tmp_path_factory.mktemp("trained"))
+    assert main(["train", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3",
+                 "train.epochs=8", *TINY, "model.hidden=16", "model.lr=0.01"]) == 0
+    return run

@@ -15,3 +15,11 @@ def copy_run(small_run: Path, where: Path) -> Path:
     run.mkdir(parents=True)
     shutil.copytree(small_run / "dataset.zarr", run / "dataset.zarr")
     return run
+
+
+def copy_trained(trained_run: Path, where: Path) -> Path:
+    """A fresh run directory with trained_run's dataset, split and model."""
+    run = copy_run(trained_run, where)
+    shutil.copy(trained_run / "split.json", run / "split.json")
+    shutil.copytree(trained_run / "model", run / "model")
+    return run

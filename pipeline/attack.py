@@ -1,0 +1,194 @@
+"""Stage `attack`: the L1 attack on every target, sharded by sample index, into one ``attack.zarr``.
+
+Targets are the correctly classified samples of the test set (or of all samples). The driver
+pre-allocates the store (dims sample = targets, kind = first/best, time, feature, class), then
+launches S array tasks; shard k attacks a contiguous range of targets whose boundaries are
+multiples of the batch size (itself a multiple of the store's chunk along `sample`), so that shards
+never share a chunk and their batches are the batches a single shard would run. A shard writes
+only its own region, records every finished batch in ``attack-shards/shard-K.json`` and resumes
+from there after a requeue. When every shard is done, the store is renamed to ``attack.zarr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+import zarr
+from tqdm.auto import tqdm
+
+from . import rundir, training
+from .config import AttackConfig, ConfigError, PipelineConfig
+from .executor import CheckpointableTask, run_tasks
+from .features import NAMES
+from .l1_attack import KINDS, AttackParams, L1Attack
+from .model import load_model
+from .rundir import RunDir
+from .settings import executor_spec
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".attack.zarr.partial"
+VARIABLES = ("perturbation", "found", "iteration", "loss", "logits")
+
+
+def attack_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[AttackParams, str]:
+    """tune-attack's best parameters when it ran, else the config's [attack]."""
+    a = cfg.attack
+    values = {"kappa": a.kappa, "lam": a.lam, "lr": a.lr, "optimizer": a.optimizer, "fista": a.fista}
+    source = "the config's [attack] table"
+    best = run_dir.path / "tune-attack" / "best.json"
+    if best.exists():
+        values.update(json.loads(best.read_text())["params"])
+        source = str(best)
+    return AttackParams(**values, max_iter=a.max_iter, observed_only=a.observed_only), source
+
+
+def select_targets(run_dir: Path, scope: str) -> pd.DataFrame:
+    """Correctly classified samples (of the test set, or all): columns dataset_index, y, pred."""
+    data = training.load_data(run_dir)
+    split = json.loads((Path(run_dir) / "split.json").read_text())
+    candidates = np.array(sorted(split["test"])) if scope == "test" else np.arange(len(data.y))
+    model = load_model(run_dir)
+    with torch.no_grad():
+        pred = np.concatenate([model(data.x[candidates[i:i + 1024]]).argmax(1).numpy()
+                               for i in range(0, len(candidates), 1024)])
+    correct = pred == data.y[candidates]
+    return pd.DataFrame({"dataset_index": candidates[correct], "y": data.y[candidates][correct],
+                         "pred": pred[correct]})
+
+
+def shard_ranges(n: int, shards: int, unit: int) -> list[tuple[int, int]]:
+    """`shards` contiguous ranges covering 0…n, boundaries on multiples of `unit` (some may be empty)."""
+    units = -(-n // unit)
+    edges = [min(n, round(k * units / shards) * unit) for k in range(shards + 1)]
+    return [(edges[k], edges[k + 1]) for k in range(shards)]
+
+
+def model_identity(run_dir: Path) -> dict:
+    weights = Path(run_dir) / "model" / "weights.pt"
+    return {"weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "model": json.loads((Path(run_dir) / "model" / "model.json").read_text())}
+
+
+def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: dict) -> None:
+    """Create the store with its coordinates and empty variables (written later, region by region)."""
+    n, n_feat = len(targets), len(NAMES)
+    rows = max(1, min(chunk, n))
+
+    def empty(shape, dtype, fill):
+        return da.full(shape, fill, dtype=dtype, chunks=(rows, *shape[1:]))
+
+    ds = xr.Dataset(
+        {"perturbation": (("sample", "kind", "time", "feature"), empty((n, 2, n_time, n_feat), np.float32, 0.0),
+                          {"description": "P in scaled [0, 1] units; × (p95 − p5) for clinical units"}),
+         "found": (("sample", "kind"), empty((n, 2), bool, False)),
+         "iteration": (("sample", "kind"), empty((n, 2), np.int32, -1),
+                       {"description": "proximal updates applied when the example was found; -1: none"}),
+         "loss": (("sample", "kind"), empty((n, 2), np.float32, np.nan),
+                  {"description": "max(Z_t − Z_o, −κ) + λ‖P‖₁"}),
+         "logits": (("sample", "kind", "class"), empty((n, 2, 2), np.float32, np.nan))},
+        coords={"sample": np.arange(n), "dataset_index": ("sample", targets["dataset_index"].to_numpy(np.int64)),
+                "y": ("sample", targets["y"].to_numpy(np.int8)), "pred": ("sample", targets["pred"].to_numpy(np.int8)),
+                "kind": ("kind", np.array(KINDS, dtype=object)), "time": np.arange(n_time),
+                "feature": ("feature", np.array(NAMES, dtype=object)), "class": np.arange(2)},
+        attrs=attrs)
+    ds.to_zarr(path, mode="w", zarr_format=3, compute=False, consolidated=False)
+
+
+def progress_path(run_dir: Path, shard: int) -> Path:
+    return Path(run_dir) / "attack-shards" / f"shard-{shard}.json"
+
+
+def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, batch_size: int,
+                 workers: int = 1) -> dict:
+    """One shard (a task): attack targets start…stop batch by batch, resuming after a requeue."""
+    training.set_threads(workers)
+    run = Path(run_dir)
+    store = zarr.open_group(run / PARTIAL, mode="r+")
+    progress_file = progress_path(run, shard)
+    progress = json.loads(progress_file.read_text()) if progress_file.exists() else {"done": [], "writes": []}
+    if progress.get("complete"):
+        return progress
+    device = training.device()
+    model = load_model(run, device)
+    attack = L1Attack(model, AttackParams(**params))
+    ds = xr.open_zarr(run / "dataset.zarr", consolidated=False)
+    index = store["dataset_index"][start:stop]
+    x, mask = ds.x.values[index], ds["mask"].values[index]
+    target = store["y"][start:stop].astype(np.int64)
+    batches = [(b, min(b + batch_size, stop)) for b in range(start, stop, batch_size)]
+    bar = tqdm(total=stop - start, desc=f"shard {shard}", unit="target", initial=sum(b1 - b0 for b0, b1 in batches
+                                                                                     if b0 in progress["done"]))
+    successes = progress.get("successes", 0)
+    for b0, b1 in batches:
+        if b0 in progress["done"]:
+            continue
+        lo, hi = b0 - start, b1 - start
+        result = attack.run(torch.from_numpy(x[lo:hi]), torch.from_numpy(target[lo:hi]), torch.from_numpy(mask[lo:hi]))
+        store["perturbation"][b0:b1] = result.perturbation.cpu().numpy()
+        store["found"][b0:b1] = result.found.cpu().numpy()
+        store["iteration"][b0:b1] = result.iteration.cpu().numpy().astype(np.int32)
+        store["loss"][b0:b1] = result.loss.cpu().numpy()
+        store["logits"][b0:b1] = result.logits.cpu().numpy()
+        successes += int(result.found[:, 0].sum())
+        progress["done"].append(b0)
+        progress["writes"].append([b0, b1])
+        progress["successes"] = successes
+        rundir.write_json(progress_file, progress)
+        bar.update(b1 - b0)
+        bar.set_postfix(successes=successes)
+        log.info("shard %d: targets %d–%d done, %d successes so far", shard, b0, b1 - 1, successes)
+    bar.close()
+    progress["complete"] = True
+    rundir.write_json(progress_file, progress)
+    return progress
+
+
+def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    a: AttackConfig = cfg.attack
+    if a.batch_size % a.chunk_samples:
+        raise ConfigError(f"[attack] batch_size = {a.batch_size} must be a multiple of chunk_samples = "
+                          f"{a.chunk_samples} (shards must not share a chunk)")
+    params, source = attack_params(cfg, run_dir)
+    targets = select_targets(run_dir.path, a.targets)
+    if targets.empty:
+        raise ConfigError(f"[attack] targets = {a.targets!r}: no correctly classified sample to attack")
+    attrs = {"attack_config": dataclasses.asdict(params), "params_source": source, "targets": a.targets,
+             "batch_size": a.batch_size, "seed": cfg.run.seed, **model_identity(run_dir.path)}
+    partial = run_dir.path / PARTIAL
+    if not partial.exists() or xr.open_zarr(partial, consolidated=False).attrs != json.loads(json.dumps(attrs)):
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(run_dir.path / "attack-shards", ignore_errors=True)
+        allocate(partial, targets, cfg.prepare.window_hours, a.chunk_samples, attrs)
+    else:
+        log.info("attack: resuming the store in %s", partial)
+    ranges = shard_ranges(len(targets), a.shards, a.batch_size)
+    log.info("attack: %d targets (%s set, correctly classified), %d shard(s), %d iterations, parameters from %s",
+             len(targets), a.targets, a.shards, params.max_iter, source)
+    calls = [(str(run_dir.path), k, lo, hi, dataclasses.asdict(params), a.batch_size, cfg.run.workers)
+             for k, (lo, hi) in enumerate(ranges)]
+    shards = run_tasks(CheckpointableTask(attack_shard), calls, spec=executor_spec(cfg),
+                       jobs_dir=run_dir.jobs_dir("attack"), stage="attack")
+    written = sorted(tuple(w) for shard in shards for w in shard["writes"])
+    covered = [i for b0, b1 in written for i in range(b0, b1)]
+    if covered != list(range(len(targets))):  # every target written exactly once
+        raise RuntimeError(f"attack: the shards wrote {len(covered)} target rows for {len(targets)} targets")
+    with warnings.catch_warnings():  # consolidated metadata is outside the v3 spec: a convenience, not relied on
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(partial))
+    with rundir.atomic_path(run_dir.path / "attack.zarr") as tmp:
+        partial.rename(tmp)
+    found = xr.open_zarr(run_dir.path / "attack.zarr", consolidated=False).found.values
+    log.info("attack: success rate %.1f%% (%d of %d targets)", 100 * found[:, 0].mean(), found[:, 0].sum(),
+             len(found))

@@ -1,0 +1,93 @@
+"""The attack stage: targets, shards writing one Zarr store, resuming (debug and local executors)."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline import training
+from pipeline.attack import select_targets, shard_ranges
+from pipeline.cli import main
+from pipeline.model import load_model
+from tests.runs import copy_trained
+
+ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=30", "attack.batch_size=32",
+          "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1"]
+
+
+def run_attack(run, *extra):
+    assert main(["attack", "--run-dir", str(run), *ATTACK, *extra]) == 0
+    return xr.open_zarr(run / "attack.zarr", consolidated=False)
+
+
+def test_shard_ranges_on_batch_multiples():
+    assert shard_ranges(100, 3, 16) == [(0, 32), (32, 80), (80, 100)]  # 7 batches: 2 + 3 + 2
+    assert shard_ranges(10, 3, 16) == [(0, 0), (0, 10), (10, 10)]  # fewer batches than shards: empty ones
+    for n, s, u in [(1000, 7, 64), (5, 3, 4), (64, 1, 64)]:
+        ranges = shard_ranges(n, s, u)
+        assert ranges[0][0] == 0 and ranges[-1][1] == n and len(ranges) == s
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+        assert all(lo % u == 0 for lo, _ in ranges)
+
+
+def test_targets_are_correctly_classified_test_samples(trained_run):
+    targets = select_targets(trained_run, "test")
+    split = json.loads((trained_run / "split.json").read_text())
+    assert set(targets.dataset_index) <= set(split["test"])
+    data = training.load_data(trained_run)
+    model = load_model(trained_run)
+    import torch
+
+    with torch.no_grad():
+        pred = model(data.x[np.array(split["test"])]).argmax(1).numpy()
+    correct = np.array(split["test"])[pred == data.y[np.array(split["test"])]]
+    assert sorted(targets.dataset_index) == sorted(correct.tolist())
+    assert (targets.y == targets.pred).all()
+    everything = select_targets(trained_run, "all")
+    assert len(everything) > len(targets) and (everything.y == everything.pred).all()
+
+
+def test_three_local_shards_equal_one_debug_shard_bit_for_bit(trained_run, tmp_path):
+    one = run_attack(copy_trained(trained_run, tmp_path / "one"), "--executor", "debug", "attack.shards=1")
+    three = run_attack(copy_trained(trained_run, tmp_path / "three"), "--executor", "local", "--workers", "2",
+                       "attack.shards=3")
+    assert one.sizes["sample"] == three.sizes["sample"] > 64
+    for name in ("perturbation", "found", "iteration", "loss", "logits", "dataset_index", "y", "pred"):
+        np.testing.assert_array_equal(one[name].values, three[name].values, err_msg=name)
+    assert one.found.values[:, 0].any()
+    assert one.perturbation.dims == ("sample", "kind", "time", "feature")
+    assert one.kind.values.tolist() == ["first", "best"]
+    assert one.attrs["attack_config"]["max_iter"] == 30 and len(one.attrs["weights_sha256"]) == 64
+    assert one.perturbation.chunks[0][0] == 8
+
+
+def test_a_shard_resumes_without_redoing_batches(trained_run, tmp_path):
+    full = run_attack(copy_trained(trained_run, tmp_path / "full"), "--executor", "debug", "attack.shards=2")
+    run = copy_trained(trained_run, tmp_path / "cut")
+    # a first attempt that stops after the first batch of shard 0: simulate with a failing second batch
+    from pipeline import attack as attack_stage
+
+    original = attack_stage.L1Attack.run
+    calls = {"n": 0}
+
+    def flaky(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("preempted")
+        return original(self, *args)
+
+    attack_stage.L1Attack.run = flaky
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug", "attack.shards=2"])
+    finally:
+        attack_stage.L1Attack.run = original
+    progress = json.loads((run / "attack-shards" / "shard-0.json").read_text())
+    assert progress["done"] == [0] and not (run / "attack.zarr").exists()
+    resumed = run_attack(run, "--executor", "debug", "attack.shards=2")
+    for name in ("perturbation", "found", "iteration", "loss", "logits"):
+        np.testing.assert_array_equal(full[name].values, resumed[name].values, err_msg=name)
+    writes = [tuple(w) for k in range(2) for w in json.loads((run / "attack-shards" / f"shard-{k}.json")
+                                                            .read_text())["writes"]]
+    assert len(writes) == len(set(writes)), "a batch was written twice"

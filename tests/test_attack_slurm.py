@@ -1,0 +1,68 @@
+"""The attack stage on the real Slurm cluster: shards as one array, and a requeued shard resuming."""
+
+import json
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline.cli import main
+from tests.runs import TEST_PROFILE, copy_trained
+from tests.test_attack_stage import ATTACK
+
+pytestmark = pytest.mark.slurm
+VARIABLES = ("perturbation", "found", "iteration", "loss", "logits", "dataset_index", "y", "pred")
+
+
+def slurm(*extra):
+    return ["--executor", "slurm", "--workers", "3", f"run.slurm_profile={TEST_PROFILE}", *extra]
+
+
+def attack(run, *extra):
+    assert main(["attack", "--run-dir", str(run), *ATTACK, *extra]) == 0
+    return xr.open_zarr(run / "attack.zarr", consolidated=False)
+
+
+def assert_same_store(a, b):
+    for name in VARIABLES:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+
+
+def test_three_slurm_shards_equal_one_debug_shard(slurm_cluster, trained_run, tmp_path):
+    one = attack(copy_trained(trained_run, tmp_path / "one"), "--executor", "debug", "attack.shards=1")
+    run = copy_trained(trained_run, tmp_path / "three")
+    three = attack(run, *slurm("attack.shards=3"))
+    assert_same_store(one, three)
+    arrays = {p.name.split("_")[0] for p in (run / "jobs" / "attack").iterdir()
+              if p.name[0].isdigit() and "_" in p.name}
+    assert len(arrays) == 1, "the shards ran as one array"
+
+
+def test_a_requeued_shard_resumes_and_writes_each_batch_once(slurm_cluster, trained_run, tmp_path):
+    slow = ["attack.max_iter=150"]
+    reference = attack(copy_trained(trained_run, tmp_path / "ref"), "--executor", "debug", "attack.shards=2", *slow)
+    run = copy_trained(trained_run, tmp_path / "requeued")
+    outcome = []
+    driver = threading.Thread(target=lambda: outcome.append(
+        main(["attack", "--run-dir", str(run), *ATTACK, *slurm("attack.shards=2", *slow)])))
+    driver.start()
+    progress = run / "attack-shards" / "shard-0.json"
+    deadline = time.time() + 300
+    while not (progress.exists() and json.loads(progress.read_text())["done"]):
+        assert time.time() < deadline and driver.is_alive(), "shard 0 never finished a batch"
+        time.sleep(0.05)
+    (array_id,) = {p.name.split("_")[0] for p in (run / "jobs" / "attack").iterdir() if p.name.endswith("_0")}
+    # preempt it as Slurm does: USR2 makes submitit checkpoint the task and requeue it
+    subprocess.run(["scancel", "--signal=USR2", f"{array_id}_0"], check=True)
+    driver.join(timeout=600)
+    assert outcome == [0]
+    state = json.loads(progress.read_text())
+    assert state["complete"] and len(state["writes"]) == len({tuple(w) for w in state["writes"]}) >= 2
+    log = (run / "jobs" / "attack" / f"{array_id}_0" / f"{array_id}_0_0_log.err").read_text()  # logging: stderr
+    starts = (run / "jobs" / "attack" / f"{array_id}_0" / f"{array_id}_0_0_log.out").read_text()
+    assert starts.count("Starting with JobEnvironment") == 2, "shard 0 ran twice: before and after the requeue"
+    assert log.count("shard 0: targets 0–31 done") == 1, "the first batch was not redone after the requeue"
+    assert_same_store(reference, xr.open_zarr(run / "attack.zarr", consolidated=False))

@@ -62,8 +62,8 @@ def main() -> None:
             else f"CPU {platform.machine()}, {os.cpu_count()} cores")
     print(f"{name}; torch {torch.__version__}; BiLSTM-128/FC-64; {args.iterations} iterations; "
           f"{time.strftime('%Y-%m-%d')}\n")
-    print(f"| device | batched (batch {args.batch}) sample-it/s | one at a time sample-it/s | speed-up | full attack (37,832 × 1,000) |"
-          )
+    print(f"| device | batched (batch {args.batch}) sample-it/s | one at a time sample-it/s | speed-up | "
+          "full attack (37,832 × 1,000) |")
     print("|---|---:|---:|---:|---:|")
     full_s = FULL_TARGETS * FULL_ITERATIONS / batched_rate
     print(f"| {name} | {batched_rate:,.0f} | {single_rate:,.0f} | {batched_rate / single_rate:.1f}× | "

@@ -102,12 +102,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TuneAttackConfig:
-    trials: int = option(20, "finished trials the study must hold")
-    targets: int = option(200, "fixed subset of targets the attack is tuned on (at most 1,000)")
+    trials: int = option(8, "finished trials the study must hold")
+    targets: int = option(100, "fixed subset of targets the attack is tuned on (at most 1,000)")
     objective: str = option(
         "sparse_small_max", "what tuning maximizes", ("sparse_small_max", "success_rate", "sparse_small")
     )
-    max_iter: int = option(200, "proximal updates per trial's attack")
+    max_iter: int = option(100, "proximal updates per trial's attack")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class AttackConfig:
     shards: int = option(1, "array tasks, each a contiguous range of targets (boundaries on batch multiples)")
     targets: str = option("test", "correctly classified samples of the test set or of all samples",
                           ("test", "all"))
-    max_iter: int = option(1000, "proximal updates per target (no early stop: first and best are kept)")
+    max_iter: int = option(300, "proximal updates per target (no early stop: first and best are kept)")
     observed_only: bool = option(False, "perturb only cells that were really measured (mask)")
     kappa: float = option(0.0, "confidence margin κ of the hinge max(Z_t − Z_o, −κ)")
     lam: float = option(1e-3, "λ, weight of the elementwise L1 norm; the threshold is lr·λ")

@@ -116,3 +116,28 @@ def _surplus_numbers(study: optuna.Study, n_trials: int) -> set[int]:
     """Numbers of live trials beyond the first `n_trials` (by trial number)."""
     live = sorted(t.number for t in study.get_trials(deepcopy=False, states=LIVE))
     return set(live[n_trials:])
+
+
+def run_study(cfg, run_dir, stage: str, worker: Callable[..., int], trials: int, settings: dict) -> str:
+    """The driver of a distributed study: create it once, run `workers` worker tasks, return its name.
+
+    A worker that dies is tolerated when the others finished the study (its trial was retried).
+    `worker` is called as worker(run_dir, storage, name, trials, worker_index, settings).
+    """
+    from .executor import CheckpointableTask, TaskFailed, run_tasks
+    from .settings import executor_spec, stage_seed, study_name
+
+    name = study_name(run_dir, stage)
+    settings = {**settings, "seed": stage_seed(cfg, stage), "workers": cfg.run.workers,
+                "heartbeat_s": cfg.run.heartbeat_s}
+    create_study(cfg.run.storage, run_dir.path, name, seed=settings["seed"], heartbeat_s=cfg.run.heartbeat_s)
+    calls = [(str(run_dir.path), cfg.run.storage, name, trials, w, settings) for w in range(cfg.run.workers)]
+    log.info("%s: study %s, %d trials, %d workers", stage, name, trials, cfg.run.workers)
+    try:
+        run_tasks(CheckpointableTask(worker), calls, spec=executor_spec(cfg), jobs_dir=run_dir.jobs_dir(stage),
+                  stage=stage)
+    except TaskFailed as e:
+        if finished_trials(cfg.run.storage, run_dir.path, name, cfg.run.heartbeat_s) < trials:
+            raise
+        log.warning("%s: a worker failed but the study is complete: %s", stage, str(e).splitlines()[0])
+    return name

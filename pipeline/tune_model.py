@@ -19,9 +19,7 @@ import optuna
 
 from . import metrics, rundir, study, training
 from .config import ConfigError, ModelParams, PipelineConfig
-from .executor import CheckpointableTask, TaskFailed, run_tasks
 from .rundir import RunDir
-from .settings import executor_spec, stage_seed, study_name
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +83,8 @@ def tune_model(cfg: PipelineConfig, run_dir: RunDir) -> None:
     training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed)
     if not 1 <= tm.folds_used <= cfg.cv.folds:
         raise ConfigError(f"[tune-model] folds_used = {tm.folds_used}: must be in 1…{cfg.cv.folds}")
-    name = study_name(run_dir, "tune-model")
-    seed = stage_seed(cfg, "tune-model")
-    study.create_study(cfg.run.storage, run_dir.path, name, seed=seed, heartbeat_s=cfg.run.heartbeat_s)
-    settings = {"workers": cfg.run.workers, "folds_used": tm.folds_used, "max_epochs": tm.max_epochs,
-                "epochs_per_report": tm.epochs_per_report, "seed": seed, "heartbeat_s": cfg.run.heartbeat_s}
-    calls = [(str(run_dir.path), cfg.run.storage, name, tm.trials, w, settings) for w in range(cfg.run.workers)]
-    log.info("tune-model: study %s, %d trials, %d workers", name, tm.trials, cfg.run.workers)
-    try:
-        run_tasks(CheckpointableTask(tuning_worker), calls, spec=executor_spec(cfg),
-                  jobs_dir=run_dir.jobs_dir("tune-model"), stage="tune-model")
-    except TaskFailed as e:
-        # a lost worker is fine when the others finished the study (its trial was retried)
-        if study.finished_trials(cfg.run.storage, run_dir.path, name, cfg.run.heartbeat_s) < tm.trials:
-            raise
-        log.warning("tune-model: a worker failed but the study is complete: %s", str(e).splitlines()[0])
+    settings = {"folds_used": tm.folds_used, "max_epochs": tm.max_epochs, "epochs_per_report": tm.epochs_per_report}
+    name = study.run_study(cfg, run_dir, "tune-model", tuning_worker, tm.trials, settings)
     save_best(cfg, run_dir, name)
 
 

@@ -66,3 +66,20 @@ def test_a_requeued_shard_resumes_and_writes_each_batch_once(slurm_cluster, trai
     assert starts.count("Starting with JobEnvironment") == 2, "shard 0 ran twice: before and after the requeue"
     assert log.count("shard 0: targets 0–31 done") == 1, "the first batch was not redone after the requeue"
     assert_same_store(reference, xr.open_zarr(run / "attack.zarr", consolidated=False))
+
+
+@pytest.mark.postgres
+def test_tune_attack_with_two_array_workers_on_postgresql(slurm_cluster, fresh_pg_url, trained_run, tmp_path):
+    import optuna
+
+    from pipeline import study
+
+    run = copy_trained(trained_run, tmp_path)
+    assert main(["tune-attack", "--run-dir", str(run), *ATTACK, "--executor", "slurm", "--workers", "2",
+                 f"run.slurm_profile={TEST_PROFILE}", f"run.storage={fresh_pg_url}", "tune-attack.trials=6",
+                 "tune-attack.targets=40", "tune-attack.max_iter=10"]) == 0
+    best = json.loads((run / "tune-attack" / "best.json").read_text())
+    s = optuna.load_study(study_name=best["study"], storage=study.open_storage(fresh_pg_url, run))
+    done = s.get_trials(states=study.DONE)
+    assert len(done) == 6 and len(s.trials) == 6
+    assert {t.user_attrs["worker"] for t in done} == {0, 1}

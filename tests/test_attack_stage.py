@@ -91,3 +91,36 @@ def test_a_shard_resumes_without_redoing_batches(trained_run, tmp_path):
     writes = [tuple(w) for k in range(2) for w in json.loads((run / "attack-shards" / f"shard-{k}.json")
                                                             .read_text())["writes"]]
     assert len(writes) == len(set(writes)), "a batch was written twice"
+
+
+def test_tune_attack_locally_then_attack_uses_its_best(trained_run, tmp_path):
+    import optuna
+
+    from pipeline import study
+
+    run = copy_trained(trained_run, tmp_path)
+    assert main(["tune-attack", "--run-dir", str(run), *ATTACK, "--executor", "local", "--workers", "2",
+                 "tune-attack.trials=4", "tune-attack.targets=40", "tune-attack.max_iter=10"]) == 0
+    best = json.loads((run / "tune-attack" / "best.json").read_text())
+    s = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run))
+    assert len(s.get_trials(states=study.DONE)) == 4 and best["targets"] == 40
+    assert {t.user_attrs["worker"] for t in s.get_trials(states=study.DONE)} == {0, 1}
+    store = run_attack(run, "--executor", "debug")
+    assert store.attrs["params_source"].endswith("best.json")
+    assert store.attrs["attack_config"]["lam"] == pytest.approx(best["params"]["lam"])
+
+
+def test_objectives_on_a_known_result():
+    import torch
+
+    from pipeline.l1_attack import AttackResult
+    from pipeline.tune_attack import score
+
+    p = torch.zeros(3, 2, 48, 19)
+    p[0, 1, 0, 0], p[0, 1, 5, 3] = 0.2, -0.4      # L0 2, L1 0.6, L∞ 0.4
+    p[1, 1, 1, 1] = 0.1                           # L0 1, L1 0.1, L∞ 0.1
+    found = torch.tensor([[True, True], [True, True], [False, False]])
+    result = AttackResult(p, found, torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2), torch.zeros(3, 2, 2))
+    assert score(result, "success_rate") == pytest.approx(2 / 3)
+    assert score(result, "sparse_small_max") == pytest.approx((1 - 2 / 912) / 0.4 + (1 - 1 / 912) / 0.1)
+    assert score(result, "sparse_small") == pytest.approx((1 - 2 / 912) / 0.6 + (1 - 1 / 912) / 0.1)

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import shutil
-import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -184,8 +183,7 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     covered = [i for b0, b1 in written for i in range(b0, b1)]
     if covered != list(range(len(targets))):  # every target written exactly once
         raise RuntimeError(f"attack: the shards wrote {len(covered)} target rows for {len(targets)} targets")
-    with warnings.catch_warnings():  # consolidated metadata is outside the v3 spec: a convenience, not relied on
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+    with rundir.consolidated_zarr_v3():
         zarr.consolidate_metadata(str(partial))
     with rundir.atomic_path(run_dir.path / "attack.zarr") as tmp:
         partial.rename(tmp)

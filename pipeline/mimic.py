@@ -177,8 +177,8 @@ HI = np.array([f.hi for f in FEATURES])
 FAHRENHEIT = np.array(sorted(FAHRENHEIT_ITEMIDS), dtype=np.int64)
 
 
-def _filter_batch(batch: pa.RecordBatch, table: str, names: dict[str, str], items: np.ndarray,
-                  features: np.ndarray, counts: EventCounts) -> pa.Table | None:
+def _filter_batch(batch: pa.RecordBatch, table: str, items: np.ndarray, features: np.ndarray,
+                  counts: EventCounts) -> pa.Table | None:
     """The event rules on one block: feature items, a key, no error flag, a value, in range."""
     counts.rows += batch.num_rows
     t = pa.Table.from_batches([batch]).rename_columns([c.lower() for c in batch.schema.names])
@@ -214,7 +214,6 @@ def filter_events(path: Path, table: str, out: Path, position: int = 0) -> tuple
 
     Returns the counts after each rule and the sha256 of the input file.
     """
-    names = column_names(path, table)
     items, features = _feature_lookup(table)
     counts = EventCounts()
     bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"filter {table}", position=position,
@@ -227,7 +226,7 @@ def filter_events(path: Path, table: str, out: Path, position: int = 0) -> tuple
         with pq.ParquetWriter(out, EVENT_SCHEMA, compression="snappy") as writer:
             pending: list[pa.Table] = []
             for batch in reader:
-                kept = _filter_batch(batch, table, names, items, features, counts)
+                kept = _filter_batch(batch, table, items, features, counts)
                 if kept is not None and kept.num_rows:
                     pending.append(kept)
                 if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
-import warnings
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from .cohort import build_cohort
 from .config import PipelineConfig, PrepareConfig
 from .errors import InputError
 from .features import CHART, FEATURES, LAB, NAMES
-from .rundir import RunDir, atomic_path, package_versions
+from .rundir import RunDir, atomic_path, consolidated_zarr_v3, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +142,7 @@ def write_store(ds: xr.Dataset, path: Path, chunk_samples: int) -> None:
     along = min(chunk_samples, ds.sizes["sample"])
     encoding = {name: {"chunks": tuple(along if d == "sample" else ds.sizes[d] for d in var.dims)}
                 for name, var in ds.variables.items() if "sample" in var.dims}
-    with warnings.catch_warnings():  # consolidated metadata is outside the v3 spec: a convenience, not relied on
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+    with consolidated_zarr_v3():
         ds.to_zarr(path, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
 
 

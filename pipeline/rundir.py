@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -56,6 +57,15 @@ def atomic_path(final: Path) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def consolidated_zarr_v3() -> Iterator[None]:
+    """Silence zarr's warning that consolidated metadata is outside the v3 spec: we write it once, at
+    the end, as a convenience; readers of our stores do not rely on it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        yield
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -47,7 +47,7 @@ def attack_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[AttackParams, s
     values = {"kappa": a.kappa, "lam": a.lam, "lr": a.lr, "optimizer": a.optimizer, "fista": a.fista}
     source = "the config's [attack] table"
     best = run_dir.path / "tune-attack" / "best.json"
-    if best.exists():
+    if best.exists() and json.loads(best.read_text())["params"]:
         values.update(json.loads(best.read_text())["params"])
         source = str(best)
     return AttackParams(**values, max_iter=a.max_iter, observed_only=a.observed_only), source

@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             if missing:
                 print(f"not built yet, so not run: {', '.join(missing)}")
             print(f"run directory: {run_dir.path}")
+            if (run_dir / "report.md").exists():
+                print(f"report: {run_dir / 'report.md'}\nfigures: {run_dir / 'figures'}")
         else:
             run_stage(args.stage, cfg, run_dir, force=args.force)
     except ConfigError as e:

@@ -46,7 +46,7 @@ class RunSection:
 
 @dataclass(frozen=True)
 class SynthConfig:
-    admissions: int = option(2000, "number of synthetic hospital admissions (~1,270 CHARTEVENTS rows each)")
+    admissions: int = option(4000, "number of synthetic hospital admissions (~1,270 CHARTEVENTS rows each)")
     noise_fraction: float = option(0.65, "share of CHARTEVENTS/LABEVENTS rows of non-feature items (full MIMIC ~0.89)")
 
 
@@ -86,6 +86,11 @@ class TuneModelConfig:
     folds_used: int = option(2, "CV folds trained and evaluated per trial")
     max_epochs: int = option(10, "epochs per trial at most")
     epochs_per_report: int = option(2, "epochs between reports of the held-out AUROC to the pruner")
+    # The reference space (METHODS.md §2) is hidden ≤ 256, layers ≤ 2, lr ≥ 1e-5; these bounds keep a
+    # laptop run short and configs/cluster.toml restores the reference.
+    max_hidden: int = option(64, "largest LSTM hidden size searched (a power of 2, 32…256)")
+    max_layers: int = option(1, "most LSTM layers searched (1 or 2)")
+    min_lr: float = option(1e-4, "smallest learning rate searched (log scale up to 0.1)")
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ class TuneAttackConfig:
     objective: str = option(
         "sparse_small_max", "what tuning maximizes", ("sparse_small_max", "success_rate", "sparse_small")
     )
-    max_iter: int = option(100, "proximal updates per trial's attack")
+    max_iter: int = option(200, "proximal updates per trial's attack")
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ class AttackConfig:
     shards: int = option(1, "array tasks, each a contiguous range of targets (boundaries on batch multiples)")
     targets: str = option("test", "correctly classified samples of the test set or of all samples",
                           ("test", "all"))
-    max_iter: int = option(300, "proximal updates per target (no early stop: first and best are kept)")
+    max_iter: int = option(1000, "proximal updates per target (no early stop: first and best are kept)")
     observed_only: bool = option(False, "perturb only cells that were really measured (mask)")
     kappa: float = option(0.0, "confidence margin κ of the hinge max(Z_t − Z_o, −κ)")
     lam: float = option(1e-3, "λ, weight of the elementwise L1 norm; the threshold is lr·λ")

@@ -25,15 +25,9 @@ def auroc(score: np.ndarray, label: np.ndarray) -> float:
 
 def auprc(score: np.ndarray, label: np.ndarray) -> float:
     """Average precision: Σ (R_k − R_{k−1}) · P_k over the distinct score thresholds, highest first."""
-    score, label = np.asarray(score, float), np.asarray(label).astype(bool)
-    if not label.any():
+    if not np.asarray(label).astype(bool).any():
         return float("nan")
-    order = np.argsort(-score, kind="stable")
-    score, label = score[order], label[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # a threshold takes a whole tie
-    tp = np.cumsum(label)[last_of_tie]
-    precision = tp / (last_of_tie + 1)
-    recall = tp / tp[-1]
+    recall, precision = pr_curve(score, label)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
@@ -57,3 +51,25 @@ def evaluate(prob: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """All held-out metrics (NAMES) from predictions alone, so they can be recomputed from a saved table."""
     return {"auroc": auroc(prob, y), "auprc": auprc(prob, y), **at_threshold(prob, y),
             "loss": cross_entropy(prob, y)}
+
+
+def roc_curve(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) at every distinct threshold, from (0, 0) to (1, 1)."""
+    tp, fp = _counts_by_threshold(score, label)
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+
+
+def pr_curve(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) at every distinct threshold, highest threshold first."""
+    tp, fp = _counts_by_threshold(score, label)
+    return tp / max(tp[-1], 1), tp / (tp + fp)
+
+
+def _counts_by_threshold(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and false positives of ``score ≥ threshold`` for each distinct score, highest first."""
+    score, label = np.asarray(score, float), np.asarray(label).astype(bool)
+    order = np.argsort(-score, kind="stable")
+    score, label = score[order], label[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]
+    tp = np.cumsum(label)[last_of_tie].astype(float)
+    return tp, last_of_tie + 1 - tp

@@ -56,7 +56,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr", 5,
           "pipeline.attack:attack"),
     Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
-          "susceptibility.zarr, figures/, report.md", 6),
+          "susceptibility.zarr, tables/, figures/, report.md", 6, "pipeline.analyze:analyze"),
 ]}
 CHAIN = list(STAGES)
 

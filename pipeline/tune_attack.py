@@ -82,8 +82,15 @@ def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     s = optuna.load_study(study_name=name, storage=study.open_storage(cfg.run.storage, run_dir.path,
                                                                           cfg.run.heartbeat_s))
     best = s.best_trial
+    # every objective is 0 when no example was found: then no trial is better than the config
+    useful = best.value > 0
     rundir.write_json(run_dir.path / "tune-attack" / "best.json", {
         "study": name, "trial": best.number, "value": best.value, "objective": ta.objective,
-        "targets": len(chosen), "max_iter": ta.max_iter, "params": best.params,
+        "targets": len(chosen), "max_iter": ta.max_iter, "params": best.params if useful else {},
+        "note": "" if useful else "no trial found an adversarial example: the config's [attack] parameters are kept",
         "trials": len(s.get_trials(states=study.DONE))})
-    log.info("tune-attack: best trial %d, %s = %.4f, %s", best.number, ta.objective, best.value, best.params)
+    if useful:
+        log.info("tune-attack: best trial %d, %s = %.4f, %s", best.number, ta.objective, best.value, best.params)
+    else:
+        log.warning("tune-attack: no trial found an adversarial example (%d trials); attack keeps the config's "
+                    "[attack] parameters", len(s.trials))

@@ -18,34 +18,37 @@ import numpy as np
 import optuna
 
 from . import metrics, rundir, study, training
-from .config import ConfigError, ModelParams, PipelineConfig
+from .config import ConfigError, ModelParams, PipelineConfig, TuneModelConfig
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 
+REFERENCE_SPACE = TuneModelConfig(max_hidden=256, max_layers=2, min_lr=1e-5)
 
-def suggest(trial: optuna.Trial) -> ModelParams:
-    """The reference search space, plus layers and bidirectionality."""
+
+def suggest(trial: optuna.Trial, space: TuneModelConfig) -> ModelParams:
+    """The reference search space plus layers and bidirectionality, within `space`'s bounds."""
     return ModelParams(
-        hidden=2 ** trial.suggest_int("log2_hidden", 5, 8),
-        layers=trial.suggest_int("layers", 1, 2),
+        hidden=2 ** trial.suggest_int("log2_hidden", 5, space.max_hidden.bit_length() - 1),
+        layers=trial.suggest_int("layers", 1, space.max_layers),
         bidirectional=trial.suggest_categorical("bidirectional", [True, False]),
         fc=2 ** trial.suggest_int("log2_fc", 4, 8),
         dropout=trial.suggest_float("dropout", 0.0, 0.5),
         activation=trial.suggest_categorical("activation", ["relu", "tanh"]),
         optimizer=trial.suggest_categorical("optimizer", ["adam", "rmsprop", "sgd"]),
-        lr=trial.suggest_float("lr", 1e-5, 1e-1, log=True),
+        lr=trial.suggest_float("lr", space.min_lr, 1e-1, log=True),
         batch_size=2 ** trial.suggest_int("log2_batch_size", 5, 8),
     )
 
 
 def params_of(trial: optuna.trial.FrozenTrial) -> ModelParams:
-    return suggest(optuna.trial.FixedTrial(trial.params))
+    return suggest(optuna.trial.FixedTrial(trial.params), REFERENCE_SPACE)
 
 
-def objective(data: training.Data, split: dict, folds_used: int, max_epochs: int, block: int, seed: int):
+def objective(data: training.Data, split: dict, folds_used: int, max_epochs: int, block: int, seed: int,
+              space: TuneModelConfig):
     def run_trial(trial: optuna.Trial) -> float:
-        params = suggest(trial)
+        params = suggest(trial, space)
         folds = [training.fold_indices(split, k) for k in range(folds_used)]
         trainers = [training.Trainer(data, train, params, seed + k) for k, (train, _) in enumerate(folds)]
         value = float("nan")
@@ -71,7 +74,7 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
     data = training.load_data(Path(run_dir))
     split = json.loads((Path(run_dir) / "split.json").read_text())
     run_trial = objective(data, split, settings["folds_used"], settings["max_epochs"], settings["epochs_per_report"],
-                          settings["seed"])
+                          settings["seed"], TuneModelConfig(**settings["space"]))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     return study.run_worker(storage, Path(run_dir), name, run_trial, trials, worker, seed=settings["seed"],
                             pruner=pruner, heartbeat_s=settings["heartbeat_s"])
@@ -83,9 +86,20 @@ def tune_model(cfg: PipelineConfig, run_dir: RunDir) -> None:
     training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed)
     if not 1 <= tm.folds_used <= cfg.cv.folds:
         raise ConfigError(f"[tune-model] folds_used = {tm.folds_used}: must be in 1…{cfg.cv.folds}")
-    settings = {"folds_used": tm.folds_used, "max_epochs": tm.max_epochs, "epochs_per_report": tm.epochs_per_report}
+    check_space(tm)
+    settings = {"folds_used": tm.folds_used, "max_epochs": tm.max_epochs, "epochs_per_report": tm.epochs_per_report,
+                "space": dataclasses.asdict(tm)}
     name = study.run_study(cfg, run_dir, "tune-model", tuning_worker, tm.trials, settings)
     save_best(cfg, run_dir, name)
+
+
+def check_space(tm: TuneModelConfig) -> None:
+    if tm.max_hidden not in (32, 64, 128, 256):
+        raise ConfigError(f"[tune-model] max_hidden = {tm.max_hidden}: must be 32, 64, 128 or 256")
+    if tm.max_layers not in (1, 2):
+        raise ConfigError(f"[tune-model] max_layers = {tm.max_layers}: must be 1 or 2")
+    if not 1e-5 <= tm.min_lr < 0.1:
+        raise ConfigError(f"[tune-model] min_lr = {tm.min_lr}: must be in [1e-5, 0.1)")
 
 
 def save_best(cfg: PipelineConfig, run_dir: RunDir, name: str) -> None:

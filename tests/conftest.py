@@ -90,6 +90,19 @@ def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ---- small synthetic runs for the model and attack stages ---------------------------------------
 
+DEMO = ROOT.parent / "shared" / "data" / "mimic3-demo"
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    """The real MIMIC-III demo (100 patients) beside the project; skips/fails when absent."""
+    if not DEMO.is_dir():
+        if os.environ.get("PIPELINE_REQUIRE_DEMO") == "1":
+            pytest.fail(f"the MIMIC-III demo is not at {DEMO} (PIPELINE_REQUIRE_DEMO=1)")
+        pytest.skip(f"the MIMIC-III demo is not at {DEMO}")
+    return DEMO
+
+
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory) -> Path:
     """A run directory holding dataset.zarr of 300 synthetic admissions (copy it before writing)."""

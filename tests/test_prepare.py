@@ -2,7 +2,6 @@
 
 import gzip
 import hashlib
-import os
 import re
 import shutil
 from pathlib import Path
@@ -16,19 +15,9 @@ from pipeline.features import NAMES
 from tests.mimic_tables import baseline
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT.parent / "shared" / "data" / "mimic3-demo"
 # pinned outputs on the demo: a change to any rule or to the scaling shows up here
 DEMO_X_SHA256 = "9f91e501f727287c02f481016f442826c04a7cc056b5eefb8d8cbbae2f78f90e"
 DEMO_MASK_SHA256 = "0d7b12608c5a6dd87e765c005fa95862ca13232ca29e72d634650f7ce0c624f4"
-
-
-@pytest.fixture(scope="module")
-def demo_dir() -> Path:
-    if not DEMO.is_dir():
-        if os.environ.get("PIPELINE_REQUIRE_DEMO") == "1":
-            pytest.fail(f"the MIMIC-III demo is not at {DEMO} (PIPELINE_REQUIRE_DEMO=1)")
-        pytest.skip(f"the MIMIC-III demo is not at {DEMO}")
-    return DEMO
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,73 @@
+"""Compare two runs' feature susceptibility S_j (or sensitivity_j): a table of both rankings with the
+rank correlation per direction, and a scatter plot of one run against the other.
+
+    python analysis/compare_runs.py RUN_A RUN_B [--kind best|first] [--score s_j|sensitivity_j] [--out FILE.png]
+
+Needs only xarray, zarr and matplotlib: it reads RUN_*/susceptibility.zarr (the `analyze` stage's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import xarray as xr  # noqa: E402
+
+
+def open_scores(run_dir: Path) -> xr.Dataset:
+    path = run_dir / "susceptibility.zarr"
+    if not path.exists():
+        sys.exit(f"error: {path} not found (run the pipeline's `analyze` stage first)")
+    return xr.open_zarr(path)
+
+
+def compare(a: xr.Dataset, b: xr.Dataset, kind: str, score: str) -> dict[str, pd.DataFrame]:
+    """Per direction: feature, score and rank in A and B (rank 1 = most susceptible)."""
+    tables = {}
+    for d in a.direction.values:
+        table = pd.DataFrame({"A": a[score].sel(direction=d, kind=kind).to_series(),
+                              "B": b[score].sel(direction=d, kind=kind).to_series()})
+        table["rank A"] = table.A.rank(ascending=False, method="min").astype("Int64")
+        table["rank B"] = table.B.rank(ascending=False, method="min").astype("Int64")
+        tables[str(d)] = table.sort_values("rank A")
+    return tables
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_a", type=Path)
+    ap.add_argument("run_b", type=Path)
+    ap.add_argument("--kind", choices=("best", "first"), default="best")
+    ap.add_argument("--score", choices=("s_j", "sensitivity_j"), default="s_j")
+    ap.add_argument("--out", type=Path, default=Path("compare_runs.png"))
+    args = ap.parse_args(argv)
+    tables = compare(open_scores(args.run_a), open_scores(args.run_b), args.kind, args.score)
+    print(f"A = {args.run_a}\nB = {args.run_b}\n{args.score} of the {args.kind} examples\n")
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 5.5), squeeze=False, constrained_layout=True)
+    for ax, (d, table) in zip(axes[0], tables.items(), strict=True):
+        rho = table.A.rank().corr(table.B.rank())  # Spearman: Pearson of the (average) ranks
+        print(f"direction {d}: Spearman rank correlation {rho:.3f}")
+        print(table.to_string(float_format="{:.3f}".format))
+        print()
+        ax.scatter(table.A, table.B)
+        for feature, row in table.iterrows():
+            ax.annotate(str(feature), (row.A, row.B), fontsize=7, xytext=(3, 2), textcoords="offset points")
+        top = float(max(table.A.max(), table.B.max(), 1e-9))
+        ax.plot([0, top], [0, top], color="grey", ls=":", lw=1)
+        ax.set(xlabel=f"{args.score} in A", ylabel=f"{args.score} in B",
+               title=f"direction {d}, {args.kind} examples: Spearman ρ = {rho:.2f}")
+        ax.grid(alpha=0.3)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    print(f"figure: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Stage `analyze`: susceptibility scores, ranked tables, figures and ``report.md`` (xarray).
+
+Reads ``attack.zarr`` and ``dataset.zarr`` lazily, computes the scores of METHODS.md §6 per
+direction (0→1, 1→0) and kind (first, best) and writes
+
+- ``susceptibility.zarr``: dims (direction, kind, time, feature); GMP, GAP, GANZP also in clinical
+  units (× (p95 − p5) of the feature)
+- ``tables/susceptibility_<dir>.csv`` (every feature) and ``.md`` (the top features, next to Sun et
+  al.'s published ranking), ``tables/clinical_<dir>.csv`` (perturbation sizes in clinical units)
+- ``figures/*.png`` and ``report.md``, which ties them together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import figures, report, rundir
+from .config import PipelineConfig
+from .rundir import RunDir
+from .susceptibility import DIRECTIONS, SLUG, direction_of, norms, scores, to_clinical
+
+log = logging.getLogger(__name__)
+
+# Sun et al. 2018, S_j of their first five features and their last, as transcribed by a later
+# reproduction (METHODS.md §6); names mapped to this project's features.
+PUBLISHED = {
+    "0→1": [(1, "sodium", 0.64), (2, "pco2", 0.61), (3, "bicarbonate", 0.57), (4, "glucose", 0.51),
+            (5, "creatinine", 0.46), (19, "diasbp", 0.04)],
+    "1→0": [(1, "creatinine", 1.95), (2, "sodium", 1.48), (3, "lactate", 0.72), (4, "bicarbonate", 0.56),
+            (5, "ph", 0.54), (19, "tempc", 0.04)],
+}
+
+
+def open_attack(run_dir: Path) -> xr.Dataset:
+    path = Path(run_dir) / "attack.zarr"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found (run the `attack` stage first)")
+    with rundir.consolidated_zarr_v3():
+        return xr.open_zarr(path)
+
+
+def examples(attack: xr.Dataset) -> xr.Dataset:
+    """Per target and kind: direction, found, iteration and the L0/L1/L∞ of the example."""
+    out = norms(attack.perturbation).where(attack.found)
+    out["found"] = attack.found
+    out["iteration"] = attack.iteration
+    return out.assign_coords(direction=("sample", direction_of(attack.pred).values)).compute()
+
+
+def compute(run_dir: Path) -> xr.Dataset:
+    """The susceptibility dataset of a run (in memory), with clinical-unit copies of GMP, GAP and GANZP."""
+    attack = open_attack(run_dir)
+    data = xr.open_zarr(Path(run_dir) / "dataset.zarr")
+    sus = scores(attack.perturbation, attack.found, direction_of(attack.pred)).compute()
+    for name in ("gmp", "gap", "ganzp"):
+        sus[f"{name}_clinical"] = to_clinical(sus[name], data.p5, data.p95).compute()
+        sus[f"{name}_clinical"].attrs["description"] = sus[name].attrs["description"].replace(
+            "scaled units", "clinical units, see `unit`")
+    sus = sus.assign_coords(unit=("feature", data["unit"].values), time=data.time)
+    sus.attrs = {"seed": attack.attrs.get("seed"), "attack_config": attack.attrs.get("attack_config"),
+                 "attack_params_source": attack.attrs.get("params_source"),
+                 "targets": attack.attrs.get("targets"), "weights_sha256": attack.attrs.get("weights_sha256"),
+                 "description": "susceptibility scores of Sun et al. 2018 (METHODS.md §6) over successful examples"}
+    return sus
+
+
+def ranking_table(sus: xr.Dataset, direction: str) -> pd.DataFrame:
+    """Every feature with S_j and sensitivity_j of first and best examples, ranked by S_j of the best."""
+    d = sus.sel(direction=direction)
+    table = pd.DataFrame({"feature": d.feature.values, "unit": d.unit.values})
+    for kind in d.kind.values:
+        table[f"s_j_{kind}"] = d.s_j.sel(kind=kind).values
+        table[f"sensitivity_j_{kind}"] = d.sensitivity_j.sel(kind=kind).values
+    table = table.sort_values("s_j_best", ascending=False, na_position="last", kind="stable")
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
+def ranking_markdown(table: pd.DataFrame, direction: str, top: int) -> str:
+    """The top features next to the published ranking (ranks 1–5 and 19 are known)."""
+    published = {rank: f"{name} {value:.2f}" for rank, name, value in PUBLISHED[direction]}
+    lines = ["| rank | feature | S_j (best) | S_j (first) | sensitivity_j (best) | Sun et al. 2018 |",
+             "|---:|---|---:|---:|---:|---|"]
+    shown = list(range(min(top, len(table))))
+    if len(table) - 1 not in shown:
+        shown.append(len(table) - 1)
+    for i in shown:
+        row = table.iloc[i]
+        if i == shown[-1] and i != shown[-2] + 1:
+            lines.append("| … | | | | | |")
+        lines.append(f"| {row['rank']} | {row.feature} | {row.s_j_best:.3f} | {row.s_j_first:.3f} | "
+                     f"{row.sensitivity_j_best:.1f} | {published.get(int(row['rank']), '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def clinical_table(attack: xr.Dataset, data: xr.Dataset, direction: str, kind: str = "best") -> pd.DataFrame:
+    """Per feature: how many cells the successful examples changed and by how much, in clinical units."""
+    chosen = (attack.found.sel(kind=kind) & (direction_of(attack.pred) == direction)).values
+    p = attack.perturbation.sel(kind=kind).values[chosen]  # (n, time, feature), scaled units
+    delta = np.abs(p) * (data.p95 - data.p5).values
+    rows = []
+    for j, name in enumerate(data.feature.values):
+        changed = delta[:, :, j][p[:, :, j] != 0]
+        rows.append({"feature": name, "unit": data.unit.values[j], "cells_changed": int(changed.size),
+                     "examples_touching": int((p[:, :, j] != 0).any(axis=1).sum()),
+                     "median_abs_change": float(np.median(changed)) if changed.size else np.nan,
+                     "max_abs_change": float(changed.max()) if changed.size else np.nan,
+                     "p5_to_p95_range": float((data.p95 - data.p5).values[j])})
+    return pd.DataFrame(rows)
+
+
+def cv_predictions(run_dir: Path) -> tuple[list[pd.DataFrame], pd.DataFrame | None]:
+    folds = sorted((Path(run_dir) / "cv").glob("fold-*/predictions.csv"),
+                   key=lambda p: int(p.parent.name.split("-")[1]))
+    test = Path(run_dir) / "model" / "test_predictions.csv"
+    return [pd.read_csv(f) for f in folds], (pd.read_csv(test) if test.exists() else None)
+
+
+def draw(run_dir: Path, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[str, str]:
+    """Every figure of the report; returns file name → caption."""
+    out = Path(run_dir) / "figures"
+    captions = {}
+
+    def fig(name: str, caption: str) -> Path:
+        captions[name] = caption
+        return out / name
+
+    figures.score_heatmaps(sus.gpp, sus.n,
+                           fig("gpp_heatmap.png", "GPP: share of successful examples that changed a cell"),
+                           "GPP: how often each cell is perturbed", "GPP (share of successful examples)")
+    figures.score_heatmaps(sus.s, sus.n, fig("s_heatmap.png", "S = GMP · GPP per cell"),
+                           "susceptibility S = GMP · GPP per cell", "S (scaled units, 1 = p5…p95 range)")
+    figures.score_heatmaps(sus.gap, sus.n,
+                           fig("gap_heatmap.png", "GAP: mean |P| per cell over the successful examples"),
+                           "GAP: mean |perturbation| per cell", "GAP (scaled units: 1 = the feature's p5…p95 range)")
+    figures.ranking_bars(sus.s_j, sus.n, fig("s_j_ranking.png", "S_j per feature: first vs best examples"),
+                         "S_j = Σ over hours of GMP · GPP")
+    figures.norm_histograms(ex, ex.found, fig("norms.png", "L0, L1, L∞ of first vs best examples"))
+    figures.iteration_cdf(ex.iteration, ex.found, ex.direction, max_iter,
+                          fig("iteration_cdf.png", "iteration at which the examples were found (CDF)"))
+    folds, test = cv_predictions(run_dir)
+    if folds:
+        figures.cv_curves(folds, test, fig("cv_roc_pr.png", "ROC and precision–recall curves of the held-out "
+                                                           "CV folds and of the test set"))
+    return captions
+
+
+def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    path = run_dir.path
+    attack = open_attack(path)
+    data = xr.open_zarr(path / "dataset.zarr")
+    log.info("analyze: %d targets, %d with a successful example", attack.sizes["sample"],
+             int(attack.found.sel(kind="first").sum()))
+    sus = compute(path)
+    with rundir.atomic_path(path / "susceptibility.zarr") as tmp, rundir.consolidated_zarr_v3():
+        sus.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
+    tables: dict[str, dict] = {}
+    for d in DIRECTIONS:
+        ranked = ranking_table(sus, d)
+        clinical = clinical_table(attack, data, d)
+        rundir.write_text(path / "tables" / f"susceptibility_{SLUG[d]}.csv", ranked.to_csv(index=False))
+        markdown = ranking_markdown(ranked, d, cfg.analyze.top_features)
+        rundir.write_text(path / "tables" / f"susceptibility_{SLUG[d]}.md", markdown)
+        rundir.write_text(path / "tables" / f"clinical_{SLUG[d]}.csv", clinical.to_csv(index=False))
+        tables[d] = {"ranking": markdown, "clinical": clinical, "successes": int(sus.n.sel(direction=d).max())}
+        top = ranked.iloc[0]
+        log.info("analyze: %s, most susceptible feature %s (S_j %.3f, best examples)", d, top.feature, top.s_j_best)
+    ex = examples(attack)
+    captions = draw(path, sus, ex, int(attack.attrs["attack_config"]["max_iter"]))
+    text = report.render(path, data, attack, sus, ex, tables, captions)
+    rundir.write_text(path / "report.md", text)
+    rundir.write_json(path / "tables" / "summary.json", report.summary(sus, ex))
+    log.info("analyze: report %s (%d figures)", path / "report.md", len(captions))
+
+
+def load_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "tables" / "summary.json").read_text())

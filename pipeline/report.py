@@ -1,0 +1,131 @@
+"""``report.md``: one page that ties a run together (data, model, attack, susceptibility, figures).
+
+Every model figure says where it was measured: held-out CV folds or the held-out test set, never the
+training data.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .susceptibility import DIRECTIONS
+
+METRICS = ("auroc", "auprc", "f1", "precision", "recall", "accuracy")
+
+
+def summary(sus: xr.Dataset, ex: xr.Dataset) -> list[dict]:
+    """Per direction and kind: targets, successes, success rate, median L0/L1/L∞ and iteration."""
+    rows = []
+    for d in DIRECTIONS:
+        members = ex.direction == d
+        for k in ex.kind.values:
+            ok = (ex.found.sel(kind=k) & members).values
+            row = {"direction": d, "kind": str(k), "targets": int(members.sum()), "successes": int(ok.sum()),
+                   "success_rate": float(sus.success_rate.sel(direction=d, kind=k))}
+            for name in ("l0", "l1", "linf", "iteration"):
+                values = ex[name].sel(kind=k).values[ok]
+                row[f"median_{name}"] = float(np.median(values)) if values.size else float("nan")
+            rows.append(row)
+    return rows
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
+    body = ["| " + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def data_section(data: xr.Dataset) -> list[str]:
+    counts = data.attrs.get("counts", {})
+    n, positive = data.sizes["sample"], int(data.y.sum())
+    lines = ["## Data", "",
+             f"- source: `{data.attrs.get('mimic_dir', '?')}`",
+             f"- {n} samples (ICU stays), {positive} died in hospital ({100 * positive / max(n, 1):.1f}%); "
+             f"{100 * float(data['mask'].mean()):.1f}% of the 48 × 19 cells hold a measurement",
+             "- cohort, rule by rule: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
+    return lines
+
+
+def model_section(run_dir: Path) -> list[str]:
+    model = _read_json(run_dir / "model" / "model.json") or {}
+    cv = _read_json(run_dir / "cv" / "summary.json")
+    test = _read_json(run_dir / "model" / "test_metrics.json")
+    params = model.get("params", {})
+    lines = ["## Model", "",
+             "LSTM: " + ", ".join(f"{k} {v}" for k, v in params.items()),
+             f"(parameters from {model.get('params_source', '?')}; {model.get('epochs', '?')} epochs from "
+             f"{model.get('epochs_source', '?')}).", ""]
+    header = "| metric | CV, held-out folds (mean ± sd) | test set, final model |"
+    rows = [header, "|---|---:|---:|"]
+    for m in METRICS:
+        cv_text = f"{cv['mean'][m]:.3f} ± {cv['sd'][m]:.3f}" if cv else "–"
+        rows.append(f"| {m} | {cv_text} | {_fmt(test[m]) if test else '–'} |")
+    lines += rows + ["",
+                     f"CV: {cv['folds'] if cv else '?'} folds of the non-test samples, each scored on the fold "
+                     "it was not trained on. Test set: never seen by tuning or CV, scored once. Threshold 0.5 "
+                     "for F1, precision, recall and accuracy.", ""]
+    return lines
+
+
+def attack_section(attack: xr.Dataset, sus: xr.Dataset, ex: xr.Dataset) -> list[str]:
+    cfg = attack.attrs.get("attack_config", {})
+    rows = pd.DataFrame(summary(sus, ex))
+    rows = rows.rename(columns={"median_l0": "median L0 (cells)", "median_l1": "median L1",
+                                "median_linf": "median L∞", "median_iteration": "median iteration"})
+    return ["## Attack", "",
+            f"{attack.sizes['sample']} targets: the correctly classified samples of the "
+            f"{attack.attrs.get('targets', '?')} set. Parameters ({attack.attrs.get('params_source', '?')}): "
+            + ", ".join(f"{k} {v}" for k, v in cfg.items()) + f"; seed {attack.attrs.get('seed')}.", "",
+            "A direction is the prediction before → after; *first* is the first iterate that flipped the "
+            "prediction, *best* the flipped iterate with the lowest loss. L1 and L∞ in scaled units "
+            "(1 = the feature's p5…p95 range).", "",
+            _table(rows)]
+
+
+def susceptibility_section(tables: dict[str, dict]) -> list[str]:
+    lines = ["## Susceptibility", "",
+             "S_j = Σ over hours of GMP · GPP over the successful examples (METHODS.md §6); full tables in "
+             "`tables/` and every score per cell in `susceptibility.zarr`. Sun et al.'s figures are as "
+             "transcribed by a later reproduction, which could not reproduce them.", ""]
+    for d, t in tables.items():
+        lines += [f"### Direction {d}", ""]
+        if t["successes"] == 0:
+            lines += ["No successful example in this direction: no scores.", ""]
+            continue
+        lines += [t["ranking"],
+                  f"Perturbations of the best examples in clinical units ({d}):", "",
+                  _table(t["clinical"].drop(columns=["p5_to_p95_range"]).rename(columns={
+                      "cells_changed": "cells changed", "examples_touching": "examples",
+                      "median_abs_change": "median abs. change", "max_abs_change": "max abs. change"})), ""]
+    return lines
+
+
+def render(run_dir: Path, data: xr.Dataset, attack: xr.Dataset, sus: xr.Dataset, ex: xr.Dataset,
+           tables: dict[str, dict], captions: dict[str, str]) -> str:
+    lines = ["# Adversarial susceptibility of an in-hospital mortality LSTM", "",
+             f"Run directory `{run_dir}`, seed {attack.attrs.get('seed')}, written "
+             f"{time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    lines += data_section(data)
+    lines += model_section(run_dir)
+    lines += attack_section(attack, sus, ex)
+    lines += susceptibility_section(tables)
+    lines += ["## Figures", ""]
+    for name, caption in captions.items():
+        lines += [f"**{caption}**", "", f"![{caption}](figures/{name})", ""]
+    return "\n".join(lines)

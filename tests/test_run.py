@@ -1,0 +1,88 @@
+"""`pipeline run` end to end: on the real demo data, again (everything skipped), and on Slurm vs locally.
+
+Tiny settings: these tests check that every stage hands the next what it needs and that the report
+is complete, not the quality of the model.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline.cli import main
+from pipeline.stages import CHAIN
+from tests.runs import TEST_PROFILE
+
+TINY_CHAIN = [
+    "tune-model.trials=2", "tune-model.max_epochs=2", "tune-model.epochs_per_report=1", "tune-model.max_hidden=32",
+    "cv.folds=2", "cv.epochs=2", "train.epochs=3",
+    "tune-attack.trials=2", "tune-attack.targets=8", "tune-attack.max_iter=10",
+    "attack.max_iter=20", "attack.batch_size=16", "attack.chunk_samples=8",
+]
+FIGURES = {"gpp_heatmap.png", "s_heatmap.png", "gap_heatmap.png", "s_j_ranking.png", "norms.png",
+           "iteration_cdf.png", "cv_roc_pr.png"}
+
+
+def assert_complete(run):
+    assert {p.stem for p in (run / ".stages").glob("*.json")} >= set(CHAIN) - {"synth"}
+    assert {p.name for p in (run / "figures").glob("*.png")} == FIGURES
+    report = (run / "report.md").read_text()
+    for name in FIGURES:
+        assert f"(figures/{name})" in report
+    for section in ("## Data", "## Model", "## Attack", "## Susceptibility"):
+        assert section in report
+    sus = xr.open_zarr(run / "susceptibility.zarr")
+    assert sus.s.dims == ("direction", "kind", "time", "feature")
+    assert int(sus.targets.sum()) == xr.open_zarr(run / "attack.zarr").sizes["sample"]
+    return sus
+
+
+def demo_args(run, demo_dir):
+    return ["run", "--run-dir", str(run), "--mimic-dir", str(demo_dir), "--seed", "1", *TINY_CHAIN]
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_dir, tmp_path_factory):
+    """The whole chain once on the real demo data (the tests below only read it or re-run it)."""
+    run = tmp_path_factory.mktemp("demo") / "run"
+    assert main(demo_args(run, demo_dir)) == 0
+    return run
+
+
+def test_run_on_the_demo_then_again_skips_everything(demo_run, demo_dir, capsys, caplog):
+    run = demo_run
+    assert not (run / "raw").exists()  # real tables: no synthetic data
+    assert_complete(run)
+    assert xr.open_zarr(run / "dataset.zarr").sizes["sample"] == 95
+    unchanging = ("manifest.json", ".manifest.lock")
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name not in unchanging}
+    capsys.readouterr()
+    with caplog.at_level("INFO"):
+        assert main(demo_args(run, demo_dir)) == 0
+    assert f"report: {run / 'report.md'}" in capsys.readouterr().out
+    for stage in set(CHAIN) - {"synth"}:
+        assert f"{stage}: complete, skipped" in caplog.text
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name not in unchanging}
+    assert after == before  # nothing redone, nothing rewritten
+
+
+@pytest.mark.slurm
+def test_slurm_run_gives_the_same_susceptibility_as_local(slurm_cluster, small_run, tmp_path):
+    """Same seed, same tiny chain: the arrays on Slurm and the local processes give the same numbers."""
+    # One worker: the trial order of a parallel Optuna study depends on timing, and so could the
+    # tuned parameters. Two CPUs per task on Slurm: torch then uses as many threads as locally.
+    profile = tmp_path / "two-cpus.toml"
+    profile.write_text(TEST_PROFILE.read_text().replace("cpus_per_task = 1", "cpus_per_task = 2"))
+    runs = {}
+    for executor in ("local", "slurm"):
+        run = tmp_path / executor
+        shutil.copytree(small_run, run)  # synth + prepare done (seed 3)
+        assert main(["run", "--run-dir", str(run), "--executor", executor, "--workers", "1", "--seed", "3",
+                     f"run.slurm_profile={profile}", *TINY_CHAIN]) == 0
+        runs[executor] = assert_complete(run)
+    local, slurm = runs["local"], runs["slurm"]
+    assert (tmp_path / "slurm" / "jobs" / "attack").is_dir()  # it did go through Slurm
+    assert int(local.n.sel(kind="best").sum()) > 0  # there are scores to compare
+    for name in ("n", "targets", "gmp", "gap", "gpp", "s", "s_j", "ganzp", "sensitivity", "sensitivity_j"):
+        np.testing.assert_array_equal(local[name].values, slurm[name].values, err_msg=name)

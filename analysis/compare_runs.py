@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             ax.annotate(str(feature), (row.A, row.B), fontsize=7, xytext=(3, 2), textcoords="offset points")
         top = float(max(table.A.max(), table.B.max(), 1e-9))
         ax.plot([0, top], [0, top], color="grey", ls=":", lw=1)
-        ax.set(xlabel=f"{args.score} in A", ylabel=f"{args.score} in B",
+        if table[["A", "B"]].isna().all().any():
+            ax.text(0.5, 0.5, "no successful example in one of the runs", transform=ax.transAxes, ha="center")
+        ax.set(xlabel=f"{args.score} in A ({args.run_a.name})", ylabel=f"{args.score} in B ({args.run_b.name})",
                title=f"direction {d}, {args.kind} examples: Spearman ρ = {rho:.2f}")
         ax.grid(alpha=0.3)
     args.out.parent.mkdir(parents=True, exist_ok=True)

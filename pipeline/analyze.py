@@ -22,6 +22,7 @@ import xarray as xr
 
 from . import figures, report, rundir
 from .config import PipelineConfig
+from .errors import MissingArtifact
 from .rundir import RunDir
 from .susceptibility import DIRECTIONS, SLUG, direction_of, norms, scores, to_clinical
 
@@ -40,7 +41,7 @@ PUBLISHED = {
 def open_attack(run_dir: Path) -> xr.Dataset:
     path = Path(run_dir) / "attack.zarr"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not found (run the `attack` stage first)")
+        raise MissingArtifact(f"{path}: not found (run the `attack` stage first)")
     with rundir.consolidated_zarr_v3():
         return xr.open_zarr(path)
 

@@ -1,7 +1,7 @@
 """Command line: ``python -m pipeline <stage> [options] [table.key=value ...]``.
 
-Exit codes: 0 success, 1 a stage failed (bad input data, a failed task), 2 bad usage or config,
-3 the stage is not built yet.
+Exit codes: 0 success, 1 a stage failed (bad input data, a missing earlier artifact, a failed task),
+2 bad usage or config.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from .config import EXECUTORS, ConfigError, PipelineConfig
 from .errors import InputError
 from .executor import LOG_FORMAT, TaskFailed
 from .rundir import RunDir
-from .stages import CHAIN, STAGES, StageNotBuilt, run_chain, run_stage
+from .stages import CHAIN, STAGES, run_chain, run_stage
 
 log = logging.getLogger("pipeline")
 
-EXIT_FAILED, EXIT_CONFIG, EXIT_NOT_BUILT = 1, 2, 3
+EXIT_FAILED, EXIT_CONFIG = 1, 2
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -79,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     types_ = config_mod.section_types()
     for name in CHAIN:
         stage = STAGES[name]
-        built = "" if stage.built else f" [not built yet, issue #{stage.issue}]"
-        p = sub.add_parser(name, parents=[common], help=f"{stage.summary} → {stage.produces}{built}",
+        p = sub.add_parser(name, parents=[common], help=f"{stage.summary} → {stage.produces}",
                            description=f"{stage.summary}. Writes {stage.produces} in the run directory.")
         _add_section_options(p, types_[name], name)
     p = sub.add_parser("run", parents=[common], help="all stages in order, skipping completed ones",
@@ -115,16 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                         format=LOG_FORMAT, datefmt="%H:%M:%S")
     try:
         cfg = resolve_config(args)
-        if args.stage != "run" and not STAGES[args.stage].built:
-            raise StageNotBuilt(f"stage {args.stage!r} is not built yet "
-                                f"(tracked in issue #{STAGES[args.stage].issue})")
         run_dir = RunDir(args.run_dir)
         run_dir.open(cfg.to_dict(), cfg.run.seed)
         log.info("run directory %s (executor %s, seed %d)", run_dir.path, cfg.run.executor, cfg.run.seed)
         if args.stage == "run":
-            missing = run_chain(cfg, run_dir, force=args.force)
-            if missing:
-                print(f"not built yet, so not run: {', '.join(missing)}")
+            run_chain(cfg, run_dir, force=args.force)
             print(f"run directory: {run_dir.path}")
             if (run_dir / "report.md").exists():
                 print(f"report: {run_dir / 'report.md'}\nfigures: {run_dir / 'figures'}")
@@ -133,9 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except StageNotBuilt as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_NOT_BUILT
     except (TaskFailed, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED

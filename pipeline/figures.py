@@ -101,7 +101,7 @@ def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path) -> None:
             ax.hist(v, bins=bins, alpha=0.55, label=f"{kind} (median {np.median(v):.3g})" if v.size else kind)
         ax.set(xlabel=label, ylabel="examples")
         ax.legend()
-    fig.suptitle("size of the successful perturbations: first vs best example")
+    fig.suptitle("size of the successful perturbations, both directions: first vs best example")
     save(fig, path)
 
 
@@ -110,18 +110,18 @@ def iteration_cdf(iteration: xr.DataArray, found: xr.DataArray, direction: xr.Da
     """Share of targets with an example by iteration k, per direction and kind (ends at the success rate)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     steps = np.arange(max_iter + 1)
-    for d in np.unique(direction.values):
+    for colour, d in enumerate(np.unique(direction.values)):
         for k in iteration["kind"].values:
             members = (direction == d).values
             it = iteration.sel(kind=k).values[members]
             ok = found.sel(kind=k).values[members]
             share = np.searchsorted(np.sort(it[ok]), steps, side="right") / max(members.sum(), 1)
-            ax.step(steps, share, where="post", label=f"{d}, {k} (n = {members.sum()})",
-                    linestyle="-" if k == "first" else "--")
+            ax.step(steps, share, where="post", label=f"{d}, {k} example (n = {members.sum()})",
+                    color=f"C{colour}", linestyle="-" if k == "first" else "--")
     ax.set(xlabel="iteration (proximal updates)", ylabel="share of targets with an example", ylim=(0, 1.02),
-           title="when examples were found")
+           title="when the first and the best examples were found")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center right")
     save(fig, path)
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .config import ModelParams
+from .errors import MissingArtifact
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -79,7 +80,7 @@ def load_model(run_dir: Path | str, device: str | torch.device = "cpu") -> Morta
     """The final model of a run (stage `train`), in eval mode: float32 (n, 48, 19) → logits (n, 2)."""
     folder = Path(run_dir) / "model"
     if not (folder / "model.json").exists():
-        raise FileNotFoundError(f"{folder}: no trained model (run the `train` stage first)")
+        raise MissingArtifact(f"{folder}: no trained model (run the `train` stage first)")
     meta = json.loads((folder / "model.json").read_text())
     model = MortalityLSTM(ModelParams(**meta["params"]), n_features=meta.get("n_features", 19))
     model.load_state_dict(torch.load(folder / "weights.pt", map_location=device, weights_only=True))

@@ -39,8 +39,12 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _fmt(value: float, digits: int = 3) -> str:
-    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+def _fmt(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.4g}"
+
+
+def _params(values: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -68,7 +72,7 @@ def model_section(run_dir: Path) -> list[str]:
     test = _read_json(run_dir / "model" / "test_metrics.json")
     params = model.get("params", {})
     lines = ["## Model", "",
-             "LSTM: " + ", ".join(f"{k} {v}" for k, v in params.items()),
+             "LSTM: " + _params(params),
              f"(parameters from {model.get('params_source', '?')}; {model.get('epochs', '?')} epochs from "
              f"{model.get('epochs_source', '?')}).", ""]
     header = "| metric | CV, held-out folds (mean ± sd) | test set, final model |"
@@ -91,7 +95,7 @@ def attack_section(attack: xr.Dataset, sus: xr.Dataset, ex: xr.Dataset) -> list[
     return ["## Attack", "",
             f"{attack.sizes['sample']} targets: the correctly classified samples of the "
             f"{attack.attrs.get('targets', '?')} set. Parameters ({attack.attrs.get('params_source', '?')}): "
-            + ", ".join(f"{k} {v}" for k, v in cfg.items()) + f"; seed {attack.attrs.get('seed')}.", "",
+            + _params(cfg) + f"; seed {attack.attrs.get('seed')}.", "",
             "A direction is the prediction before → after; *first* is the first iterate that flipped the "
             "prediction, *best* the flipped iterate with the lowest loss. L1 and L∞ in scaled units "
             "(1 = the feature's p5…p95 range).", "",

@@ -1,7 +1,7 @@
 """The stages of the pipeline, in order, and how one is run (skip if complete, time it, mark it).
 
 A stage is a function ``stage(config, run_dir)`` that reads earlier stages' artifacts from disk and
-writes its own. ``entry=None`` means the stage is not built yet: asking for it is an error.
+writes its own.
 """
 
 from __future__ import annotations
@@ -20,21 +20,12 @@ log = logging.getLogger(__name__)
 StageFunc = Callable[[PipelineConfig, RunDir], None]
 
 
-class StageNotBuilt(RuntimeError):
-    """The stage exists in the design but not in the code yet."""
-
-
 @dataclass(frozen=True)
 class Stage:
     name: str
     summary: str
     produces: str
-    issue: int
-    entry: str | None = None  # "package.module:function", imported only when the stage runs (a fast --help)
-
-    @property
-    def built(self) -> bool:
-        return self.entry is not None
+    entry: str  # "package.module:function", imported only when the stage runs (a fast --help)
 
     def load(self) -> StageFunc:
         module, _, name = self.entry.partition(":")
@@ -43,20 +34,20 @@ class Stage:
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("synth", "write synthetic MIMIC-III tables (CSV.gz) and each admission's true risk",
-          "raw/", 3, "pipeline.synth:synth"),
+          "raw/", "pipeline.synth:synth"),
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
-          "dataset.zarr", 3, "pipeline.prepare:prepare"),
-    Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study", 4,
+          "dataset.zarr", "pipeline.prepare:prepare"),
+    Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study",
           "pipeline.tune_model:tune_model"),
-    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", 4, "pipeline.cv:cv"),
-    Stage("train", "final model on all non-test data, evaluated once on the test set", "model/", 4,
+    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", "pipeline.cv:cv"),
+    Stage("train", "final model on all non-test data, evaluated once on the test set", "model/",
           "pipeline.train:train"),
-    Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study", 5,
+    Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study",
           "pipeline.tune_attack:tune_attack"),
-    Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr", 5,
+    Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr",
           "pipeline.attack:attack"),
     Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
-          "susceptibility.zarr, tables/, figures/, report.md", 6, "pipeline.analyze:analyze"),
+          "susceptibility.zarr, tables/, figures/, report.md", "pipeline.analyze:analyze"),
 ]}
 CHAIN = list(STAGES)
 
@@ -69,8 +60,6 @@ def stage_config(cfg: PipelineConfig, name: str) -> dict:
 def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> bool:
     """Run one stage unless it is complete; returns True if it ran."""
     stage = STAGES[name]
-    if not stage.built:
-        raise StageNotBuilt(f"stage {name!r} is not built yet (tracked in issue #{stage.issue})")
     wanted = stage_config(cfg, name)
     if run_dir.is_complete(name) and not force:
         done_with = run_dir.completed_config(name)
@@ -88,18 +77,10 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
     return True
 
 
-def run_chain(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> list[str]:
-    """Run every built stage in order; stop before the first stage that is not built yet.
-
-    Returns the names of the stages that are not built (and so did not run).
-    """
-    for i, name in enumerate(CHAIN):
+def run_chain(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> None:
+    """Every stage in order (synth only without real tables), skipping the complete ones."""
+    for name in CHAIN:
         if name == "synth" and cfg.prepare.mimic_dir:
             log.info("synth: skipped, real tables in %s", cfg.prepare.mimic_dir)
             continue
-        if not STAGES[name].built:
-            missing = CHAIN[i:]
-            log.warning("stage %r is not built yet: stopping before %s", name, ", ".join(missing))
-            return missing
         run_stage(name, cfg, run_dir, force)
-    return []

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from . import metrics, rundir
 from .config import ConfigError, ModelParams
+from .errors import MissingArtifact
 from .model import MortalityLSTM, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Data:
 def load_data(run_dir: Path) -> Data:
     path = Path(run_dir) / "dataset.zarr"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not found (run the `prepare` stage first)")
+        raise MissingArtifact(f"{path}: not found (run the `prepare` stage first)")
     ds = xr.open_zarr(path, consolidated=False)
     return Data(torch.from_numpy(np.ascontiguousarray(ds.x.values, dtype=np.float32)), ds.y.values.astype(np.int64))
 

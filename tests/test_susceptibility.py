@@ -169,7 +169,7 @@ def test_stage_writes_store_tables_figures_report(hand_made_run):
     report = (path / "report.md").read_text()
     for name in figures:
         assert f"(figures/{name})" in report
-    assert "| 0→1 | first | 3 | 2 | 0.667 |" in report  # success rate per direction and kind
+    assert "| 0→1 | first | 3 | 2 | 0.6667 |" in report  # success rate per direction and kind
     summary = {(r["direction"], r["kind"]): r for r in analyze.load_summary(path)}
     assert summary[("0→1", "best")]["median_l0"] == 1.5
     assert summary[("0→1", "first")]["median_iteration"] == 3

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The README's first command on a fresh clone: total wall time (setup included), then each stage's
+# time from the run's manifest, and the same command again (everything skipped).
+#
+#   bash benchmarks/make_run.sh [extra make arguments, e.g. ARGS='--seed 1']
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d "$(dirname "$repo")/make-run-bench.XXXX")  # beside the repo: ../shared stays reachable
+trap 'rm -rf "$work"' EXIT
+git clone -q "$repo" "$work/clone"
+cd "$work/clone"
+start=$(date +%s)
+make run "$@" > "$work/first.log" 2>&1 || { tail -40 "$work/first.log"; exit 1; }
+first=$(( $(date +%s) - start ))
+start=$(date +%s)
+make run "$@" > "$work/second.log" 2>&1 || { tail -40 "$work/second.log"; exit 1; }
+second=$(( $(date +%s) - start ))
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(date +%F)"
+echo "make run on a fresh clone: ${first} s (setup + every stage); again: ${second} s"
+.venv/bin/python - <<'PY'
+import json
+stages = json.load(open("runs/default/manifest.json"))["stages"]
+print("| stage | seconds |\n|---|---:|")
+for name, record in stages.items():
+    print(f"| {name} | {record['seconds']:.0f} |")
+PY
+grep -E "^report:" "$work/first.log"

@@ -18,6 +18,7 @@ success: it runs `max_iter` updates and keeps, per sample, the **first** flipped
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -70,6 +71,20 @@ def _optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.
     raise ValueError(f"unknown attack optimizer {name!r} (sgd, adam, rmsprop)")
 
 
+ONEDNN_MAX_BATCH = 128  # on the CPU, batches from this size on run PyTorch's LSTM kernel
+
+
+@contextlib.contextmanager
+def _onednn(enabled: bool):
+    """oneDNN (mkldnn) kernels on or off for the block (torch's flags() also warns about TF32 each call)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
 class L1Attack:
     """Batched attack of a frozen model (eval mode), on whatever device the model is on."""
 
@@ -103,17 +118,22 @@ class L1Attack:
         pert = torch.zeros_like(x)  # the iterate P_k
         point = pert.clone().requires_grad_(True)  # where the gradient is taken (= P_k without FISTA)
         optimizer = _optimizer(p.optimizer, [point], p.lr)
+        # oneDNN's fused LSTM is the faster CPU kernel for small batches, PyTorch's own for large ones
+        # (benchmarks/README.md); both compute the same function
+        onednn = self.device.type != "cpu" or len(x) < ONEDNN_MAX_BATCH
         for it in range(p.max_iter + 1):
-            logits = self.model(x + point)
+            with _onednn(onednn):
+                logits = self.model(x + point)
             if p.fista and it > 0:
-                with torch.no_grad():
+                with torch.no_grad(), _onednn(onednn):
                     yield it, pert, self.model(x + pert)
             else:
                 yield it, pert, logits.detach()
             if it == p.max_iter:
                 return
             optimizer.zero_grad()
-            hinge(logits, target, p.kappa).sum().backward()  # sum: samples stay independent of their batch
+            with _onednn(onednn):
+                hinge(logits, target, p.kappa).sum().backward()  # sum: samples stay independent of their batch
             optimizer.step()
             with torch.no_grad():
                 new = soft_threshold(point, p.lr * p.lam)

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .metrics import auprc, auroc, pr_curve, roc_curve  # noqa: E402
 from .rundir import atomic_path  # noqa: E402
@@ -34,6 +35,8 @@ def learning_curve(history: pd.DataFrame, path: Path, title: str) -> None:
     ax_score.set(xlabel="epoch", ylabel="score on the held-out fold", ylim=(0, 1), title=f"{title}: held-out scores")
     ax_score.legend()
     ax_score.grid(alpha=0.3)
+    for ax in (ax_loss, ax_score):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save(fig, path)
 
 
@@ -41,6 +44,7 @@ def training_loss(losses: list[float], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(range(1, len(losses) + 1), losses, marker=".")
     ax.set(xlabel="epoch", ylabel="cross-entropy loss (class-balanced draws)", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save(fig, path)
 
 

@@ -1,7 +1,7 @@
 """Stage `train`: the final model on all non-test data, evaluated once on the held-out test set.
 
-Parameters come from `tune-model` (or the config's [model]); the epoch count from `cv`'s best mean
-held-out AUROC unless ``[train] epochs`` sets it. Writes ``model/``: weights.pt and model.json (so
+Parameters come from `tune-model` (or the config's [model]); the epoch count from `cv`'s lowest mean
+held-out loss unless ``[train] epochs`` sets it. Writes ``model/``: weights.pt and model.json (so
 that :func:`pipeline.model.load_model` returns it), test_predictions.csv (sample, y, prob),
 test_metrics.json and training_loss.png.
 """
@@ -68,7 +68,7 @@ def final_epochs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[int, str]:
     summary = run_dir.path / "cv" / "summary.json"
     if not summary.exists():
         raise ConfigError(f"{summary}: not found; run `cv` first or set [train] epochs")
-    return json.loads(summary.read_text())["best_epoch"], f"{summary} (best mean held-out AUROC)"
+    return json.loads(summary.read_text())["best_epoch"], f"{summary} (lowest mean held-out loss)"
 
 
 def train(cfg: PipelineConfig, run_dir: RunDir) -> None:

@@ -98,6 +98,8 @@ def test_cv_is_held_out_only_and_metrics_match_the_saved_predictions(small_run, 
         assert (folder / "learning_curve.png").stat().st_size > 10_000
     summary = json.loads((run / "cv" / "summary.json").read_text())
     assert 1 <= summary["best_epoch"] <= 3 and set(summary["mean"]) >= set(metrics.NAMES)
+    per_epoch = pd.concat([pd.read_csv(run / "cv" / f"fold-{k}" / "metrics.csv") for k in range(3)])
+    assert summary["best_epoch"] == per_epoch.groupby("epoch")["loss"].mean().idxmin()  # lowest held-out loss
 
 
 def test_same_seed_same_fold_metrics(small_run, tmp_path):

@@ -40,7 +40,8 @@ def load(run, pg_url):
 def test_tune_model_on_postgresql_then_cv_as_one_array(slurm_cluster, fresh_pg_url, small_run, tmp_path):
     run = copy_run(small_run, tmp_path)
     assert main(["tune-model", *slurm_args(run, fresh_pg_url, "tune-model.trials=4", "tune-model.max_epochs=2",
-                                           "tune-model.epochs_per_report=1")]) == 0
+                                           "tune-model.epochs_per_report=1", "tune-model.max_hidden=256",
+                                           "tune-model.max_layers=2")]) == 0
     s = load(run, fresh_pg_url)
     done = s.get_trials(states=study.DONE)
     assert len(done) == 4 and len(s.trials) == 4
@@ -56,8 +57,11 @@ def test_tune_model_on_postgresql_then_cv_as_one_array(slurm_cluster, fresh_pg_u
 
 def test_a_cancelled_tuning_worker_leaves_no_running_trial(slurm_cluster, fresh_pg_url, small_run, tmp_path):
     run = copy_run(small_run, tmp_path)
+    # trials long enough (the reference space, 15 epochs; no pruning before 5 trials) that worker 0
+    # is still inside one when scancel arrives
     args = ["tune-model", *slurm_args(run, fresh_pg_url, "run.heartbeat_s=1", "tune-model.trials=4",
-                                      "tune-model.max_epochs=6", "tune-model.epochs_per_report=1", *TINY)]
+                                      "tune-model.max_epochs=15", "tune-model.epochs_per_report=1",
+                                      "tune-model.max_hidden=256", "tune-model.max_layers=2", *TINY)]
     outcome = []
     driver = threading.Thread(target=lambda: outcome.append(main(args)))
     driver.start()

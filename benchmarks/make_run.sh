@@ -12,16 +12,16 @@ cd "$work/clone"
 start=$(date +%s)
 make run "$@" > "$work/first.log" 2>&1 || { tail -40 "$work/first.log"; exit 1; }
 first=$(( $(date +%s) - start ))
-start=$(date +%s)
+start=$EPOCHREALTIME
 make run "$@" > "$work/second.log" 2>&1 || { tail -40 "$work/second.log"; exit 1; }
-second=$(( $(date +%s) - start ))
+second=$(python3 -c "print(round($EPOCHREALTIME - $start, 1))")
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(date +%F)"
 echo "make run on a fresh clone: ${first} s (setup + every stage); again: ${second} s"
 .venv/bin/python - <<'PY'
 import json
 stages = json.load(open("runs/default/manifest.json"))["stages"]
 print("| stage | seconds |\n|---|---:|")
-for name, record in stages.items():
+for name, record in sorted(stages.items(), key=lambda item: item[1]["started"]):
     print(f"| {name} | {record['seconds']:.0f} |")
 PY
 grep -E "^report:" "$work/first.log"

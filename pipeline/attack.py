@@ -50,7 +50,10 @@ def attack_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[AttackParams, s
     if best.exists() and json.loads(best.read_text())["params"]:
         values.update(json.loads(best.read_text())["params"])
         source = str(best)
-    return AttackParams(**values, max_iter=a.max_iter, observed_only=a.observed_only), source
+    if not 1 <= a.lam_search <= a.max_iter:
+        raise ConfigError(f"[attack] lam_search = {a.lam_search}: must be in 1…max_iter ({a.max_iter})")
+    return AttackParams(**values, max_iter=a.max_iter, observed_only=a.observed_only,
+                        lam_search=a.lam_search), source
 
 
 def select_targets(run_dir: Path, scope: str) -> pd.DataFrame:

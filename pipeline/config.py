@@ -127,6 +127,7 @@ class AttackConfig:
     lr: float = option(0.01, "step size η of the optimizer on the hinge term")
     optimizer: str = option("adam", "optimizer of the gradient step", ("sgd", "adam", "rmsprop"))
     fista: bool = option(False, "FISTA momentum (as EAD)")
+    lam_search: int = option(1, "runs sharing max_iter with a per-sample λ search between them (1: one λ)")
     batch_size: int = option(256, "targets attacked at once; a multiple of chunk_samples")
     chunk_samples: int = option(64, "attack.zarr chunk length along `sample`")
 

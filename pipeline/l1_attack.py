@@ -36,6 +36,7 @@ class AttackParams:
     max_iter: int = 1000  # proximal updates (every one is evaluated: no early stop)
     fista: bool = False
     observed_only: bool = False
+    lam_search: int = 1  # runs sharing max_iter, with a per-sample λ search between them; 1 = one run, one λ
 
 
 @dataclass
@@ -49,7 +50,7 @@ class AttackResult:
     logits: torch.Tensor  # (n, 2, 2) the model's logits at x + P
 
 
-def soft_threshold(p: torch.Tensor, threshold: float) -> torch.Tensor:
+def soft_threshold(p: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
     """The proximal operator of threshold·‖·‖₁: shrink every cell towards 0 by `threshold`."""
     return torch.sign(p) * torch.clamp(p.abs() - threshold, min=0.0)
 
@@ -59,6 +60,26 @@ def hinge(logits: torch.Tensor, target: torch.Tensor, kappa: float) -> torch.Ten
     z_t = logits.gather(1, target[:, None])[:, 0]
     z_o = logits.gather(1, (1 - target)[:, None])[:, 0]
     return torch.clamp(z_t - z_o, min=-kappa)
+
+
+def split_budget(max_iter: int, runs: int) -> list[int]:
+    """`max_iter` updates over `runs` runs, as evenly as possible (the later runs get the remainder)."""
+    if runs > max_iter:
+        raise ValueError(f"lam_search = {runs} runs cannot share max_iter = {max_iter} updates")
+    return [max_iter // runs + (k >= runs - max_iter % runs) for k in range(runs)]
+
+
+def next_lambda(lam: torch.Tensor, low: torch.Tensor, high: torch.Tensor, succeeded: torch.Tensor):
+    """One step of the per-sample λ search: success → a larger λ (sparser), failure → a smaller one.
+
+    The last λ that succeeded is the lower bound, the last that failed the upper; while a side is
+    open, λ moves by a factor 10, then to the geometric midpoint of the bracket.
+    """
+    low = torch.where(succeeded, lam, low)
+    high = torch.where(succeeded, high, lam)
+    up = torch.where(torch.isinf(high), lam * 10, torch.sqrt(lam * high))
+    down = torch.where(low > 0, torch.sqrt(low * lam), lam / 10)
+    return torch.where(succeeded, up, down), low, high
 
 
 def _optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
@@ -103,16 +124,42 @@ class L1Attack:
                     module.train()
 
     def run(self, x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
-        """x (n, time, feature) in [0, 1]; target (n,) the correct class; mask (n, time, feature) bool."""
+        """x (n, time, feature) in [0, 1]; target (n,) the correct class; mask (n, time, feature) bool.
+
+        With ``lam_search`` = R > 1 the budget of ``max_iter`` updates is split over R runs from P = 0.
+        After each run a sample's λ goes up if the run found an example for it and down if not (×/÷ 10
+        until bracketed, then the geometric midpoint, as EAD searches its constant). First and best are
+        kept over all runs; best compares ℓ at the configured λ, and iterations count the whole budget.
+        """
         x, target = x.to(self.device), target.to(self.device).long()
         book = _Book(len(x), x.shape[1:], self.device)
-        for it, pert, logits in self.iterates(x, target, mask):
-            book.record(it, pert, logits, target, self.params)
+        if self.params.lam_search <= 1:
+            for it, pert, logits in self.iterates(x, target, mask):
+                book.record(it, pert, logits, target, self.params)
+            return book.result()
+        lam = torch.full((len(x),), self.params.lam, dtype=torch.float64, device=self.device)
+        low, high = torch.zeros_like(lam), torch.full_like(lam, float("inf"))
+        spent = 0
+        for steps in split_budget(self.params.max_iter, self.params.lam_search):
+            succeeded = torch.zeros(len(x), dtype=torch.bool, device=self.device)
+            for it, pert, logits in self.iterates(x, target, mask, lam=lam, max_iter=steps):
+                if it == 0 and spent > 0:
+                    continue  # P = 0 again: evaluated by the first run already
+                book.record(spent + it, pert, logits, target, self.params)
+                succeeded |= logits.argmax(1) != target
+            spent += steps
+            lam, low, high = next_lambda(lam, low, high, succeeded)
         return book.result()
 
-    def iterates(self, x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None):
-        """Yield (k, P_k, Z(x + P_k)) for k = 0 … max_iter; P_0 = 0, P_k after k proximal updates."""
+    def iterates(self, x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                 lam: torch.Tensor | None = None, max_iter: int | None = None):
+        """Yield (k, P_k, Z(x + P_k)) for k = 0 … max_iter; P_0 = 0, P_k after k proximal updates.
+
+        `lam` (n,): a λ per sample instead of the configured one; `max_iter`: another number of updates.
+        """
         p = self.params
+        max_iter = p.max_iter if max_iter is None else max_iter
+        threshold = p.lr * p.lam if lam is None else (p.lr * lam).to(x.dtype)[:, None, None]
         x, target = x.to(self.device), target.to(self.device).long()
         allowed = mask.to(self.device).float() if (p.observed_only and mask is not None) else None
         pert = torch.zeros_like(x)  # the iterate P_k
@@ -121,7 +168,7 @@ class L1Attack:
         # oneDNN's fused LSTM is the faster CPU kernel for small batches, PyTorch's own for large ones
         # (benchmarks/README.md); both compute the same function
         onednn = self.device.type != "cpu" or len(x) < ONEDNN_MAX_BATCH
-        for it in range(p.max_iter + 1):
+        for it in range(max_iter + 1):
             with _onednn(onednn):
                 logits = self.model(x + point)
             if p.fista and it > 0:
@@ -129,14 +176,14 @@ class L1Attack:
                     yield it, pert, self.model(x + pert)
             else:
                 yield it, pert, logits.detach()
-            if it == p.max_iter:
+            if it == max_iter:
                 return
             optimizer.zero_grad()
             with _onednn(onednn):
                 hinge(logits, target, p.kappa).sum().backward()  # sum: samples stay independent of their batch
             optimizer.step()
             with torch.no_grad():
-                new = soft_threshold(point, p.lr * p.lam)
+                new = soft_threshold(point, threshold)
                 new = torch.minimum(torch.maximum(new, -x), 1.0 - x)  # x + P in [0, 1]
                 if allowed is not None:
                     new = new * allowed

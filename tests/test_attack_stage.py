@@ -124,3 +124,12 @@ def test_objectives_on_a_known_result():
     assert score(result, "success_rate") == pytest.approx(2 / 3)
     assert score(result, "sparse_small_max") == pytest.approx((1 - 2 / 912) / 0.4 + (1 - 1 / 912) / 0.1)
     assert score(result, "sparse_small") == pytest.approx((1 - 2 / 912) / 0.6 + (1 - 1 / 912) / 0.1)
+
+
+def test_lambda_search_from_the_config(trained_run, tmp_path):
+    run = copy_trained(trained_run, tmp_path)
+    assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug", "attack.lam_search=0"]) == 2
+    assert not (run / "attack.zarr").exists()
+    store = run_attack(run, "--executor", "debug", "attack.lam_search=3")
+    assert store.attrs["attack_config"]["lam_search"] == 3
+    assert int(store.iteration.max()) <= 30 and bool(store.found.any())

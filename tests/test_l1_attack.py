@@ -1,10 +1,12 @@
 """The L1 proximal attack (pipeline/l1_attack.py) on a small model, on the CPU."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from pipeline.config import ModelParams
-from pipeline.l1_attack import BEST, FIRST, AttackParams, L1Attack, hinge, soft_threshold
+from pipeline.l1_attack import BEST, FIRST, AttackParams, L1Attack, hinge, next_lambda, soft_threshold, split_budget
 from pipeline.model import MortalityLSTM
 
 
@@ -128,3 +130,54 @@ def test_other_optimizers_and_fista_keep_the_bookkeeping_consistent(model, batch
     with torch.no_grad():
         logits = model(x[:16] + out.perturbation[:, BEST])
     assert (logits.argmax(1)[found] != target[:16][found]).all()
+
+
+def test_the_budget_is_split_over_the_runs():
+    assert split_budget(1000, 3) == [333, 333, 334]
+    assert sum(split_budget(61, 4)) == 61
+    with pytest.raises(ValueError, match="lam_search"):
+        split_budget(2, 3)
+
+
+def test_lambda_goes_up_after_a_success_down_after_a_failure_then_bisects():
+    lam, low, high = torch.tensor([1.0, 1.0]), torch.zeros(2), torch.full((2,), float("inf"))
+    lam, low, high = next_lambda(lam, low, high, torch.tensor([True, False]))
+    assert lam.tolist() == pytest.approx([10.0, 0.1])  # open brackets: ×/÷ 10
+    lam, low, high = next_lambda(lam, low, high, torch.tensor([False, True]))
+    assert lam.tolist() == pytest.approx([10 ** 0.5, 10 ** -0.5])  # bracketed: geometric midpoint
+    assert low.tolist() == pytest.approx([1.0, 0.1]) and high.tolist() == pytest.approx([10.0, 1.0])
+
+
+SEARCH = AttackParams(kappa=0.1, lam=1.0, lr=0.02, optimizer="adam", max_iter=60)  # λ far too strong
+
+
+@pytest.fixture(scope="module")
+def searched(model, batch):
+    x, target, _ = batch
+    return L1Attack(model, replace(SEARCH, lam_search=3)).run(x, target)
+
+
+def test_lambda_search_finds_examples_where_one_strong_lambda_fails(model, batch, searched):
+    x, target, _ = batch
+    one = L1Attack(model, SEARCH).run(x, target)
+    assert searched.found[:, FIRST].sum() > 3 * one.found[:, FIRST].sum()
+    # found in the later runs: the iteration counts the whole budget, never beyond it
+    assert searched.iteration[searched.found[:, FIRST], FIRST].max() > 20
+    assert searched.iteration.max() <= SEARCH.max_iter
+
+
+def test_lambda_search_keeps_samples_independent_and_best_consistent(model, batch, searched):
+    x, target, _ = batch
+    for i in (0, 17, 63):
+        alone = L1Attack(model, replace(SEARCH, lam_search=3)).run(x[i:i + 1], target[i:i + 1])
+        assert torch.equal(alone.found[0], searched.found[i])
+        assert torch.equal(alone.iteration[0], searched.iteration[i])
+        torch.testing.assert_close(alone.perturbation[0], searched.perturbation[i], atol=1e-5, rtol=0)
+    ok = searched.found[:, BEST]
+    with torch.no_grad():
+        logits = model(x[ok] + searched.perturbation[ok, BEST])
+    assert (logits.argmax(1) != target[ok]).all()
+    # best is judged at the configured λ, over every run
+    loss = hinge(logits, target[ok], SEARCH.kappa) + SEARCH.lam * searched.perturbation[ok, BEST].abs().sum((1, 2))
+    torch.testing.assert_close(loss, searched.loss[ok, BEST], atol=1e-4, rtol=1e-5)
+    assert (searched.loss[ok, BEST] <= searched.loss[ok, FIRST] + 1e-6).all()

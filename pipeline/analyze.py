@@ -38,12 +38,13 @@ PUBLISHED = {
 }
 
 
-def open_attack(run_dir: Path) -> xr.Dataset:
+def open_run(run_dir: Path) -> tuple[xr.Dataset, xr.Dataset]:
+    """attack.zarr and dataset.zarr of a run, lazily."""
     path = Path(run_dir) / "attack.zarr"
     if not path.exists():
         raise MissingArtifact(f"{path}: not found (run the `attack` stage first)")
     with rundir.consolidated_zarr_v3():
-        return xr.open_zarr(path)
+        return xr.open_zarr(path), xr.open_zarr(Path(run_dir) / "dataset.zarr")
 
 
 def examples(attack: xr.Dataset) -> xr.Dataset:
@@ -54,10 +55,8 @@ def examples(attack: xr.Dataset) -> xr.Dataset:
     return out.assign_coords(direction=("sample", direction_of(attack.pred).values)).compute()
 
 
-def compute(run_dir: Path) -> xr.Dataset:
-    """The susceptibility dataset of a run (in memory), with clinical-unit copies of GMP, GAP and GANZP."""
-    attack = open_attack(run_dir)
-    data = xr.open_zarr(Path(run_dir) / "dataset.zarr")
+def compute(attack: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
+    """The susceptibility dataset (in memory), with clinical-unit copies of GMP, GAP and GANZP."""
     sus = scores(attack.perturbation, attack.found, direction_of(attack.pred)).compute()
     for name in ("gmp", "gap", "ganzp"):
         sus[f"{name}_clinical"] = to_clinical(sus[name], data.p5, data.p95).compute()
@@ -104,7 +103,8 @@ def clinical_table(attack: xr.Dataset, data: xr.Dataset, direction: str, kind: s
     """Per feature: how many cells the successful examples changed and by how much, in clinical units."""
     chosen = (attack.found.sel(kind=kind) & (direction_of(attack.pred) == direction)).values
     p = attack.perturbation.sel(kind=kind).values[chosen]  # (n, time, feature), scaled units
-    delta = np.abs(p) * (data.p95 - data.p5).values
+    span = (data.p95 - data.p5).values
+    delta = np.abs(p) * span
     rows = []
     for j, name in enumerate(data.feature.values):
         changed = delta[:, :, j][p[:, :, j] != 0]
@@ -112,7 +112,7 @@ def clinical_table(attack: xr.Dataset, data: xr.Dataset, direction: str, kind: s
                      "examples_touching": int((p[:, :, j] != 0).any(axis=1).sum()),
                      "median_abs_change": float(np.median(changed)) if changed.size else np.nan,
                      "max_abs_change": float(changed.max()) if changed.size else np.nan,
-                     "p5_to_p95_range": float((data.p95 - data.p5).values[j])})
+                     "p5_to_p95_range": float(span[j])})
     return pd.DataFrame(rows)
 
 
@@ -154,11 +154,10 @@ def draw(run_dir: Path, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[
 
 def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
     path = run_dir.path
-    attack = open_attack(path)
-    data = xr.open_zarr(path / "dataset.zarr")
+    attack, data = open_run(path)
     log.info("analyze: %d targets, %d with a successful example", attack.sizes["sample"],
              int(attack.found.sel(kind="first").sum()))
-    sus = compute(path)
+    sus = compute(attack, data)
     with rundir.atomic_path(path / "susceptibility.zarr") as tmp, rundir.consolidated_zarr_v3():
         sus.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
     tables: dict[str, dict] = {}
@@ -174,9 +173,9 @@ def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
         log.info("analyze: %s, most susceptible feature %s (S_j %.3f, best examples)", d, top.feature, top.s_j_best)
     ex = examples(attack)
     captions = draw(path, sus, ex, int(attack.attrs["attack_config"]["max_iter"]))
-    text = report.render(path, data, attack, sus, ex, tables, captions)
-    rundir.write_text(path / "report.md", text)
-    rundir.write_json(path / "tables" / "summary.json", report.summary(sus, ex))
+    summary = report.summary(sus, ex)
+    rundir.write_json(path / "tables" / "summary.json", summary)
+    rundir.write_text(path / "report.md", report.render(path, data, attack, summary, tables, captions))
     log.info("analyze: report %s (%d figures)", path / "report.md", len(captions))
 
 

@@ -47,8 +47,9 @@ def attack_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[AttackParams, s
     values = {"kappa": a.kappa, "lam": a.lam, "lr": a.lr, "optimizer": a.optimizer, "fista": a.fista}
     source = "the config's [attack] table"
     best = run_dir.path / "tune-attack" / "best.json"
-    if best.exists() and json.loads(best.read_text())["params"]:
-        values.update(json.loads(best.read_text())["params"])
+    tuned = json.loads(best.read_text())["params"] if best.exists() else {}
+    if tuned:  # empty when no trial found an example
+        values.update(tuned)
         source = str(best)
     if not 1 <= a.lam_search <= a.max_iter:
         raise ConfigError(f"[attack] lam_search = {a.lam_search}: must be in 1…max_iter ({a.max_iter})")

@@ -173,7 +173,8 @@ class L1Attack:
                 logits = self.model(x + point)
             if p.fista and it > 0:
                 with torch.no_grad(), _onednn(onednn):
-                    yield it, pert, self.model(x + pert)
+                    at_iterate = self.model(x + pert)
+                yield it, pert, at_iterate
             else:
                 yield it, pert, logits.detach()
             if it == max_iter:

@@ -87,9 +87,9 @@ def model_section(run_dir: Path) -> list[str]:
     return lines
 
 
-def attack_section(attack: xr.Dataset, sus: xr.Dataset, ex: xr.Dataset) -> list[str]:
+def attack_section(attack: xr.Dataset, rows: list[dict]) -> list[str]:
     cfg = attack.attrs.get("attack_config", {})
-    rows = pd.DataFrame(summary(sus, ex))
+    rows = pd.DataFrame(rows)
     rows = rows.rename(columns={"median_l0": "median L0 (cells)", "median_l1": "median L1",
                                 "median_linf": "median L∞", "median_iteration": "median iteration"})
     return ["## Attack", "",
@@ -120,14 +120,16 @@ def susceptibility_section(tables: dict[str, dict]) -> list[str]:
     return lines
 
 
-def render(run_dir: Path, data: xr.Dataset, attack: xr.Dataset, sus: xr.Dataset, ex: xr.Dataset,
-           tables: dict[str, dict], captions: dict[str, str]) -> str:
+def render(run_dir: Path, data: xr.Dataset, attack: xr.Dataset, rows: list[dict], tables: dict[str, dict],
+           captions: dict[str, str]) -> str:
+    """The report; `rows` are :func:`summary`'s, `tables` per direction the ranking (Markdown), the
+    clinical table and the number of successes, `captions` figure file name → caption."""
     lines = ["# Adversarial susceptibility of an in-hospital mortality LSTM", "",
              f"Run directory `{run_dir}`, seed {attack.attrs.get('seed')}, written "
              f"{time.strftime('%Y-%m-%d %H:%M')}.", ""]
     lines += data_section(data)
     lines += model_section(run_dir)
-    lines += attack_section(attack, sus, ex)
+    lines += attack_section(attack, rows)
     lines += susceptibility_section(tables)
     lines += ["## Figures", ""]
     for name, caption in captions.items():

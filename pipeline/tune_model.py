@@ -45,11 +45,13 @@ def params_of(trial: optuna.trial.FrozenTrial) -> ModelParams:
     return suggest(optuna.trial.FixedTrial(trial.params), REFERENCE_SPACE)
 
 
-def objective(data: training.Data, split: dict, folds_used: int, max_epochs: int, block: int, seed: int,
-              space: TuneModelConfig):
+def objective(data: training.Data, split: dict, tm: TuneModelConfig, seed: int):
+    """A trial: the first `folds_used` folds side by side, mean held-out AUROC every `epochs_per_report`."""
+    max_epochs, block = tm.max_epochs, tm.epochs_per_report
+
     def run_trial(trial: optuna.Trial) -> float:
-        params = suggest(trial, space)
-        folds = [training.fold_indices(split, k) for k in range(folds_used)]
+        params = suggest(trial, tm)
+        folds = [training.fold_indices(split, k) for k in range(tm.folds_used)]
         trainers = [training.Trainer(data, train, params, seed + k) for k, (train, _) in enumerate(folds)]
         value = float("nan")
         for stop in range(block, max_epochs + block, block):
@@ -73,8 +75,7 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
     training.set_threads(settings["workers"])
     data = training.load_data(Path(run_dir))
     split = json.loads((Path(run_dir) / "split.json").read_text())
-    run_trial = objective(data, split, settings["folds_used"], settings["max_epochs"], settings["epochs_per_report"],
-                          settings["seed"], TuneModelConfig(**settings["space"]))
+    run_trial = objective(data, split, TuneModelConfig(**settings["tune"]), settings["seed"])
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     return study.run_worker(storage, Path(run_dir), name, run_trial, trials, worker, seed=settings["seed"],
                             pruner=pruner, heartbeat_s=settings["heartbeat_s"])
@@ -82,13 +83,12 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
 
 def tune_model(cfg: PipelineConfig, run_dir: RunDir) -> None:
     tm = cfg.tune_model
-    data = training.load_data(run_dir.path)
-    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed)
     if not 1 <= tm.folds_used <= cfg.cv.folds:
         raise ConfigError(f"[tune-model] folds_used = {tm.folds_used}: must be in 1…{cfg.cv.folds}")
     check_space(tm)
-    settings = {"folds_used": tm.folds_used, "max_epochs": tm.max_epochs, "epochs_per_report": tm.epochs_per_report,
-                "space": dataclasses.asdict(tm)}
+    data = training.load_data(run_dir.path)
+    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed)
+    settings = {"tune": dataclasses.asdict(tm)}
     name = study.run_study(cfg, run_dir, "tune-model", tuning_worker, tm.trials, settings)
     save_best(cfg, run_dir, name)
 

@@ -165,3 +165,28 @@ def test_tune_model_with_two_local_workers_on_the_journal_file(small_run, tmp_pa
     run_cv(run, "--executor", "local", "--workers", "2")
     fold = json.loads((run / "cv" / "fold-0" / "done.json").read_text())
     assert fold["params"] == best["params"]
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("tune-model.max_hidden=100", "max_hidden = 100: must be 32, 64, 128 or 256"),
+    ("tune-model.max_layers=3", "max_layers = 3: must be 1 or 2"),
+    ("tune-model.min_lr=0.5", "min_lr = 0.5: must be in [1e-5, 0.1)"),
+])
+def test_a_bad_search_space_is_refused_before_anything_is_written(small_run, tmp_path, setting, message, capsys):
+    run = copy_run(small_run, tmp_path)
+    assert main(["tune-model", "--run-dir", str(run), "--executor", "debug", setting]) == 2
+    assert message in capsys.readouterr().err
+    assert not (run / "split.json").exists() and not (run / "tune-model").exists()
+
+
+def test_the_trials_stay_inside_the_configured_space(small_run, tmp_path):
+    run = copy_run(small_run, tmp_path)
+    assert main(["tune-model", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3",
+                 "tune-model.trials=3", "tune-model.max_epochs=1", "tune-model.epochs_per_report=1",
+                 "tune-model.max_hidden=32", "tune-model.min_lr=0.01"]) == 0
+    from pipeline import study
+
+    best = json.loads((run / "tune-model" / "best.json").read_text())
+    s = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run))
+    for t in s.trials:
+        assert t.params["log2_hidden"] == 5 and t.params["layers"] == 1 and t.params["lr"] >= 0.01

@@ -139,7 +139,7 @@ def hand_made_run(tmp_path) -> RunDir:
 
 
 def test_store_scores_and_clinical_units(hand_made_run):
-    s = analyze.compute(hand_made_run.path)
+    s = analyze.compute(*analyze.open_run(hand_made_run.path))
     assert s.gmp.dims == ("direction", "kind", "time", "feature")
     assert at(s, "gmp", "0→1", "first", 0, K) == pytest.approx(0.6)
     assert at(s, "gap", "0→1", "first", 1, NA) == pytest.approx(0.2)

@@ -116,6 +116,26 @@ def clinical_table(attack: xr.Dataset, data: xr.Dataset, direction: str, kind: s
     return pd.DataFrame(rows)
 
 
+def changed_cells(attack: xr.Dataset, data: xr.Dataset, kind: str = "best") -> pd.DataFrame:
+    """Every cell that a successful example changes: before → after in clinical units, one row each.
+
+    "before" is the model's input (interpolated, winsorized to [p5, p95]) mapped back to clinical units.
+    """
+    found = attack.found.sel(kind=kind).values
+    p = attack.perturbation.sel(kind=kind).values  # (sample, time, feature), scaled units
+    sample, hour, feature = np.nonzero(p * found[:, None, None])
+    index = attack.dataset_index.values[sample]
+    span, low = (data.p95 - data.p5).values, data.p5.values
+    before = data.x.values[index, hour, feature]
+    direction = direction_of(attack.pred).values
+    return pd.DataFrame({
+        "sample": sample, "hadm_id": data.hadm_id.values[index], "direction": direction[sample],
+        "feature": data.feature.values[feature], "hour": hour, "unit": data["unit"].values[feature],
+        "before": before * span[feature] + low[feature],
+        "after": (before + p[sample, hour, feature]) * span[feature] + low[feature],
+        "change_scaled": p[sample, hour, feature]})
+
+
 def cv_predictions(run_dir: Path) -> tuple[list[pd.DataFrame], pd.DataFrame | None]:
     folds = sorted((Path(run_dir) / "cv").glob("fold-*/predictions.csv"),
                    key=lambda p: int(p.parent.name.split("-")[1]))
@@ -142,7 +162,8 @@ def draw(run_dir: Path, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[
                            "GAP: mean |perturbation| per cell", "GAP (scaled units: 1 = the feature's p5…p95 range)")
     figures.ranking_bars(sus.s_j, sus.n, fig("s_j_ranking.png", "S_j per feature: first vs best examples"),
                          "S_j = Σ over hours of GMP · GPP")
-    figures.norm_histograms(ex, ex.found, fig("norms.png", "L0, L1, L∞ of first vs best examples"))
+    figures.norm_histograms(ex, ex.found, fig("norms.png", "L0, L1, L∞ of first vs best examples"),
+                            report.SPARSE_CELLS)
     figures.iteration_cdf(ex.iteration, ex.found, ex.direction, max_iter,
                           fig("iteration_cdf.png", "iteration at which the examples were found (CDF)"))
     folds, test = cv_predictions(run_dir)
@@ -175,7 +196,9 @@ def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
     captions = draw(path, sus, ex, int(attack.attrs["attack_config"]["max_iter"]))
     summary = report.summary(sus, ex)
     rundir.write_json(path / "tables" / "summary.json", summary)
-    rundir.write_text(path / "report.md", report.render(path, data, attack, summary, tables, captions))
+    changes = changed_cells(attack, data)
+    rundir.write_text(path / "tables" / "changes_best.csv", changes.to_csv(index=False))
+    rundir.write_text(path / "report.md", report.render(path, data, attack, summary, tables, captions, changes))
     log.info("analyze: report %s (%d figures)", path / "report.md", len(captions))
 
 

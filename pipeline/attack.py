@@ -30,7 +30,7 @@ from . import rundir, training
 from .config import AttackConfig, ConfigError, PipelineConfig
 from .executor import CheckpointableTask, run_tasks
 from .features import NAMES
-from .l1_attack import KINDS, AttackParams, L1Attack
+from .l1_attack import KINDS, L1Attack
 from .model import load_model
 from .rundir import RunDir
 from .settings import executor_spec
@@ -38,23 +38,32 @@ from .settings import executor_spec
 log = logging.getLogger(__name__)
 
 PARTIAL = ".attack.zarr.partial"
-VARIABLES = ("perturbation", "found", "iteration", "loss", "logits")
+VARIABLES = ("perturbation", "found", "iteration", "margin", "lam", "logits")
 
 
-def attack_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[AttackParams, str]:
-    """tune-attack's best parameters when it ran, else the config's [attack]."""
-    a = cfg.attack
-    values = {"kappa": a.kappa, "lam": a.lam, "lr": a.lr, "optimizer": a.optimizer, "fista": a.fista}
-    source = "the config's [attack] table"
-    best = run_dir.path / "tune-attack" / "best.json"
-    tuned = json.loads(best.read_text())["params"] if best.exists() else {}
-    if tuned:  # empty when no trial found an example
-        values.update(tuned)
-        source = str(best)
+def check_attack(a: AttackConfig) -> None:
+    """What the config's types and choices cannot say about `[attack]`."""
     if not 1 <= a.lam_search <= a.max_iter:
         raise ConfigError(f"[attack] lam_search = {a.lam_search}: must be in 1…max_iter ({a.max_iter})")
-    return AttackParams(**values, max_iter=a.max_iter, observed_only=a.observed_only,
-                        lam_search=a.lam_search), source
+    if a.batch_size % a.chunk_samples:
+        raise ConfigError(f"[attack] batch_size = {a.batch_size} must be a multiple of chunk_samples = "
+                          f"{a.chunk_samples} (shards must not share a chunk)")
+
+
+def attack_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[AttackConfig, str]:
+    """The config's [attack], with tune-attack's best values for the keys it tuned when it ran."""
+    check_attack(cfg.attack)
+    best = run_dir.path / "tune-attack" / "best.json"
+    tuned = json.loads(best.read_text())["params"] if best.exists() else {}
+    if not tuned:  # empty when no trial found an example
+        return cfg.attack, "the config's [attack] table"
+    return dataclasses.replace(cfg.attack, **tuned), f"{best} ({', '.join(sorted(tuned))}), else [attack]"
+
+
+def algorithm(params: AttackConfig) -> dict:
+    """The keys of [attack] that change the examples (not how the work is split or stored)."""
+    layout = {"shards", "targets", "batch_size", "chunk_samples"}
+    return {k: v for k, v in dataclasses.asdict(params).items() if k not in layout}
 
 
 def select_targets(run_dir: Path, scope: str) -> pd.DataFrame:
@@ -98,8 +107,10 @@ def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: 
          "found": (("sample", "kind"), empty((n, 2), bool, False)),
          "iteration": (("sample", "kind"), empty((n, 2), np.int32, -1),
                        {"description": "proximal updates applied when the example was found; -1: none"}),
-         "loss": (("sample", "kind"), empty((n, 2), np.float32, np.nan),
-                  {"description": "max(Z_t − Z_o, −κ) + λ‖P‖₁"}),
+         "margin": (("sample", "kind"), empty((n, 2), np.float32, np.nan),
+                    {"description": "Z_o − Z_t at the example (> 0: the prediction flipped); NaN: none"}),
+         "lam": (("sample", "kind"), empty((n, 2), np.float64, np.nan),
+                 {"description": "λ of the run that found the example (the λ search changes it per target)"}),
          "logits": (("sample", "kind", "class"), empty((n, 2, 2), np.float32, np.nan))},
         coords={"sample": np.arange(n), "dataset_index": ("sample", targets["dataset_index"].to_numpy(np.int64)),
                 "y": ("sample", targets["y"].to_numpy(np.int8)), "pred": ("sample", targets["pred"].to_numpy(np.int8)),
@@ -125,7 +136,7 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
         return progress
     device = training.device()
     model = load_model(run, device)
-    attack = L1Attack(model, AttackParams(**params))
+    attack = L1Attack(model, AttackConfig(**params))
     ds = xr.open_zarr(run / "dataset.zarr", consolidated=False)
     index = store["dataset_index"][start:stop]
     x, mask = ds.x.values[index], ds["mask"].values[index]
@@ -142,8 +153,8 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
         store["perturbation"][b0:b1] = result.perturbation.cpu().numpy()
         store["found"][b0:b1] = result.found.cpu().numpy()
         store["iteration"][b0:b1] = result.iteration.cpu().numpy().astype(np.int32)
-        store["loss"][b0:b1] = result.loss.cpu().numpy()
-        store["logits"][b0:b1] = result.logits.cpu().numpy()
+        for name in VARIABLES[3:]:
+            store[name][b0:b1] = getattr(result, name).cpu().numpy()
         successes += int(result.found[:, 0].sum())
         progress["done"].append(b0)
         progress["writes"].append([b0, b1])
@@ -160,14 +171,11 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
 
 def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     a: AttackConfig = cfg.attack
-    if a.batch_size % a.chunk_samples:
-        raise ConfigError(f"[attack] batch_size = {a.batch_size} must be a multiple of chunk_samples = "
-                          f"{a.chunk_samples} (shards must not share a chunk)")
     params, source = attack_params(cfg, run_dir)
     targets = select_targets(run_dir.path, a.targets)
     if targets.empty:
         raise ConfigError(f"[attack] targets = {a.targets!r}: no correctly classified sample to attack")
-    attrs = {"attack_config": dataclasses.asdict(params), "params_source": source, "targets": a.targets,
+    attrs = {"attack_config": algorithm(params), "params_source": source, "targets": a.targets,
              "batch_size": a.batch_size, "seed": cfg.run.seed, **model_identity(run_dir.path)}
     partial = run_dir.path / PARTIAL
     if not partial.exists() or xr.open_zarr(partial, consolidated=False).attrs != json.loads(json.dumps(attrs)):

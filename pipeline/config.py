@@ -22,6 +22,8 @@ class ConfigError(ValueError):
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     """A config field with its CLI help text (and allowed values)."""
+    if isinstance(default, list):  # a list default is built anew for each instance
+        return field(default_factory=lambda: list(default), metadata={"help": help, "choices": choices})
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -107,27 +109,33 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TuneAttackConfig:
-    trials: int = option(8, "finished trials the study must hold")
+    """Optuna over a declared subset of `[attack]`; every other `[attack]` key is used as it is."""
+
+    trials: int = option(16, "finished trials the study must hold")
+    startup_trials: int = option(6, "random trials before TPE models the results (TPE's n_startup_trials)")
     targets: int = option(100, "fixed subset of targets the attack is tuned on (at most 1,000)")
+    params: list[str] = option(["lr", "lam"], "the [attack] keys tuned: any of lr, lam, kappa, optimizer, fista")
     objective: str = option(
-        "sparse_small_max", "what tuning maximizes", ("sparse_small_max", "success_rate", "sparse_small")
+        "min_l1", "what tuning optimizes", ("min_l1", "success_rate", "sparse_small_max", "sparse_small")
     )
-    max_iter: int = option(200, "proximal updates per trial's attack")
 
 
 @dataclass(frozen=True)
 class AttackConfig:
+    """[attack]: the attack's one definition (METHODS.md §3); tune-attack's trials run exactly this."""
+
     shards: int = option(1, "array tasks, each a contiguous range of targets (boundaries on batch multiples)")
     targets: str = option("test", "correctly classified samples of the test set or of all samples",
                           ("test", "all"))
-    max_iter: int = option(1000, "proximal updates per target (no early stop: first and best are kept)")
+    max_iter: int = option(1000, "proximal updates per target, over all λ-search runs (no early stop)")
     observed_only: bool = option(False, "perturb only cells that were really measured (mask)")
     kappa: float = option(0.0, "confidence margin κ of the hinge max(Z_t − Z_o, −κ)")
-    lam: float = option(1e-3, "λ, weight of the elementwise L1 norm; the threshold is lr·λ")
-    lr: float = option(0.01, "step size η of the optimizer on the hinge term")
-    optimizer: str = option("adam", "optimizer of the gradient step", ("sgd", "adam", "rmsprop"))
+    lam: float = option(0.003, "λ, weight of the elementwise L1 norm (the first λ of the λ search)")
+    lr: float = option(0.1, "step size η of the gradient step on the hinge term (adam: about the move per step)")
+    optimizer: str = option("adam", "gradient step: sgd = ISTA (threshold η·λ); adam, rmsprop threshold each "
+                            "cell in their own metric, η·λ / (√v̂ + ε)", ("sgd", "adam", "rmsprop"))
     fista: bool = option(False, "FISTA momentum (as EAD)")
-    lam_search: int = option(1, "runs sharing max_iter with a per-sample λ search between them (1: one λ)")
+    lam_search: int = option(4, "runs sharing max_iter with a per-sample λ search between them (1: one λ)")
     batch_size: int = option(256, "targets attacked at once; a multiple of chunk_samples")
     chunk_samples: int = option(64, "attack.zarr chunk length along `sample`")
 

@@ -92,8 +92,8 @@ def ranking_bars(s_j: xr.DataArray, n: xr.DataArray, path: Path, xlabel: str) ->
     save(fig, path)
 
 
-def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path) -> None:
-    """L0, L1 and L∞ of the successful examples, first vs best."""
+def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path, sparse_cells: int = 10) -> None:
+    """L0, L1 and L∞ of the successful examples, first vs best; the L0 panel marks `sparse_cells`."""
     labels = {"l0": "L0: cells changed (of 48 × 19 = 912)", "l1": "L1: Σ |P| (scaled units)",
               "linf": "L∞: max |P| (scaled units)"}
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
@@ -103,6 +103,10 @@ def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path) -> None:
         bins = np.histogram_bin_edges(every, bins=30) if every.size else 10
         for kind, v in values.items():
             ax.hist(v, bins=bins, alpha=0.55, label=f"{kind} (median {np.median(v):.3g})" if v.size else kind)
+        if name == "l0" and values.get("best") is not None and values["best"].size:
+            share = np.mean(values["best"] <= sparse_cells)
+            ax.axvline(sparse_cells, color="black", ls=":", lw=1,
+                       label=f"≤ {sparse_cells} cells: {100 * share:.0f}% of best examples")
         ax.set(xlabel=label, ylabel="examples")
         ax.legend()
     fig.suptitle("size of the successful perturbations, both directions: first vs best example")

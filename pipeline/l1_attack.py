@@ -5,14 +5,22 @@ perturbation P that flips the model's prediction, minimizing per sample
 
     ℓ(P) = max(Z_t(x + P) − Z_o(x + P), −κ) + λ‖P‖₁        (‖·‖₁ over the 48 × 19 cells)
 
-by proximal gradient steps: a step of SGD | Adam | RMSprop on the hinge term, soft-thresholding at
-η·λ (η = learning rate), projection so that x + P stays in [0, 1], optionally FISTA momentum and
-(`observed_only`) only on cells that were measured. The batch loss is the *sum* of per-sample
-losses, so a sample's optimization does not depend on its batch. It does not stop at the first
-success: it runs `max_iter` updates and keeps, per sample, the **first** flipped iterate and the
-**best** one (lowest ℓ among flipped iterates).
+by proximal gradient steps (ISTA): a gradient step on the hinge term alone, then the proximal
+operator of λ‖·‖₁ plus the box — soft-thresholding, then projection so that x + P stays in [0, 1] —
+optionally with FISTA momentum and (`observed_only`) only on cells that were measured.
 
->>> result = L1Attack(model, AttackParams(max_iter=100)).run(x, target, mask)   # doctest: +SKIP
+The gradient step is plain (`sgd`: threshold η·λ) or adaptive (`adam`, `rmsprop`). An adaptive step
+moves every cell by about η whatever its gradient, so its proximal step thresholds each cell in the
+optimizer's own metric: η·λ / (√v̂ + ε), with v̂ the (bias-corrected, for Adam) running mean of the
+squared gradient. At P = 0 a cell then starts to move only where the (averaged) gradient exceeds λ,
+as with ISTA; a scalar threshold η·λ would let every cell through.
+
+The batch loss is the *sum* of per-sample losses, so a sample's optimization does not depend on its
+batch. It does not stop at the first success: it runs `max_iter` updates and keeps, per sample, the
+**first** flipped iterate and the **best** one: the flipped iterate with the smallest L1 (ties: the
+larger margin), whatever κ and λ.
+
+>>> result = L1Attack(model, AttackConfig(max_iter=100)).run(x, target, mask)   # doctest: +SKIP
 >>> result.perturbation[:, BEST]                                                 # (batch, 48, 19)
 """
 
@@ -23,20 +31,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import AttackConfig
+
 FIRST, BEST = 0, 1
 KINDS = ("first", "best")
-
-
-@dataclass(frozen=True)
-class AttackParams:
-    kappa: float = 0.0  # confidence margin κ: the hinge stops pushing at Z_t − Z_o = −κ
-    lam: float = 1e-3  # λ, weight of the L1 norm
-    lr: float = 0.01  # η, step size of the optimizer (and the threshold is η·λ)
-    optimizer: str = "adam"
-    max_iter: int = 1000  # proximal updates (every one is evaluated: no early stop)
-    fista: bool = False
-    observed_only: bool = False
-    lam_search: int = 1  # runs sharing max_iter, with a per-sample λ search between them; 1 = one run, one λ
+ADAM_BETAS, RMSPROP_ALPHA, EPS = (0.9, 0.999), 0.99, 1e-8  # torch.optim's defaults
 
 
 @dataclass
@@ -46,8 +45,14 @@ class AttackResult:
     perturbation: torch.Tensor  # (n, 2, time, feature)
     found: torch.Tensor  # (n, 2) bool
     iteration: torch.Tensor  # (n, 2) int: number of updates applied to reach it; -1 if not found
-    loss: torch.Tensor  # (n, 2) ℓ of that iterate; NaN if not found
+    margin: torch.Tensor  # (n, 2) Z_o − Z_t at that iterate (> 0: flipped); NaN if not found
+    lam: torch.Tensor  # (n, 2) the λ of the run that found it (differs from the config's with lam_search)
     logits: torch.Tensor  # (n, 2, 2) the model's logits at x + P
+
+    @property
+    def l1(self) -> torch.Tensor:
+        """(n, 2) ‖P‖₁ of each example (0 where none was found)."""
+        return self.perturbation.abs().sum(dim=(2, 3))
 
 
 def soft_threshold(p: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
@@ -57,9 +62,14 @@ def soft_threshold(p: torch.Tensor, threshold: float | torch.Tensor) -> torch.Te
 
 def hinge(logits: torch.Tensor, target: torch.Tensor, kappa: float) -> torch.Tensor:
     """max(Z_t − Z_o, −κ) per sample; negative once the prediction is flipped."""
+    return torch.clamp(-margin(logits, target), min=-kappa)
+
+
+def margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Z_o − Z_t per sample: positive when the prediction is flipped away from the target class."""
     z_t = logits.gather(1, target[:, None])[:, 0]
     z_o = logits.gather(1, (1 - target)[:, None])[:, 0]
-    return torch.clamp(z_t - z_o, min=-kappa)
+    return z_o - z_t
 
 
 def split_budget(max_iter: int, runs: int) -> list[int]:
@@ -82,14 +92,33 @@ def next_lambda(lam: torch.Tensor, low: torch.Tensor, high: torch.Tensor, succee
     return torch.where(succeeded, up, down), low, high
 
 
-def _optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
-    raise ValueError(f"unknown attack optimizer {name!r} (sgd, adam, rmsprop)")
+class GradientStep:
+    """The gradient step of one proximal update and the metric its threshold is taken in.
+
+    ``step(grad)`` returns (direction, metric): the point moves by −η·direction and the L1 threshold
+    of each cell is η·λ / metric (metric 1 for the plain step).
+    """
+
+    def __init__(self, name: str, like: torch.Tensor):
+        if name not in ("sgd", "adam", "rmsprop"):
+            raise ValueError(f"unknown attack optimizer {name!r} (sgd, adam, rmsprop)")
+        self.name, self.t = name, 0
+        self.m = torch.zeros_like(like) if name == "adam" else None
+        self.v = torch.zeros_like(like) if name != "sgd" else None
+
+    def step(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        if self.name == "sgd":
+            return grad, 1.0
+        self.t += 1
+        if self.name == "rmsprop":
+            self.v.mul_(RMSPROP_ALPHA).addcmul_(grad, grad, value=1 - RMSPROP_ALPHA)
+            metric = self.v.sqrt().add_(EPS)
+            return grad / metric, metric
+        b1, b2 = ADAM_BETAS
+        self.m.mul_(b1).add_(grad, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        metric = (self.v / (1 - b2 ** self.t)).sqrt_().add_(EPS)
+        return self.m / (1 - b1 ** self.t) / metric, metric
 
 
 ONEDNN_MAX_BATCH = 128  # on the CPU, batches from this size on run PyTorch's LSTM kernel
@@ -106,22 +135,32 @@ def _onednn(enabled: bool):
         torch.backends.mkldnn.enabled = before
 
 
-class L1Attack:
-    """Batched attack of a frozen model (eval mode), on whatever device the model is on."""
+def frozen(model: torch.nn.Module) -> torch.nn.Module:
+    """The model in eval mode with its weights frozen, ready for gradients with respect to its input."""
+    model.eval()
+    for weight in model.parameters():
+        weight.requires_grad_(False)
+    if next(model.parameters()).device.type == "cuda":
+        # cuDNN computes an RNN's backward pass only in training mode: put the recurrent layers in it
+        # with their dropout off, which computes exactly what eval mode does
+        for module in model.modules():
+            if isinstance(module, torch.nn.RNNBase):
+                module.dropout = 0.0
+                module.train()
+    return model
 
-    def __init__(self, model: torch.nn.Module, params: AttackParams):
-        self.model = model.eval()
-        for weight in self.model.parameters():
-            weight.requires_grad_(False)
+
+class L1Attack:
+    """Batched attack of a frozen model (eval mode), on whatever device the model is on.
+
+    `params` is the `[attack]` table; the attack reads kappa, lam, lr, optimizer, max_iter, fista,
+    observed_only and lam_search from it.
+    """
+
+    def __init__(self, model: torch.nn.Module, params: AttackConfig):
+        self.model = frozen(model)
         self.params = params
         self.device = next(model.parameters()).device
-        if self.device.type == "cuda":
-            # cuDNN computes an RNN's backward pass only in training mode: put the recurrent layers in
-            # it with their dropout off, which computes exactly what eval mode does
-            for module in self.model.modules():
-                if isinstance(module, torch.nn.RNNBase):
-                    module.dropout = 0.0
-                    module.train()
 
     def run(self, x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
         """x (n, time, feature) in [0, 1]; target (n,) the correct class; mask (n, time, feature) bool.
@@ -129,14 +168,10 @@ class L1Attack:
         With ``lam_search`` = R > 1 the budget of ``max_iter`` updates is split over R runs from P = 0.
         After each run a sample's λ goes up if the run found an example for it and down if not (×/÷ 10
         until bracketed, then the geometric midpoint, as EAD searches its constant). First and best are
-        kept over all runs; best compares ℓ at the configured λ, and iterations count the whole budget.
+        kept over all runs, and iterations count the whole budget.
         """
         x, target = x.to(self.device), target.to(self.device).long()
         book = _Book(len(x), x.shape[1:], self.device)
-        if self.params.lam_search <= 1:
-            for it, pert, logits in self.iterates(x, target, mask):
-                book.record(it, pert, logits, target, self.params)
-            return book.result()
         lam = torch.full((len(x),), self.params.lam, dtype=torch.float64, device=self.device)
         low, high = torch.zeros_like(lam), torch.full_like(lam, float("inf"))
         spent = 0
@@ -145,8 +180,7 @@ class L1Attack:
             for it, pert, logits in self.iterates(x, target, mask, lam=lam, max_iter=steps):
                 if it == 0 and spent > 0:
                     continue  # P = 0 again: evaluated by the first run already
-                book.record(spent + it, pert, logits, target, self.params)
-                succeeded |= logits.argmax(1) != target
+                succeeded |= book.record(spent + it, pert, logits, target, lam)
             spent += steps
             lam, low, high = next_lambda(lam, low, high, succeeded)
         return book.result()
@@ -159,12 +193,13 @@ class L1Attack:
         """
         p = self.params
         max_iter = p.max_iter if max_iter is None else max_iter
-        threshold = p.lr * p.lam if lam is None else (p.lr * lam).to(x.dtype)[:, None, None]
+        lam = torch.full((len(x),), p.lam, dtype=torch.float64) if lam is None else lam
+        lam_lr = (p.lr * lam).to(device=self.device, dtype=x.dtype)[:, None, None]  # η·λ per sample
         x, target = x.to(self.device), target.to(self.device).long()
         allowed = mask.to(self.device).float() if (p.observed_only and mask is not None) else None
         pert = torch.zeros_like(x)  # the iterate P_k
         point = pert.clone().requires_grad_(True)  # where the gradient is taken (= P_k without FISTA)
-        optimizer = _optimizer(p.optimizer, [point], p.lr)
+        gradient_step = GradientStep(p.optimizer, x)
         # oneDNN's fused LSTM is the faster CPU kernel for small batches, PyTorch's own for large ones
         # (benchmarks/README.md); both compute the same function
         onednn = self.device.type != "cpu" or len(x) < ONEDNN_MAX_BATCH
@@ -179,12 +214,12 @@ class L1Attack:
                 yield it, pert, logits.detach()
             if it == max_iter:
                 return
-            optimizer.zero_grad()
             with _onednn(onednn):
-                hinge(logits, target, p.kappa).sum().backward()  # sum: samples stay independent of their batch
-            optimizer.step()
+                # sum: samples stay independent of their batch
+                (grad,) = torch.autograd.grad(hinge(logits, target, p.kappa).sum(), point)
             with torch.no_grad():
-                new = soft_threshold(point, threshold)
+                direction, metric = gradient_step.step(grad)
+                new = soft_threshold(point - p.lr * direction, lam_lr / metric)
                 new = torch.minimum(torch.maximum(new, -x), 1.0 - x)  # x + P in [0, 1]
                 if allowed is not None:
                     new = new * allowed
@@ -196,28 +231,35 @@ class L1Attack:
 
 
 class _Book:
-    """Keeps the first and the best flipped iterate of every sample."""
+    """Keeps the first and the best (smallest L1, ties: larger margin) flipped iterate of every sample."""
 
     def __init__(self, n: int, shape: torch.Size, device: torch.device):
         self.perturbation = torch.zeros((n, 2, *shape), device=device)
         self.found = torch.zeros((n, 2), dtype=torch.bool, device=device)
         self.iteration = torch.full((n, 2), -1, dtype=torch.long, device=device)
-        self.loss = torch.full((n, 2), float("nan"), device=device)
+        self.margin = torch.full((n, 2), float("nan"), device=device)
+        self.lam = torch.full((n, 2), float("nan"), dtype=torch.float64, device=device)
         self.logits = torch.full((n, 2, 2), float("nan"), device=device)
+        self.l1 = torch.full((n,), float("inf"), device=device)  # of the best so far
 
     @torch.no_grad()
     def record(self, it: int, pert: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
-               p: AttackParams) -> None:
-        flipped = logits.argmax(1) != target
-        loss = hinge(logits, target, p.kappa) + p.lam * pert.abs().sum(dim=(1, 2))
+               lam: torch.Tensor) -> torch.Tensor:
+        """Take iterate `it` where it is a first or a better example; returns which samples it flipped."""
+        m = margin(logits, target)
+        flipped = m > 0
+        l1 = pert.abs().sum(dim=(1, 2))
         first = flipped & ~self.found[:, FIRST]
-        better = flipped & (~self.found[:, BEST] | (loss < self.loss[:, BEST]))
+        better = flipped & ((l1 < self.l1) | ((l1 == self.l1) & (m > self.margin[:, BEST])))
         for kind, take in ((FIRST, first), (BEST, better)):
             self.perturbation[take, kind] = pert[take]
             self.found[take, kind] = True
             self.iteration[take, kind] = it
-            self.loss[take, kind] = loss[take]
+            self.margin[take, kind] = m[take]
+            self.lam[take, kind] = lam[take]
             self.logits[take, kind] = logits[take]
+        self.l1 = torch.where(better, l1, self.l1)
+        return flipped
 
     def result(self) -> AttackResult:
-        return AttackResult(self.perturbation, self.found, self.iteration, self.loss, self.logits)
+        return AttackResult(self.perturbation, self.found, self.iteration, self.margin, self.lam, self.logits)

@@ -17,10 +17,13 @@ import xarray as xr
 from .susceptibility import DIRECTIONS
 
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "accuracy")
+SPARSE_CELLS = 10  # an example that changes at most this many cells reads as a few data-entry errors
+SHOWN_EXAMPLES = 5
 
 
 def summary(sus: xr.Dataset, ex: xr.Dataset) -> list[dict]:
-    """Per direction and kind: targets, successes, success rate, median L0/L1/L∞ and iteration."""
+    """Per direction and kind: targets, successes, success rate, median L0/L1/L∞ and iteration, and the
+    share of targets whose example changes at most SPARSE_CELLS cells."""
     rows = []
     for d in DIRECTIONS:
         members = ex.direction == d
@@ -31,6 +34,8 @@ def summary(sus: xr.Dataset, ex: xr.Dataset) -> list[dict]:
             for name in ("l0", "l1", "linf", "iteration"):
                 values = ex[name].sel(kind=k).values[ok]
                 row[f"median_{name}"] = float(np.median(values)) if values.size else float("nan")
+            sparse = int((ex.l0.sel(kind=k).values[ok] <= SPARSE_CELLS).sum())
+            row[f"share_l0_le_{SPARSE_CELLS}"] = sparse / row["targets"] if row["targets"] else float("nan")
             rows.append(row)
     return rows
 
@@ -87,19 +92,39 @@ def model_section(run_dir: Path) -> list[str]:
     return lines
 
 
-def attack_section(attack: xr.Dataset, rows: list[dict]) -> list[str]:
+def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame) -> list[str]:
     cfg = attack.attrs.get("attack_config", {})
     rows = pd.DataFrame(rows)
     rows = rows.rename(columns={"median_l0": "median L0 (cells)", "median_l1": "median L1",
-                                "median_linf": "median L∞", "median_iteration": "median iteration"})
+                                "median_linf": "median L∞", "median_iteration": "median iteration",
+                                "success_rate": "success rate",
+                                f"share_l0_le_{SPARSE_CELLS}": f"share of targets, ≤ {SPARSE_CELLS} cells"})
     return ["## Attack", "",
             f"{attack.sizes['sample']} targets: the correctly classified samples of the "
             f"{attack.attrs.get('targets', '?')} set. Parameters ({attack.attrs.get('params_source', '?')}): "
             + _params(cfg) + f"; seed {attack.attrs.get('seed')}.", "",
             "A direction is the prediction before → after; *first* is the first iterate that flipped the "
-            "prediction, *best* the flipped iterate with the lowest loss. L1 and L∞ in scaled units "
-            "(1 = the feature's p5…p95 range).", "",
-            _table(rows)]
+            "prediction, *best* the flipped iterate with the smallest L1 (over the whole budget and every run "
+            "of the λ search). L0 counts the changed cells of the 48 × 19 = 912; L1 and L∞ in scaled units "
+            "(1 = the feature's p5…p95 range). The last column is the share of all targets in the direction "
+            f"whose example changes at most {SPARSE_CELLS} cells.", "",
+            _table(rows), *sparsest_examples(changes)]
+
+
+def sparsest_examples(changes: pd.DataFrame) -> list[str]:
+    """The best examples that change the fewest cells, each change in clinical units."""
+    if changes.empty:
+        return []
+    cells = changes.groupby("sample").size().sort_values(kind="stable")
+    lines = [f"The {min(SHOWN_EXAMPLES, len(cells))} best examples that change the fewest cells (every changed "
+             "cell of every example, in clinical units: `tables/changes_best.csv`):", ""]
+    for sample in cells.index[:SHOWN_EXAMPLES]:
+        rows = changes[changes["sample"] == sample]
+        first = rows.iloc[0]
+        edits = "; ".join(f"{r.feature} at hour {r.hour} {r.before:.4g} → {r.after:.4g} {r.unit}"
+                          for r in rows.itertuples())
+        lines.append(f"- hadm_id {first.hadm_id} ({first.direction}, {len(rows)} cells): {edits}")
+    return lines + [""]
 
 
 def susceptibility_section(tables: dict[str, dict]) -> list[str]:
@@ -121,15 +146,16 @@ def susceptibility_section(tables: dict[str, dict]) -> list[str]:
 
 
 def render(run_dir: Path, data: xr.Dataset, attack: xr.Dataset, rows: list[dict], tables: dict[str, dict],
-           captions: dict[str, str]) -> str:
+           captions: dict[str, str], changes: pd.DataFrame) -> str:
     """The report; `rows` are :func:`summary`'s, `tables` per direction the ranking (Markdown), the
-    clinical table and the number of successes, `captions` figure file name → caption."""
+    clinical table and the number of successes, `captions` figure file name → caption, `changes` every
+    changed cell of the best examples in clinical units."""
     lines = ["# Adversarial susceptibility of an in-hospital mortality LSTM", "",
              f"Run directory `{run_dir}`, seed {attack.attrs.get('seed')}, written "
              f"{time.strftime('%Y-%m-%d %H:%M')}.", ""]
     lines += data_section(data)
     lines += model_section(run_dir)
-    lines += attack_section(attack, rows)
+    lines += attack_section(attack, rows, changes)
     lines += susceptibility_section(tables)
     lines += ["## Figures", ""]
     for name, caption in captions.items():

@@ -69,17 +69,20 @@ def count(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
 
 def run_worker(url: str, run_dir: Path, name: str, objective: Callable[[optuna.Trial], float],
                n_trials: int, worker: int, seed: int = 0, poll_s: float = 2.0,
-               pruner: optuna.pruners.BasePruner | None = None, heartbeat_s: int = HEARTBEAT_S) -> int:
+               pruner: optuna.pruners.BasePruner | None = None, heartbeat_s: int = HEARTBEAT_S,
+               startup_trials: int = 10) -> int:
     """Run trials of study `name` until it holds `n_trials` COMPLETE or PRUNED ones.
 
     A worker does not leave while another worker's trial is still RUNNING: if that worker dies,
-    its stale trial is failed and re-queued, and someone has to run the retry. Returns the number
-    of trials this worker finished.
+    its stale trial is failed and re-queued, and someone has to run the retry. `startup_trials`:
+    random trials (over the whole study) before TPE models the results. Returns the number of
+    trials this worker finished.
     """
     storage = open_storage(url, run_dir, heartbeat_s)
     # per-worker sampler seed: workers must not propose the same first points
     study = optuna.load_study(study_name=name, storage=storage,
-                              sampler=optuna.samplers.TPESampler(seed=seed + 1000 * worker),
+                              sampler=optuna.samplers.TPESampler(seed=seed + 1000 * worker,
+                                                                 n_startup_trials=startup_trials),
                               pruner=pruner)
     finished = 0
 
@@ -118,7 +121,8 @@ def _surplus_numbers(study: optuna.Study, n_trials: int) -> set[int]:
     return set(live[n_trials:])
 
 
-def run_study(cfg, run_dir, stage: str, worker: Callable[..., int], trials: int, settings: dict) -> str:
+def run_study(cfg, run_dir, stage: str, worker: Callable[..., int], trials: int, settings: dict,
+              direction: str = "maximize") -> str:
     """The driver of a distributed study: create it once, run `workers` worker tasks, return its name.
 
     A worker that dies is tolerated when the others finished the study (its trial was retried).
@@ -130,7 +134,8 @@ def run_study(cfg, run_dir, stage: str, worker: Callable[..., int], trials: int,
     name = study_name(run_dir, stage)
     settings = {**settings, "seed": stage_seed(cfg, stage), "workers": cfg.run.workers,
                 "heartbeat_s": cfg.run.heartbeat_s}
-    create_study(cfg.run.storage, run_dir.path, name, seed=settings["seed"], heartbeat_s=cfg.run.heartbeat_s)
+    create_study(cfg.run.storage, run_dir.path, name, direction=direction, seed=settings["seed"],
+                 heartbeat_s=cfg.run.heartbeat_s)
     calls = [(str(run_dir.path), cfg.run.storage, name, trials, w, settings) for w in range(cfg.run.workers)]
     log.info("%s: study %s, %d trials, %d workers", stage, name, trials, cfg.run.workers)
     try:

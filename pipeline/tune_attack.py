@@ -1,20 +1,29 @@
-"""Stage `tune-attack`: distributed Optuna search of the attack's κ, λ, learning rate and optimizer.
+"""Stage `tune-attack`: distributed Optuna search over a declared subset of the attack's parameters.
 
 Exactly like `tune-model` (one study, W workers, N finished trials), on a fixed subset of at most
-1,000 attack targets drawn once by the seed (``tune-attack/targets.json``). Objectives (METHODS.md §4),
-over the targets where the best example flipped the prediction:
+1,000 attack targets drawn once by the seed (``tune-attack/targets.json``). A trial runs the attack
+that `attack` will run — the `[attack]` table with only the keys of ``[tune-attack] params`` changed
+(its max_iter, λ search, FISTA, observed_only, …) — and records that whole table in the trial.
 
-- ``sparse_small_max`` (default, the reference's): Σ (1 − L0 / 912) / L∞
-- ``sparse_small``: Σ (1 − L0 / 912) / L1
-- ``success_rate``: the share of targets flipped
+Objectives (METHODS.md §4):
+
+- ``min_l1`` (default, minimized): the median L1 of the best examples over all targets, a failure
+  counting as +∞. The best trial is chosen lexicographically: most targets flipped, then the lowest
+  median L1.
+- ``success_rate`` (maximized): the share of targets flipped.
+- ``sparse_small_max`` (maximized, the reference's): Σ over flipped targets of (1 − L0 / 912) / L∞.
+  Dominated by 1/L∞, it rewards spreading the change over many cells, and failures cost nothing.
+- ``sparse_small`` (maximized): the same with L1 in place of L∞.
 
 The best parameters go to ``tune-attack/best.json`` and become `attack`'s for this run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +32,54 @@ import torch
 import xarray as xr
 
 from . import rundir, study, training
-from .attack import select_targets
-from .config import PipelineConfig
-from .l1_attack import BEST, AttackParams, AttackResult, L1Attack
+from .attack import check_attack, select_targets
+from .config import AttackConfig, ConfigError, PipelineConfig
+from .l1_attack import BEST, AttackResult, L1Attack
 from .model import load_model
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 MAX_TARGETS = 1000
+MAXIMIZE = ("success_rate", "sparse_small_max", "sparse_small")
+
+
+def suggest(trial: optuna.Trial, name: str, attack: AttackConfig):
+    """The search space of each tunable `[attack]` key (the step size's range depends on the optimizer)."""
+    if name == "lam":
+        return trial.suggest_float("lam", 1e-4, 1e-1, log=True)
+    if name == "lr":  # ISTA's step is η·gradient; an adaptive step moves a cell by about η
+        low, high = (1e-2, 10.0) if trial.params.get("optimizer", attack.optimizer) == "sgd" else (1e-3, 0.3)
+        return trial.suggest_float("lr", low, high, log=True)
+    if name == "kappa":
+        return trial.suggest_float("kappa", 0.0, 1.0)
+    if name == "optimizer":
+        return trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])
+    if name == "fista":
+        return trial.suggest_categorical("fista", [False, True])
+    raise ConfigError(f"[tune-attack] params: {name!r} cannot be tuned (tunable: {', '.join(TUNABLE)})")
+
+
+TUNABLE = ("optimizer", "lr", "lam", "kappa", "fista")  # in the order they are suggested
+
+
+def trial_attack(trial: optuna.Trial, attack: AttackConfig, names: list[str]) -> AttackConfig:
+    """`attack` with the tuned keys replaced by this trial's suggestions."""
+    return dataclasses.replace(attack, **{n: suggest(trial, n, attack) for n in TUNABLE if n in names})
+
+
+def measures(result: AttackResult) -> dict[str, float]:
+    """Success rate and the median L0 / L1 of the best examples (L1 over all targets, failure = +∞)."""
+    found = result.found[:, BEST].cpu().numpy()
+    p = result.perturbation[:, BEST].abs()
+    l1 = np.where(found, p.sum(dim=(1, 2)).double().cpu().numpy(), np.inf)
+    l0 = (p > 0).sum(dim=(1, 2)).cpu().numpy()
+    return {"success_rate": float(found.mean()), "median_l1": float(np.median(l1)),
+            "median_l0": float(np.median(l0[found])) if found.any() else float("nan")}
 
 
 def score(result: AttackResult, objective: str) -> float:
+    if objective == "min_l1":
+        return measures(result)["median_l1"]
     found = result.found[:, BEST]
     if objective == "success_rate":
         return float(found.float().mean())
@@ -44,11 +90,11 @@ def score(result: AttackResult, objective: str) -> float:
     return float((sparsity / size.double()).sum())
 
 
-def suggest(trial: optuna.Trial) -> dict:
-    return {"kappa": trial.suggest_float("kappa", 0.0, 2.0),
-            "lam": trial.suggest_float("lam", 1e-7, 1.0, log=True),
-            "lr": trial.suggest_float("lr", 1e-5, 1.0, log=True),
-            "optimizer": trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])}
+def best_trial(trials: list[optuna.trial.FrozenTrial], objective: str) -> optuna.trial.FrozenTrial:
+    """min_l1: the most targets flipped, then the lowest median L1; the others: the highest value."""
+    if objective == "min_l1":
+        return min(trials, key=lambda t: (-t.user_attrs["success_rate"], t.value, t.number))
+    return max(trials, key=lambda t: (t.value, -t.number))
 
 
 def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: int, settings: dict) -> int:
@@ -60,37 +106,55 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
     mask = torch.from_numpy(xr.open_zarr(run / "dataset.zarr", consolidated=False)["mask"].values[index])
     model = load_model(run, training.device())
     x, y = data.x[index], torch.from_numpy(data.y[index])
+    attack = AttackConfig(**settings["attack"])
 
     def objective(trial: optuna.Trial) -> float:
-        params = AttackParams(**suggest(trial), max_iter=settings["max_iter"], observed_only=settings["observed_only"])
-        value = score(L1Attack(model, params).run(x, y, mask), settings["objective"])
-        log.info("trial %d: %s = %.4f", trial.number, settings["objective"], value)
+        params = trial_attack(trial, attack, settings["params"])
+        trial.set_user_attr("attack", dataclasses.asdict(params))
+        result = L1Attack(model, params).run(x, y, mask)
+        for key, value in measures(result).items():
+            trial.set_user_attr(key, value)
+        value = score(result, settings["objective"])
+        log.info("trial %d: %s = %.4f (%s)", trial.number, settings["objective"], value,
+                 {n: getattr(params, n) for n in settings["params"]})
         return value
 
     return study.run_worker(storage, run, name, objective, trials, worker, seed=settings["seed"],
-                            heartbeat_s=settings["heartbeat_s"])
+                            heartbeat_s=settings["heartbeat_s"], startup_trials=settings["startup_trials"])
 
 
 def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     ta = cfg.tune_attack
+    for name in ta.params:
+        if name not in TUNABLE:
+            raise ConfigError(f"[tune-attack] params: {name!r} cannot be tuned (tunable: {', '.join(TUNABLE)})")
+    check_attack(cfg.attack)
     targets = select_targets(run_dir.path, cfg.attack.targets)
     rng = np.random.default_rng(cfg.run.seed)
     chosen = np.sort(rng.permutation(targets["dataset_index"].to_numpy())[:min(ta.targets, MAX_TARGETS)])
     rundir.write_json(run_dir.path / "tune-attack" / "targets.json", {"dataset_index": chosen.tolist()})
-    settings = {"objective": ta.objective, "max_iter": ta.max_iter, "observed_only": cfg.attack.observed_only}
-    name = study.run_study(cfg, run_dir, "tune-attack", tuning_worker, ta.trials, settings)
+    direction = "maximize" if ta.objective in MAXIMIZE else "minimize"
+    settings = {"objective": ta.objective, "params": list(ta.params), "attack": dataclasses.asdict(cfg.attack),
+                "startup_trials": ta.startup_trials}
+    name = study.run_study(cfg, run_dir, "tune-attack", tuning_worker, ta.trials, settings, direction=direction)
     s = optuna.load_study(study_name=name, storage=study.open_storage(cfg.run.storage, run_dir.path,
                                                                           cfg.run.heartbeat_s))
-    best = s.best_trial
-    # every objective is 0 when no example was found: then no trial is better than the config
-    useful = best.value > 0
+    done = s.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    best = best_trial(done, ta.objective)
+    # no trial found an example: then no trial is better than the config
+    useful = best.user_attrs["success_rate"] > 0
+    finite = {k: (v if math.isfinite(v) else None)  # +∞ (most targets failed) is no JSON number
+              for k, v in {"value": best.value, **best.user_attrs}.items() if isinstance(v, float)}
     rundir.write_json(run_dir.path / "tune-attack" / "best.json", {
-        "study": name, "trial": best.number, "value": best.value, "objective": ta.objective,
-        "targets": len(chosen), "max_iter": ta.max_iter, "params": best.params if useful else {},
+        "study": name, "trial": best.number, "objective": ta.objective, "direction": direction,
+        "targets": len(chosen), **finite,
+        "params": best.params if useful else {},
         "note": "" if useful else "no trial found an adversarial example: the config's [attack] parameters are kept",
         "trials": len(s.get_trials(states=study.DONE))})
     if useful:
-        log.info("tune-attack: best trial %d, %s = %.4f, %s", best.number, ta.objective, best.value, best.params)
+        log.info("tune-attack: best trial %d: %.0f%% flipped, median L1 %.3f, median L0 %.0f, %s", best.number,
+                 100 * best.user_attrs["success_rate"], best.user_attrs["median_l1"],
+                 best.user_attrs["median_l0"], best.params)
     else:
         log.warning("tune-attack: no trial found an adversarial example (%d trials); attack keeps the config's "
                     "[attack] parameters", len(s.trials))

@@ -14,7 +14,7 @@ from tests.runs import TEST_PROFILE, copy_trained
 from tests.test_attack_stage import ATTACK
 
 pytestmark = pytest.mark.slurm
-VARIABLES = ("perturbation", "found", "iteration", "loss", "logits", "dataset_index", "y", "pred")
+VARIABLES = ("perturbation", "found", "iteration", "margin", "lam", "logits", "dataset_index", "y", "pred")
 
 
 def slurm(*extra):
@@ -77,7 +77,7 @@ def test_tune_attack_with_two_array_workers_on_postgresql(slurm_cluster, fresh_p
     run = copy_trained(trained_run, tmp_path)
     assert main(["tune-attack", "--run-dir", str(run), *ATTACK, "--executor", "slurm", "--workers", "2",
                  f"run.slurm_profile={TEST_PROFILE}", f"run.storage={fresh_pg_url}", "tune-attack.trials=6",
-                 "tune-attack.targets=40", "tune-attack.max_iter=10"]) == 0
+                 "tune-attack.targets=40"]) == 0
     best = json.loads((run / "tune-attack" / "best.json").read_text())
     s = optuna.load_study(study_name=best["study"], storage=study.open_storage(fresh_pg_url, run))
     done = s.get_trials(states=study.DONE)

@@ -53,7 +53,7 @@ def test_three_local_shards_equal_one_debug_shard_bit_for_bit(trained_run, tmp_p
     three = run_attack(copy_trained(trained_run, tmp_path / "three"), "--executor", "local", "--workers", "2",
                        "attack.shards=3")
     assert one.sizes["sample"] == three.sizes["sample"] > 64
-    for name in ("perturbation", "found", "iteration", "loss", "logits", "dataset_index", "y", "pred"):
+    for name in ("perturbation", "found", "iteration", "margin", "lam", "logits", "dataset_index", "y", "pred"):
         np.testing.assert_array_equal(one[name].values, three[name].values, err_msg=name)
     assert one.found.values[:, 0].any()
     assert one.perturbation.dims == ("sample", "kind", "time", "feature")
@@ -86,7 +86,7 @@ def test_a_shard_resumes_without_redoing_batches(trained_run, tmp_path):
     progress = json.loads((run / "attack-shards" / "shard-0.json").read_text())
     assert progress["done"] == [0] and not (run / "attack.zarr").exists()
     resumed = run_attack(run, "--executor", "debug", "attack.shards=2")
-    for name in ("perturbation", "found", "iteration", "loss", "logits"):
+    for name in ("perturbation", "found", "iteration", "margin", "lam", "logits"):
         np.testing.assert_array_equal(full[name].values, resumed[name].values, err_msg=name)
     writes = [tuple(w) for k in range(2) for w in json.loads((run / "attack-shards" / f"shard-{k}.json")
                                                             .read_text())["writes"]]
@@ -100,14 +100,54 @@ def test_tune_attack_locally_then_attack_uses_its_best(trained_run, tmp_path):
 
     run = copy_trained(trained_run, tmp_path)
     assert main(["tune-attack", "--run-dir", str(run), *ATTACK, "--executor", "local", "--workers", "2",
-                 "tune-attack.trials=4", "tune-attack.targets=40", "tune-attack.max_iter=10"]) == 0
+                 "tune-attack.trials=4", "tune-attack.targets=40", "tune-attack.startup_trials=2"]) == 0
     best = json.loads((run / "tune-attack" / "best.json").read_text())
     s = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run))
-    assert len(s.get_trials(states=study.DONE)) == 4 and best["targets"] == 40
-    assert {t.user_attrs["worker"] for t in s.get_trials(states=study.DONE)} == {0, 1}
+    done = s.get_trials(states=study.DONE)
+    assert len(done) == 4 and best["targets"] == 40 and s.direction == optuna.study.StudyDirection.MINIMIZE
+    assert {t.user_attrs["worker"] for t in done} == {0, 1}
+    assert set(best["params"]) == {"lr", "lam"}  # the declared subset, nothing else
+    # the best trial: most targets flipped, then the smallest median L1
+    key = sorted((-t.user_attrs["success_rate"], t.value) for t in done)[0]
+    assert (-best["success_rate"], best["value"]) == key
     store = run_attack(run, "--executor", "debug")
-    assert store.attrs["params_source"].endswith("best.json")
+    assert store.attrs["params_source"].startswith(str(run / "tune-attack" / "best.json"))
     assert store.attrs["attack_config"]["lam"] == pytest.approx(best["params"]["lam"])
+    assert store.attrs["attack_config"]["lr"] == pytest.approx(best["params"]["lr"])
+
+
+def test_tune_attack_runs_the_attack_that_attack_runs(trained_run, tmp_path):
+    """[attack] fista, lam_search, max_iter, observed_only reach the trials; the trial's objective equals
+    the one computed from attack.zarr made with the chosen parameters on the same targets."""
+    import optuna
+    import torch
+
+    from pipeline import study
+    from pipeline.l1_attack import AttackResult
+    from pipeline.tune_attack import measures
+
+    run = copy_trained(trained_run, tmp_path)
+    chosen = ["attack.fista=true", "attack.lam_search=5", "attack.observed_only=true", "attack.kappa=0.05",
+              "attack.max_iter=100"]
+    assert main(["tune-attack", "--run-dir", str(run), *ATTACK, *chosen, "--executor", "debug",
+                 "tune-attack.trials=2", "tune-attack.targets=1000", "attack.targets=test"]) == 0
+    best = json.loads((run / "tune-attack" / "best.json").read_text())
+    s = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run))
+    for trial in s.get_trials(states=study.DONE):
+        used = trial.user_attrs["attack"]
+        assert (used["fista"], used["lam_search"], used["max_iter"], used["observed_only"], used["kappa"]) == \
+            (True, 5, 100, True, 0.05)
+        assert used["lr"] == trial.params["lr"] and used["lam"] == trial.params["lam"]
+    store = run_attack(run, *chosen, "--executor", "debug", "attack.targets=test")
+    assert store.attrs["attack_config"]["fista"] and store.attrs["attack_config"]["lam_search"] == 5
+    assert sorted(store.dataset_index.values) == json.loads((run / "tune-attack" / "targets.json").read_text())[
+        "dataset_index"]
+    p = torch.from_numpy(store.perturbation.values)
+    result = AttackResult(p, torch.from_numpy(store.found.values), None, None, None, None)
+    again = measures(result)
+    assert again["success_rate"] == best["success_rate"] > 0
+    assert again["median_l1"] == pytest.approx(best["median_l1"] if best["median_l1"] is not None else float("inf"),
+                                               rel=1e-4)
 
 
 def test_objectives_on_a_known_result():
@@ -120,10 +160,14 @@ def test_objectives_on_a_known_result():
     p[0, 1, 0, 0], p[0, 1, 5, 3] = 0.2, -0.4      # L0 2, L1 0.6, L∞ 0.4
     p[1, 1, 1, 1] = 0.1                           # L0 1, L1 0.1, L∞ 0.1
     found = torch.tensor([[True, True], [True, True], [False, False]])
-    result = AttackResult(p, found, torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2), torch.zeros(3, 2, 2))
+    result = AttackResult(p, found, torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2), torch.zeros(3, 2),
+                          torch.zeros(3, 2, 2))
     assert score(result, "success_rate") == pytest.approx(2 / 3)
+    assert score(result, "min_l1") == pytest.approx(0.6)  # median of 0.1, 0.6 and +∞ (the failure)
     assert score(result, "sparse_small_max") == pytest.approx((1 - 2 / 912) / 0.4 + (1 - 1 / 912) / 0.1)
     assert score(result, "sparse_small") == pytest.approx((1 - 2 / 912) / 0.6 + (1 - 1 / 912) / 0.1)
+    found[1] = False
+    assert score(result, "min_l1") == float("inf")  # most targets failed
 
 
 def test_lambda_search_from_the_config(trained_run, tmp_path):

@@ -17,7 +17,7 @@ from tests.runs import TEST_PROFILE
 TINY_CHAIN = [
     "tune-model.trials=2", "tune-model.max_epochs=2", "tune-model.epochs_per_report=1", "tune-model.max_hidden=32",
     "cv.folds=2", "cv.epochs=2", "train.epochs=3",
-    "tune-attack.trials=2", "tune-attack.targets=8", "tune-attack.max_iter=10",
+    "tune-attack.trials=2", "tune-attack.targets=8",
     "attack.max_iter=20", "attack.batch_size=16", "attack.chunk_samples=8",
 ]
 FIGURES = {"gpp_heatmap.png", "s_heatmap.png", "gap_heatmap.png", "s_j_ranking.png", "norms.png",

@@ -2,6 +2,7 @@
 
 Reports sample-iterations per second for both and their ratio (target ≥ 10× on a CPU), and on a GPU
 extrapolates the full attack of the published reproduction: 37,832 targets × 1,000 iterations.
+(`attack_quality.py` checks the CUDA path's results against the CPU's on a trained model.)
 
     python benchmarks/attack.py [--targets 256] [--iterations 50] [--batch 256]
 """
@@ -15,8 +16,8 @@ import time
 
 import torch
 
-from pipeline.config import ModelParams
-from pipeline.l1_attack import AttackParams, L1Attack
+from pipeline.config import AttackConfig, ModelParams
+from pipeline.l1_attack import L1Attack
 from pipeline.model import MortalityLSTM
 
 FULL_TARGETS, FULL_ITERATIONS = 37_832, 1_000
@@ -45,7 +46,8 @@ def main() -> None:
     x = torch.rand(args.targets, 48, 19, device=device)
     with torch.no_grad():
         target = model(x).argmax(1)
-    attack = L1Attack(model, AttackParams(lam=1e-3, lr=0.01, max_iter=args.iterations))
+    params = AttackConfig(max_iter=args.iterations, lam_search=1)
+    attack = L1Attack(model, params)
 
     def batched() -> None:
         for i in range(0, args.targets, args.batch):

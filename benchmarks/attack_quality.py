@@ -9,7 +9,9 @@ attack runs as the run would run it: the defaults of ``[attack]`` with the run's
 Targets: the first N correctly classified samples of the run's test set (by dataset index). Both
 attacks see the same model through one wrapper that counts samples through the forward pass and
 through the backward pass, so "passes per target" is measured, not assumed. Every example is
-checked afterwards: x + P inside [0, 1] and the model's prediction flipped.
+checked afterwards: x + P inside [0, 1] and the model's prediction flipped. On a GPU the project's
+attack of the first 32 targets is also run on the CPU, to check the CUDA path: the share of targets
+with the same outcome and the difference of the best examples' L1.
 
     python benchmarks/attack_quality.py runs/default [--targets 128] [--device cuda]
 
@@ -95,6 +97,17 @@ def summarize(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
             "backward_per_target": counted.backward_samples / len(x), "seconds": seconds}
 
 
+def cuda_vs_cpu(run: Path, x: torch.Tensor, y: torch.Tensor, params: AttackConfig, on_gpu) -> None:
+    on_cpu = L1Attack(load_model(run), params).run(x.cpu(), y.cpu())
+    found_gpu, found_cpu = on_gpu.found[:len(x), BEST].cpu(), on_cpu.found[:, BEST]
+    both = found_gpu & found_cpu
+    l1_gpu, l1_cpu = on_gpu.l1[:len(x), BEST].cpu()[both], on_cpu.l1[both, BEST]
+    same = float((found_gpu == found_cpu).float().mean())
+    print(f"\nCUDA vs CPU, the first {len(x)} targets: same outcome for {100 * same:.0f}%; "
+          f"median best L1 {float(l1_gpu.median()):.3f} (CUDA) vs {float(l1_cpu.median()):.3f} (CPU), largest "
+          f"relative difference per target {float(((l1_gpu - l1_cpu).abs() / l1_cpu).max()):.1%}")
+
+
 def timed(fn):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -160,6 +173,8 @@ def main() -> None:
               f"{row['forward_per_target']:,.0f} | {row['backward_per_target']:,.0f} | {row['seconds']:.0f} |")
     print(f"\ngoal (success ≥ EAD − 2 points, median L1 ≤ EAD's, no more passes): "
           f"{'met' if all(goal.values()) else 'NOT met'} {goal}")
+    if device.type == "cuda":
+        cuda_vs_cpu(args.run_dir, x[:32], y[:32], params, result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "model": arch, "params": dataclasses.asdict(params),

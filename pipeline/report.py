@@ -95,6 +95,8 @@ def model_section(run_dir: Path) -> list[str]:
 def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame) -> list[str]:
     cfg = attack.attrs.get("attack_config", {})
     rows = pd.DataFrame(rows)
+    for share in ("success_rate", f"share_l0_le_{SPARSE_CELLS}"):
+        rows[share] = [f"{100 * v:.1f}%" if v == v else "–" for v in rows[share]]  # v != v: NaN
     rows = rows.rename(columns={"median_l0": "median L0 (cells)", "median_l1": "median L1",
                                 "median_linf": "median L∞", "median_iteration": "median iteration",
                                 "success_rate": "success rate",
@@ -123,7 +125,8 @@ def sparsest_examples(changes: pd.DataFrame) -> list[str]:
         first = rows.iloc[0]
         edits = "; ".join(f"{r.feature} at hour {r.hour} {r.before:.4g} → {r.after:.4g} {r.unit}"
                           for r in rows.itertuples())
-        lines.append(f"- hadm_id {first.hadm_id} ({first.direction}, {len(rows)} cells): {edits}")
+        cells_text = "1 cell" if len(rows) == 1 else f"{len(rows)} cells"
+        lines.append(f"- hadm_id {first.hadm_id} ({first.direction}, {cells_text}): {edits}")
     return lines + [""]
 
 

@@ -169,7 +169,17 @@ def test_stage_writes_store_tables_figures_report(hand_made_run):
     report = (path / "report.md").read_text()
     for name in figures:
         assert f"(figures/{name})" in report
-    assert "| 0→1 | first | 3 | 2 | 0.6667 |" in report  # success rate per direction and kind
+    assert "| 0→1 | first | 3 | 2 | 66.7% |" in report  # success rate per direction and kind
+    summary = {(r["direction"], r["kind"]): r for r in analyze.load_summary(path)}
+    assert summary[("0→1", "best")]["share_l0_le_10"] == pytest.approx(2 / 3)  # t2 failed: not sparse
+    # every changed cell of the best examples, in clinical units (× (p95 − p5) = 2 + j)
+    changes = pd.read_csv(path / "tables" / "changes_best.csv")
+    assert sorted(zip(changes["sample"], changes.feature, changes.hour, strict=True)) == [
+        (0, "potassium", 0), (1, "potassium", 0), (1, "sodium", 2)]
+    assert (changes.after - changes.before).tolist() == pytest.approx(
+        [0.1 * (2 + K), -0.3 * (2 + K), 0.2 * (2 + NA)], rel=1e-5)
+    assert "hadm_id" in changes and (changes.direction == "0→1").all()
+    assert "(0→1, 1 cell): potassium at hour 0" in report  # the sparsest example spelled out
     summary = {(r["direction"], r["kind"]): r for r in analyze.load_summary(path)}
     assert summary[("0→1", "best")]["median_l0"] == 1.5
     assert summary[("0→1", "first")]["median_iteration"] == 3

@@ -64,9 +64,28 @@ def test_alone_or_in_a_batch_of_64_the_same(model, batch, result):
         torch.testing.assert_close(alone.margin[0], result.margin[i], atol=1e-5, rtol=0, equal_nan=True)
 
 
+def test_with_the_defaults_too_a_target_alone_gets_what_it_gets_in_a_batch(model, batch):
+    x, target, mask = batch
+    params = AttackConfig(max_iter=120)  # the default steps and λ search, a shorter budget
+    together = L1Attack(model, params).run(x, target, mask)
+    assert together.found[:, BEST].float().mean() > 0.5
+    for i in (3, 40):
+        alone = L1Attack(model, params).run(x[i:i + 1], target[i:i + 1], mask[i:i + 1])
+        assert torch.equal(alone.found[0], together.found[i])
+        assert torch.equal(alone.iteration[0], together.iteration[i])
+        torch.testing.assert_close(alone.perturbation[0], together.perturbation[i], atol=1e-5, rtol=0)
+
+
 def test_soft_threshold_shrinks_by_the_threshold():
     p = torch.tensor([-0.5, -0.01, 0.0, 0.004, 0.3])
     assert torch.allclose(soft_threshold(p, 0.05), torch.tensor([-0.45, 0.0, 0.0, 0.0, 0.25]))
+
+
+def hinge_gradient(model, x, target) -> torch.Tensor:
+    """∇_P Σ max(Z_t − Z_o, 0) at P = 0."""
+    point = torch.zeros_like(x, requires_grad=True)
+    hinge(model(x + point), target, 0.0).sum().backward()
+    return point.grad
 
 
 def test_one_sgd_step_thresholds_at_lr_times_lambda(model, batch):
@@ -74,9 +93,7 @@ def test_one_sgd_step_thresholds_at_lr_times_lambda(model, batch):
     x, target, _ = batch
     x, target = x[:8], target[:8]
     lr, lam = 0.5, 0.02
-    point = torch.zeros_like(x, requires_grad=True)
-    hinge(model(x + point), target, 0.0).sum().backward()
-    step = -lr * point.grad
+    step = -lr * hinge_gradient(model, x, target)
     expected = torch.minimum(torch.maximum(soft_threshold(step, lr * lam), -x), 1 - x)
     wrong = torch.minimum(torch.maximum(soft_threshold(step, lam), -x), 1 - x)
     assert not torch.allclose(expected, wrong)
@@ -254,9 +271,7 @@ def test_adam_thresholds_each_cell_in_its_own_metric(model, batch):
     x, target, _ = batch
     x, target = x[:8], target[:8]
     lr, lam = 0.05, 0.01
-    point = torch.zeros_like(x, requires_grad=True)
-    hinge(model(x + point), target, 0.0).sum().backward()
-    g = point.grad
+    g = hinge_gradient(model, x, target)
     # after one step m̂ = g and √v̂ = |g|: a cell moves by η·sign(g) shrunk by η·λ / |g|, i.e. only where
     # |g| > λ, as ISTA would decide
     metric = g.abs() + 1e-8

@@ -22,7 +22,6 @@ import xarray as xr
 
 from . import figures, report, rundir
 from .config import PipelineConfig
-from .errors import MissingArtifact
 from .rundir import RunDir
 from .susceptibility import DIRECTIONS, SLUG, direction_of, norms, scores, to_clinical
 
@@ -40,11 +39,8 @@ PUBLISHED = {
 
 def open_run(run_dir: Path) -> tuple[xr.Dataset, xr.Dataset]:
     """attack.zarr and dataset.zarr of a run, lazily."""
-    path = Path(run_dir) / "attack.zarr"
-    if not path.exists():
-        raise MissingArtifact(f"{path}: not found (run the `attack` stage first)")
-    with rundir.consolidated_zarr_v3():
-        return xr.open_zarr(path), xr.open_zarr(Path(run_dir) / "dataset.zarr")
+    run = RunDir(run_dir)
+    return run.attack_store(), run.dataset()
 
 
 def examples(attack: xr.Dataset) -> xr.Dataset:

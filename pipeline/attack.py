@@ -34,6 +34,7 @@ from .l1_attack import KINDS, L1Attack
 from .model import load_model
 from .rundir import RunDir
 from .settings import executor_spec
+from .targets import select_targets
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +42,13 @@ PARTIAL = ".attack.zarr.partial"
 VARIABLES = ("perturbation", "found", "iteration", "margin", "lam", "logits")
 
 
-def check_attack(a: AttackConfig) -> None:
-    """What the config's types and choices cannot say about `[attack]`."""
-    if not 1 <= a.lam_search <= a.max_iter:
-        raise ConfigError(f"[attack] lam_search = {a.lam_search}: must be in 1…max_iter ({a.max_iter})")
-    if a.batch_size % a.chunk_samples:
-        raise ConfigError(f"[attack] batch_size = {a.batch_size} must be a multiple of chunk_samples = "
-                          f"{a.chunk_samples} (shards must not share a chunk)")
-
-
 def attack_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[AttackConfig, str]:
     """The config's [attack], with tune-attack's best values for the keys it tuned when it ran."""
-    check_attack(cfg.attack)
-    best = run_dir.path / "tune-attack" / "best.json"
-    tuned = json.loads(best.read_text())["params"] if best.exists() else {}
+    cfg.attack.check()
+    tuned = (run_dir.best_params("tune-attack") or {}).get("params")
     if not tuned:  # empty when no trial found an example
         return cfg.attack, "the config's [attack] table"
+    best = run_dir.path / "tune-attack" / "best.json"
     return dataclasses.replace(cfg.attack, **tuned), f"{best} ({', '.join(sorted(tuned))}), else [attack]"
 
 
@@ -64,20 +56,6 @@ def algorithm(params: AttackConfig) -> dict:
     """The keys of [attack] that change the examples (not how the work is split or stored)."""
     layout = {"shards", "targets", "batch_size", "chunk_samples"}
     return {k: v for k, v in dataclasses.asdict(params).items() if k not in layout}
-
-
-def select_targets(run_dir: Path, scope: str) -> pd.DataFrame:
-    """Correctly classified samples (of the test set, or all): columns dataset_index, y, pred."""
-    data = training.load_data(run_dir)
-    split = json.loads((Path(run_dir) / "split.json").read_text())
-    candidates = np.array(sorted(split["test"])) if scope == "test" else np.arange(len(data.y))
-    model = load_model(run_dir)
-    with torch.no_grad():
-        pred = np.concatenate([model(data.x[candidates[i:i + 1024]]).argmax(1).numpy()
-                               for i in range(0, len(candidates), 1024)])
-    correct = pred == data.y[candidates]
-    return pd.DataFrame({"dataset_index": candidates[correct], "y": data.y[candidates][correct],
-                         "pred": pred[correct]})
 
 
 def shard_ranges(n: int, shards: int, unit: int) -> list[tuple[int, int]]:
@@ -137,7 +115,7 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     device = training.device()
     model = load_model(run, device)
     attack = L1Attack(model, AttackConfig(**params))
-    ds = xr.open_zarr(run / "dataset.zarr", consolidated=False)
+    ds = RunDir(run).dataset()
     index = store["dataset_index"][start:stop]
     x, mask = ds.x.values[index], ds["mask"].values[index]
     target = store["y"][start:stop].astype(np.int64)
@@ -172,7 +150,7 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
 def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     a: AttackConfig = cfg.attack
     params, source = attack_params(cfg, run_dir)
-    targets = select_targets(run_dir.path, a.targets)
+    targets = select_targets(run_dir, a.targets)
     if targets.empty:
         raise ConfigError(f"[attack] targets = {a.targets!r}: no correctly classified sample to attack")
     attrs = {"attack_config": algorithm(params), "params_source": source, "targets": a.targets,
@@ -181,7 +159,7 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if not partial.exists() or xr.open_zarr(partial, consolidated=False).attrs != json.loads(json.dumps(attrs)):
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(run_dir.path / "attack-shards", ignore_errors=True)
-        allocate(partial, targets, cfg.prepare.window_hours, a.chunk_samples, attrs)
+        allocate(partial, targets, run_dir.dataset().sizes["time"], a.chunk_samples, attrs)
     else:
         log.info("attack: resuming the store in %s", partial)
     ranges = shard_ranges(len(targets), a.shards, a.batch_size)

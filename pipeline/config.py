@@ -139,6 +139,14 @@ class AttackConfig:
     batch_size: int = option(256, "targets attacked at once; a multiple of chunk_samples")
     chunk_samples: int = option(64, "attack.zarr chunk length along `sample`")
 
+    def check(self) -> None:
+        """What the types and choices cannot say about `[attack]`."""
+        if not 1 <= self.lam_search <= self.max_iter:
+            raise ConfigError(f"[attack] lam_search = {self.lam_search}: must be in 1…max_iter ({self.max_iter})")
+        if self.batch_size % self.chunk_samples:
+            raise ConfigError(f"[attack] batch_size = {self.batch_size} must be a multiple of chunk_samples = "
+                              f"{self.chunk_samples} (shards must not share a chunk)")
+
 
 @dataclass(frozen=True)
 class AnalyzeConfig:

@@ -42,7 +42,7 @@ def run_fold(run_dir: str, fold: int, params: dict, epochs: int, seed: int, work
         return json.loads((folder / "done.json").read_text())
     training.set_threads(workers)
     data = training.load_data(Path(run_dir))
-    split = json.loads((Path(run_dir) / "split.json").read_text())
+    split = rundir.RunDir(run_dir).split()
     train_idx, held_out = training.fold_indices(split, fold)
     trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)
     history: list[dict] = []

@@ -144,8 +144,3 @@ def write_store(ds: xr.Dataset, path: Path, chunk_samples: int) -> None:
                 for name, var in ds.variables.items() if "sample" in var.dims}
     with consolidated_zarr_v3():
         ds.to_zarr(path, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
-
-
-def open_dataset(run_dir: RunDir | Path) -> xr.Dataset:
-    """dataset.zarr of a run directory (lazy)."""
-    return xr.open_zarr(Path(run_dir) / "dataset.zarr")

@@ -23,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .errors import MissingArtifact
+
 PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "dask", "xarray", "zarr", "optuna", "submitit",
             "mimic-adversarial-pipeline")
 
@@ -102,6 +104,10 @@ def source_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+MADE_BY = {"dataset.zarr": "prepare", "split.json": "tune-model` or `cv", "model": "train",
+           "attack.zarr": "attack"}
+
+
 class RunDir:
     """One run's directory. All stages read their inputs from here and write their outputs here."""
 
@@ -121,6 +127,36 @@ class RunDir:
     def jobs_dir(self, stage: str) -> Path:
         """Where submitit keeps a stage's pickles and logs (a shared file system on a cluster)."""
         return self.path / "jobs" / stage
+
+    # ---- artifacts: the one place that knows where each lives and which stage makes it -----
+    def artifact(self, name: str) -> Path:
+        """The path of an artifact an earlier stage made; MissingArtifact names the stage to run."""
+        path = self.path / name
+        if not path.exists():
+            raise MissingArtifact(f"{path}: not found (run the `{MADE_BY[name]}` stage first)")
+        return path
+
+    def dataset(self):
+        """dataset.zarr as an xarray Dataset, opened lazily (dims sample, time, feature)."""
+        import xarray as xr
+
+        return xr.open_zarr(self.artifact("dataset.zarr"), consolidated=False)
+
+    def split(self) -> dict[str, Any]:
+        """split.json: {"test": [...], "fold": [[...], ...], "seed", "test_fraction", "folds"}."""
+        return json.loads(self.artifact("split.json").read_text())
+
+    def best_params(self, stage: str) -> dict[str, Any] | None:
+        """`stage`'s tuning record (tune-model, tune-attack), or None when that stage did not run."""
+        path = self.path / stage / "best.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def attack_store(self):
+        """attack.zarr as an xarray Dataset, opened lazily."""
+        import xarray as xr
+
+        with consolidated_zarr_v3():
+            return xr.open_zarr(self.artifact("attack.zarr"))
 
     # ---- manifest -------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import zlib
 from pathlib import Path
 
@@ -30,7 +29,7 @@ def study_name(run_dir: RunDir, stage: str) -> str:
 
 def chosen_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[dict, str]:
     """The model parameters a run uses: tune-model's best when it ran, else the config's [model]."""
-    best = run_dir.path / "tune-model" / "best.json"
-    if best.exists():
-        return json.loads(best.read_text())["params"], str(best)
+    best = run_dir.best_params("tune-model")
+    if best is not None:
+        return best["params"], str(run_dir.path / "tune-model" / "best.json")
     return dataclasses.asdict(cfg.model), "the config's [model] table"

@@ -87,9 +87,3 @@ def norms(perturbation: xr.DataArray) -> xr.Dataset:
 def to_clinical(scaled: xr.DataArray, p5: xr.DataArray, p95: xr.DataArray) -> xr.DataArray:
     """A perturbation (or a score in perturbation units) in clinical units: × (p95 − p5) of its feature."""
     return scaled * (p95 - p5)
-
-
-def ranking(ds: xr.Dataset, direction: str, kind: str, variable: str = "s_j") -> list[tuple[str, float]]:
-    """Features by descending score (NaN last)."""
-    values = ds[variable].sel(direction=direction, kind=kind).to_series()
-    return list(values.sort_values(ascending=False, na_position="last").items())

@@ -31,7 +31,7 @@ def train_final(run_dir: str, params: dict, epochs: int, seed: int, workers: int
     training.set_threads(workers)
     run = Path(run_dir)
     data = training.load_data(run)
-    split = json.loads((run / "split.json").read_text())
+    split = RunDir(run).split()
     train_idx, test_idx = training.non_test_indices(split), np.array(sorted(split["test"]))
     trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)
     checkpoint = run / "model-checkpoint.pt"

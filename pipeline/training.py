@@ -17,13 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import xarray as xr
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from . import metrics, rundir
 from .config import ConfigError, ModelParams
-from .errors import MissingArtifact
 from .model import MortalityLSTM, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -38,10 +36,7 @@ class Data:
 
 
 def load_data(run_dir: Path) -> Data:
-    path = Path(run_dir) / "dataset.zarr"
-    if not path.exists():
-        raise MissingArtifact(f"{path}: not found (run the `prepare` stage first)")
-    ds = xr.open_zarr(path, consolidated=False)
+    ds = rundir.RunDir(run_dir).dataset()
     return Data(torch.from_numpy(np.ascontiguousarray(ds.x.values, dtype=np.float32)), ds.y.values.astype(np.int64))
 
 

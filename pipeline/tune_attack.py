@@ -29,14 +29,13 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-import xarray as xr
 
 from . import rundir, study, training
-from .attack import check_attack, select_targets
 from .config import AttackConfig, ConfigError, PipelineConfig
 from .l1_attack import BEST, AttackResult, L1Attack
 from .model import load_model
 from .rundir import RunDir
+from .targets import select_targets
 
 log = logging.getLogger(__name__)
 MAX_TARGETS = 1000
@@ -103,7 +102,7 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
     run = Path(run_dir)
     index = np.array(json.loads((run / "tune-attack" / "targets.json").read_text())["dataset_index"])
     data = training.load_data(run)
-    mask = torch.from_numpy(xr.open_zarr(run / "dataset.zarr", consolidated=False)["mask"].values[index])
+    mask = torch.from_numpy(RunDir(run).dataset()["mask"].values[index])
     model = load_model(run, training.device())
     x, y = data.x[index], torch.from_numpy(data.y[index])
     attack = AttackConfig(**settings["attack"])
@@ -128,8 +127,8 @@ def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     for name in ta.params:
         if name not in TUNABLE:
             raise ConfigError(f"[tune-attack] params: {name!r} cannot be tuned (tunable: {', '.join(TUNABLE)})")
-    check_attack(cfg.attack)
-    targets = select_targets(run_dir.path, cfg.attack.targets)
+    cfg.attack.check()
+    targets = select_targets(run_dir, cfg.attack.targets)
     rng = np.random.default_rng(cfg.run.seed)
     chosen = np.sort(rng.permutation(targets["dataset_index"].to_numpy())[:min(ta.targets, MAX_TARGETS)])
     rundir.write_json(run_dir.path / "tune-attack" / "targets.json", {"dataset_index": chosen.tolist()})

@@ -10,7 +10,6 @@ that the median pruner can stop bad trials early. The best parameters go to
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -74,7 +73,7 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
     """One worker (a task): runs trials of the study until it holds `trials` finished ones."""
     training.set_threads(settings["workers"])
     data = training.load_data(Path(run_dir))
-    split = json.loads((Path(run_dir) / "split.json").read_text())
+    split = RunDir(run_dir).split()
     run_trial = objective(data, split, TuneModelConfig(**settings["tune"]), settings["seed"])
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     return study.run_worker(storage, Path(run_dir), name, run_trial, trials, worker, seed=settings["seed"],

@@ -7,9 +7,11 @@ import pytest
 import xarray as xr
 
 from pipeline import training
-from pipeline.attack import select_targets, shard_ranges
+from pipeline.attack import shard_ranges
 from pipeline.cli import main
 from pipeline.model import load_model
+from pipeline.rundir import RunDir
+from pipeline.targets import select_targets
 from tests.runs import copy_trained
 
 ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=30", "attack.batch_size=32",
@@ -32,7 +34,7 @@ def test_shard_ranges_on_batch_multiples():
 
 
 def test_targets_are_correctly_classified_test_samples(trained_run):
-    targets = select_targets(trained_run, "test")
+    targets = select_targets(RunDir(trained_run), "test")
     split = json.loads((trained_run / "split.json").read_text())
     assert set(targets.dataset_index) <= set(split["test"])
     data = training.load_data(trained_run)
@@ -44,7 +46,7 @@ def test_targets_are_correctly_classified_test_samples(trained_run):
     correct = np.array(split["test"])[pred == data.y[np.array(split["test"])]]
     assert sorted(targets.dataset_index) == sorted(correct.tolist())
     assert (targets.y == targets.pred).all()
-    everything = select_targets(trained_run, "all")
+    everything = select_targets(RunDir(trained_run), "all")
     assert len(everything) > len(targets) and (everything.y == everything.pred).all()
 
 
@@ -177,3 +179,12 @@ def test_lambda_search_from_the_config(trained_run, tmp_path):
     store = run_attack(run, "--executor", "debug", "attack.lam_search=3")
     assert store.attrs["attack_config"]["lam_search"] == 3
     assert int(store.iteration.max()) <= 30 and bool(store.found.any())
+
+
+@pytest.mark.parametrize("stage", ["attack", "tune-attack"])
+def test_without_a_split_the_stage_names_it_and_exits_1(stage, trained_run, tmp_path, capsys):
+    from tests.runs import copy_run
+
+    run = copy_run(trained_run, tmp_path)  # dataset.zarr only
+    assert main([stage, "--run-dir", str(run), *ATTACK, "--executor", "debug"]) == 1
+    assert "split.json: not found (run the `tune-model` or `cv` stage first)" in capsys.readouterr().err

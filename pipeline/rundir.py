@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -146,6 +147,28 @@ class RunDir:
         """split.json: {"test": [...], "fold": [[...], ...], "seed", "test_fraction", "folds"}."""
         return json.loads(self.artifact("split.json").read_text())
 
+    def fingerprint(self, name: str) -> str | None:
+        """sha256 of an artifact (a file, or every file of a folder or store by relative path); None if absent."""
+        path = self.path / name
+        if not path.exists():
+            return None
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(str(f.relative_to(path)).encode() + b"\0")
+            with open(f, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+
+    def changed_inputs(self, stage: str, inputs: tuple[str, ...]) -> list[str]:
+        """Inputs of a complete stage whose content differs from when it completed (markers without
+        input hashes, from older versions, report nothing)."""
+        recorded = json.loads(self.marker(stage).read_text()).get("inputs")
+        if recorded is None:
+            return []
+        return [name for name in inputs if recorded.get(name) != self.fingerprint(name)]
+
     def best_params(self, stage: str) -> dict[str, Any] | None:
         """`stage`'s tuning record (tune-model, tune-attack), or None when that stage did not run."""
         path = self.path / stage / "best.json"
@@ -199,9 +222,11 @@ class RunDir:
         return json.loads(self.marker(stage).read_text()).get("config")
 
     def mark_complete(self, stage: str, *, config: dict[str, Any], seed: int, started: float,
-                      executor: str, extra: dict[str, Any] | None = None) -> None:
+                      executor: str, inputs: tuple[str, ...] = (), extra: dict[str, Any] | None = None) -> None:
+        """The marker records the config, the seed and the sha256 of every input the stage read."""
         record = {
             "config": config,
+            "inputs": {name: self.fingerprint(name) for name in inputs},
             "seed": seed,
             "executor": executor,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

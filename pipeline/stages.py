@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .config import PipelineConfig
+from .errors import InputError
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class Stage:
     summary: str
     produces: str
     entry: str  # "package.module:function", imported only when the stage runs (a fast --help)
+    inputs: tuple[str, ...] = ()  # artifacts of earlier stages it reads (hashed into its marker)
 
     def load(self) -> StageFunc:
         module, _, name = self.entry.partition(":")
@@ -38,16 +40,18 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
           "dataset.zarr", "pipeline.prepare:prepare"),
     Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study",
-          "pipeline.tune_model:tune_model"),
-    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", "pipeline.cv:cv"),
+          "pipeline.tune_model:tune_model", ("dataset.zarr", "split.json")),
+    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", "pipeline.cv:cv",
+          ("dataset.zarr", "split.json", "tune-model/best.json")),
     Stage("train", "final model on all non-test data, evaluated once on the test set", "model/",
-          "pipeline.train:train"),
+          "pipeline.train:train", ("dataset.zarr", "split.json", "tune-model/best.json", "cv/summary.json")),
     Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study",
-          "pipeline.tune_attack:tune_attack"),
+          "pipeline.tune_attack:tune_attack", ("dataset.zarr", "split.json", "model")),
     Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr",
-          "pipeline.attack:attack"),
+          "pipeline.attack:attack", ("dataset.zarr", "split.json", "model", "tune-attack/best.json")),
     Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
-          "susceptibility.zarr, tables/, figures/, report.md", "pipeline.analyze:analyze"),
+          "susceptibility.zarr, tables/, figures/, report.md", "pipeline.analyze:analyze",
+          ("dataset.zarr", "attack.zarr", "model", "cv/summary.json")),
 ]}
 CHAIN = list(STAGES)
 
@@ -62,6 +66,10 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
     stage = STAGES[name]
     wanted = stage_config(cfg, name)
     if run_dir.is_complete(name) and not force:
+        changed = run_dir.changed_inputs(name, stage.inputs)
+        if changed:
+            raise InputError(f"{name}: complete, but its input {', '.join(changed)} changed since (a stage before "
+                             f"it was redone); redo it with `python -m pipeline {name} --force` or use `run --force`")
         done_with = run_dir.completed_config(name)
         if done_with != wanted:
             log.warning("%s: complete with a different config; kept (use --force to redo)", name)
@@ -72,7 +80,7 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
     started = time.time()
     stage.load()(cfg, run_dir)
     run_dir.mark_complete(name, config=wanted, seed=cfg.run.seed, started=started,
-                          executor=cfg.run.executor)
+                          executor=cfg.run.executor, inputs=stage.inputs)
     log.info("%s: done in %.1f s", name, time.time() - started)
     return True
 

@@ -188,3 +188,23 @@ def test_without_a_split_the_stage_names_it_and_exits_1(stage, trained_run, tmp_
     run = copy_run(trained_run, tmp_path)  # dataset.zarr only
     assert main([stage, "--run-dir", str(run), *ATTACK, "--executor", "debug"]) == 1
     assert "split.json: not found (run the `tune-model` or `cv` stage first)" in capsys.readouterr().err
+
+
+def test_a_remade_dataset_is_caught_by_the_next_stages_marker(trained_run, tmp_path, capsys):
+    """dataset.zarr made again from other tables (another seed): the complete attack is not skipped."""
+    import shutil
+
+    run = copy_trained(trained_run, tmp_path / "run")
+    run_attack(run, "--executor", "debug")
+    marker = json.loads((run / ".stages" / "attack.json").read_text())
+    assert len(marker["inputs"]["dataset.zarr"]) == 64 and marker["inputs"]["tune-attack/best.json"] is None
+    other = tmp_path / "other"
+    assert main(["synth", "--run-dir", str(other), "--admissions", "300", "--seed", "4"]) == 0
+    assert main(["prepare", "--run-dir", str(other), "--seed", "4"]) == 0
+    shutil.rmtree(run / "dataset.zarr")
+    shutil.copytree(other / "dataset.zarr", run / "dataset.zarr")
+    capsys.readouterr()
+    assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug"]) == 1
+    assert "attack: complete, but its input dataset.zarr changed" in capsys.readouterr().err
+    assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug", "--force"]) == 0
+    assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug"]) == 0  # consistent again

@@ -28,12 +28,11 @@ from tqdm.auto import tqdm
 
 from . import rundir, training
 from .config import AttackConfig, ConfigError, PipelineConfig
-from .executor import CheckpointableTask, run_tasks
 from .features import NAMES
 from .l1_attack import KINDS, L1Attack
 from .model import load_model
 from .rundir import RunDir
-from .settings import executor_spec
+from .settings import run_array
 from .targets import select_targets
 
 log = logging.getLogger(__name__)
@@ -167,8 +166,7 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
              len(targets), a.targets, a.shards, params.max_iter, source)
     calls = [(str(run_dir.path), k, lo, hi, dataclasses.asdict(params), a.batch_size, cfg.run.workers)
              for k, (lo, hi) in enumerate(ranges)]
-    shards = run_tasks(CheckpointableTask(attack_shard), calls, spec=executor_spec(cfg),
-                       jobs_dir=run_dir.jobs_dir("attack"), stage="attack")
+    shards = run_array(cfg, run_dir, "attack", attack_shard, calls)
     written = sorted(tuple(w) for shard in shards for w in shard["writes"])
     covered = [i for b0, b1 in written for i in range(b0, b1)]
     if covered != list(range(len(targets))):  # every target written exactly once

@@ -17,7 +17,7 @@ from . import __version__
 from . import config as config_mod
 from .config import EXECUTORS, ConfigError, PipelineConfig
 from .errors import InputError
-from .executor import LOG_FORMAT, TaskFailed
+from .executor import LOG_FORMAT, TaskFailed, cancel_run
 from .rundir import RunDir
 from .stages import CHAIN, STAGES, run_chain, run_stage
 
@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run " + " → ".join(CHAIN) + "; completed stages are skipped.")
     p.add_argument("--mimic-dir", dest="opt_mimic_dir", metavar="DIR",
                    help="real MIMIC-III tables (skips synth); default: synthetic data")
+    p = sub.add_parser("cancel", help="scancel this run's Slurm arrays (and no other run's)",
+                       description="Cancel every Slurm array the run directory recorded (jobs/*/array.json).")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/default"), metavar="DIR",
+                   help="run directory (default: %(default)s)")
     return parser
 
 
@@ -109,9 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.overrides = [*args.overrides, *extra]
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format=LOG_FORMAT, datefmt="%H:%M:%S")
+    if args.stage == "cancel":
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        cancelled = cancel_run(args.run_dir)
+        print(f"cancelled Slurm job(s) {', '.join(cancelled)}" if cancelled
+              else f"{args.run_dir}: no Slurm array recorded")
+        return 0
+    args.overrides = [*args.overrides, *extra]
     try:
         cfg = resolve_config(args)
         run_dir = RunDir(args.run_dir)

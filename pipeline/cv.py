@@ -20,10 +20,9 @@ import torch
 
 from . import figures, metrics, rundir, training
 from .config import PipelineConfig
-from .executor import CheckpointableTask, run_tasks
 from .model import params_from_dict
 from .rundir import RunDir
-from .settings import chosen_params, executor_spec, stage_seed
+from .settings import chosen_params, run_array, stage_seed
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +106,7 @@ def cv(cfg: PipelineConfig, run_dir: RunDir) -> None:
     log.info("cv: %d folds, %d epochs, parameters from %s", cfg.cv.folds, cfg.cv.epochs, source)
     seed = stage_seed(cfg, "cv")
     calls = [(str(run_dir.path), k, params, cfg.cv.epochs, seed + k, cfg.run.workers) for k in range(cfg.cv.folds)]
-    run_tasks(CheckpointableTask(run_fold), calls, spec=executor_spec(cfg), jobs_dir=run_dir.jobs_dir("cv"),
-              stage="cv")
+    run_array(cfg, run_dir, "cv", run_fold, calls)
     summary = summarize(run_dir.path, cfg.cv.folds)
     m, sd = summary["mean"], summary["sd"]
     log.info("cv: held-out AUROC %.4f ± %.4f, AUPRC %.4f ± %.4f, F1 %.4f ± %.4f; best epoch count %d",

@@ -1,22 +1,36 @@
-"""Run a list of task calls: ``debug`` (in-process), ``local`` (≤ N processes) or ``slurm`` (one array).
+"""Run one stage's array of task calls: ``debug`` (in-process), ``local`` (≤ N processes) or ``slurm``.
 
-Every parallel stage hands the same task function and argument tuples to :func:`run_tasks`; only
-the launcher differs. On Slurm a stage's sbatch parameters come from a profile file (``slurm/``):
-a ``[default]`` table, overridden per stage by ``[stages.<stage>]``. The fields of
-:class:`SlurmProfile` are the only valid keys, defined once here.
+The three backends are classes behind one interface (:class:`Executor`: submit an array, then wait,
+results, cancel) with the same rules everywhere:
 
-A task whose progress lives on disk is wrapped in :class:`CheckpointableTask`: when Slurm preempts
-or times it out, submitit requeues the same call and the task resumes from its checkpoint.
+- every task runs, and results come back in call order;
+- a task that fails does not stop the others; once all have ended the stage fails with
+  :class:`TaskFailed`, naming the first failed task, its arguments and its log file;
+- tasks keep their progress on disk, so a stage that is run again resumes where its tasks stopped;
+  on Slurm a preempted or timed-out task is also requeued and resumes by itself
+  (:class:`CheckpointableTask`).
+
+On Slurm the array's task ids are recorded in ``jobs/<stage>/array.json``: a driver that restarts
+while the array is pending or running waits for it instead of submitting a second one, and
+resubmits only the tasks that failed or vanished. Job names carry the run (``pipeline-<stage>-<tag>``,
+the tag a hash of the run directory), so ``pipeline cancel --run-dir D`` cancels exactly one run.
+A stage's sbatch parameters come from a profile file (``slurm/``): a ``[default]`` table,
+overridden per stage by ``[stages.<stage>]``; the fields of :class:`SlurmProfile` are the only
+valid keys, defined once here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import multiprocessing
 import shlex
+import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,14 +58,26 @@ def ensure_logging() -> None:
 
 
 class LoggedTask:
-    """A task function that sets up logging in the process it runs in."""
+    """A task function whose log lines (and traceback, if it fails) also go to a file of its own."""
 
-    def __init__(self, fn: Callable[..., Any]):
-        self.fn = fn
+    def __init__(self, fn: Callable[..., Any], log_file: Path):
+        self.fn, self.log_file = fn, Path(log_file)
 
     def __call__(self, *args: Any) -> Any:
         ensure_logging()
-        return self.fn(*args)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.log_file, mode="a")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            return self.fn(*args)
+        except Exception:
+            logging.getLogger(__name__).error("task failed:\n%s", traceback.format_exc())
+            raise
+        finally:
+            root.removeHandler(handler)
+            handler.close()
 
 
 class CheckpointableTask(submitit.helpers.Checkpointable):
@@ -107,16 +133,25 @@ def load_profile(path: Path, stage: str) -> SlurmProfile:
     return build_section(SlurmProfile, values, f"{path}: [stages.{stage}]")
 
 
-def sbatch_parameters(profile: SlurmProfile, stage: str) -> dict[str, Any]:
+def run_tag(run_dir: Path | str) -> str:
+    """A short hash of the run directory: job names carry it, so one run's jobs can be told apart."""
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:8]
+
+
+def job_name(stage: str, run_dir: Path | str) -> str:
+    return f"pipeline-{stage}-{run_tag(run_dir)}"
+
+
+def sbatch_parameters(profile: SlurmProfile, name: str) -> dict[str, Any]:
     """submitit's Slurm parameter names → values, for `profile`."""
     extra = {}
     for item in profile.extra:
-        name, sep, value = item.partition("=")
+        flag, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"slurm profile extra {item!r}: expected 'name=value'")
-        extra[name.strip()] = value.strip()
+        extra[flag.strip()] = value.strip()
     params: dict[str, Any] = {
-        "job_name": f"pipeline-{stage}",
+        "job_name": name,
         "time": profile.time_min,
         "cpus_per_task": profile.cpus_per_task,
         "mem": f"{int(profile.mem_gb * 1024)}MB",
@@ -124,9 +159,9 @@ def sbatch_parameters(profile: SlurmProfile, stage: str) -> dict[str, Any]:
         "signal_delay_s": profile.signal_delay_s,
         "setup": list(profile.setup),
     }
-    for name in ("partition", "account", "qos", "constraint"):
-        if getattr(profile, name):
-            params[name] = getattr(profile, name)
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(profile, key):
+            params[key] = getattr(profile, key)
     if profile.gpus_per_node:
         params["gpus_per_node"] = profile.gpus_per_node
     if extra:
@@ -138,11 +173,11 @@ def python_command(profile: SlurmProfile) -> str:
     return profile.python or shlex.quote(sys.executable)
 
 
-def sbatch_script(profile: SlurmProfile, stage: str, folder: Path | str, n_tasks: int) -> str:
-    """The exact sbatch script submitit submits for an array of `n_tasks` calls of `stage`."""
+def sbatch_script(profile: SlurmProfile, name: str, folder: Path | str, n_tasks: int) -> str:
+    """The exact sbatch script submitit submits for an array of `n_tasks` calls, job name `name`."""
     command = " ".join([python_command(profile), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     return _make_sbatch_string(command=command, folder=folder, map_count=n_tasks,
-                               **sbatch_parameters(profile, stage))
+                               **sbatch_parameters(profile, name))
 
 
 @dataclass(frozen=True)
@@ -154,76 +189,222 @@ class ExecutorSpec:
     slurm_profile: Path | None = None
 
 
+@dataclass
+class Outcome:
+    """How one task ended: its result, or the error it raised; and where its log is."""
+
+    result: Any = None
+    error: str | None = None
+    log: Path | None = None
+
+
+class Executor:
+    """Runs the calls of one stage's array: ``submit`` them, then ``wait``, ``results``, ``cancel``."""
+
+    kind = ""
+
+    def __init__(self, stage: str, jobs_dir: Path, workers: int = 1):
+        self.stage, self.jobs_dir, self.workers = stage, Path(jobs_dir), max(1, workers)
+        self.calls: list[tuple] = []
+
+    def task_log(self, index: int) -> Path:
+        return self.jobs_dir / f"task-{index}.log"
+
+    def submit(self, fn: Callable[..., Any], calls: Sequence[tuple]) -> None:
+        raise NotImplementedError
+
+    def wait(self, progress: bool = True) -> None:
+        raise NotImplementedError
+
+    def outcomes(self) -> list[Outcome]:
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Stop what has not ended (the tasks' progress on disk stays, so a later run resumes)."""
+
+    def results(self) -> list[Any]:
+        """The results in call order, once every task has ended; TaskFailed names the first failure."""
+        outcomes = self.outcomes()
+        failed = [i for i, o in enumerate(outcomes) if o.error is not None]
+        if failed:
+            i = failed[0]
+            more = f" ({len(failed) - 1} more failed)" if len(failed) > 1 else ""
+            raise TaskFailed(f"{self.stage}: task {i} {self.calls[i]!r} failed{more}; log: {outcomes[i].log}\n"
+                             f"{outcomes[i].error}")
+        return [o.result for o in outcomes]
+
+    def run(self, fn: Callable[..., Any], calls: Sequence[tuple], progress: bool = True) -> list[Any]:
+        """Submit, wait for every task, return the results; an interrupted driver cancels its tasks."""
+        self.submit(fn, calls)
+        try:
+            self.wait(progress)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        return self.results()
+
+
+class DebugExecutor(Executor):
+    """In this process, one task after the other (for pdb and tests)."""
+
+    kind = "debug"
+
+    def submit(self, fn: Callable[..., Any], calls: Sequence[tuple]) -> None:
+        self.fn, self.calls, self._outcomes = fn, [tuple(c) for c in calls], []
+
+    def wait(self, progress: bool = True) -> None:
+        for i, args in enumerate(tqdm(self.calls, desc=self.stage, disable=not progress)):
+            try:
+                self._outcomes.append(Outcome(LoggedTask(self.fn, self.task_log(i))(*args), log=self.task_log(i)))
+            except Exception as e:  # the failure rule: the other tasks still run
+                self._outcomes.append(Outcome(error=repr(e), log=self.task_log(i)))
+
+    def outcomes(self) -> list[Outcome]:
+        return self._outcomes
+
+
+class LocalExecutor(Executor):
+    """At most `workers` processes at once on this machine."""
+
+    kind = "local"
+
+    def submit(self, fn: Callable[..., Any], calls: Sequence[tuple]) -> None:
+        self.calls = [tuple(c) for c in calls]
+        # spawn, not fork: a forked child of a process holding torch/OpenMP threads can deadlock
+        self._pool = ProcessPoolExecutor(max_workers=min(self.workers, len(self.calls)),
+                                         mp_context=multiprocessing.get_context("spawn"), initializer=ensure_logging)
+        self._futures: list[Future] = [self._pool.submit(LoggedTask(fn, self.task_log(i)), *args)
+                                       for i, args in enumerate(self.calls)]
+
+    def wait(self, progress: bool = True) -> None:
+        for _ in tqdm(as_completed(self._futures), total=len(self._futures), desc=self.stage, disable=not progress):
+            pass
+        self._pool.shutdown()
+
+    def outcomes(self) -> list[Outcome]:
+        outcomes = []
+        for i, future in enumerate(self._futures):
+            if future.cancelled():
+                outcomes.append(Outcome(error="cancelled", log=self.task_log(i)))
+            elif future.exception() is not None:
+                outcomes.append(Outcome(error=repr(future.exception()), log=self.task_log(i)))
+            else:
+                outcomes.append(Outcome(future.result(), log=self.task_log(i)))
+        return outcomes
+
+    def cancel(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
+          "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+
+
+class SlurmExecutor(Executor):
+    """One ``sbatch --array`` per stage through submitit; reattaches to the array a restarted driver left."""
+
+    kind = "slurm"
+
+    def __init__(self, stage: str, jobs_dir: Path, workers: int, profile: SlurmProfile, run_dir: Path):
+        super().__init__(stage, jobs_dir, workers)
+        self.profile, self.name = profile, job_name(stage, run_dir)
+        self.record = self.jobs_dir / "array.json"
+
+    def submit(self, fn: Callable[..., Any], calls: Sequence[tuple]) -> None:
+        self.calls = [tuple(c) for c in calls]
+        digest = hashlib.sha256(repr((getattr(fn, "fn", fn).__qualname__, self.calls)).encode()).hexdigest()
+        task = fn if isinstance(fn, CheckpointableTask) else CheckpointableTask(fn)
+        jobs: list[submitit.Job | None] = [None] * len(self.calls)
+        if self.record.exists() and json.loads(self.record.read_text())["calls_sha256"] == digest:
+            for i, job_id in enumerate(json.loads(self.record.read_text())["tasks"]):
+                job = submitit.SlurmJob(folder=self.jobs_dir / "%j", job_id=job_id)
+                if _still_useful(job):
+                    jobs[i] = job
+            log.info("%s: reattached to %d task(s) of array %s", self.stage, sum(j is not None for j in jobs),
+                     json.loads(self.record.read_text())["tasks"][0].split("_")[0])
+        missing = [i for i, job in enumerate(jobs) if job is None]
+        if missing:
+            executor = make_slurm_executor(self.profile, self.jobs_dir, self.name)
+            with executor.batch():  # one sbatch --array for all calls
+                submitted = [executor.submit(task, *self.calls[i]) for i in missing]
+            for i, job in zip(missing, submitted, strict=True):
+                jobs[i] = job
+            log.info("%s: submitted array job %s (%d tasks), logs in %s", self.stage,
+                     submitted[0].job_id.split("_")[0], len(submitted), self.jobs_dir)
+        self.jobs = jobs
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        from .rundir import write_json
+
+        write_json(self.record, {"calls_sha256": digest, "name": self.name, "tasks": [j.job_id for j in jobs]})
+
+    def wait(self, progress: bool = True) -> None:
+        for _ in tqdm(submitit.helpers.as_completed(self.jobs, poll_frequency=1), total=len(self.jobs),
+                      desc=self.stage, disable=not progress):
+            pass
+
+    def outcomes(self) -> list[Outcome]:
+        outcomes = []
+        for job in self.jobs:
+            try:
+                outcomes.append(Outcome(job.result(), log=Path(str(job.paths.stderr))))
+            except Exception as e:  # reported by results()
+                outcomes.append(Outcome(error=f"(Slurm job {job.job_id}) {e}", log=Path(str(job.paths.stderr))))
+        return outcomes
+
+    def cancel(self) -> None:
+        for job in self.jobs:
+            job.cancel(check=False)
+
+
+def _still_useful(job: submitit.Job) -> bool:
+    """A recorded task worth waiting for: finished with a result, or still pending / running."""
+    if job.paths.result_pickle.exists():
+        try:
+            job.result()
+            return True
+        except Exception:  # it failed: resubmit it
+            return False
+    return job.state.split()[0].rstrip("+") in ACTIVE
+
+
+def make_executor(spec: ExecutorSpec, stage: str, jobs_dir: Path) -> Executor:
+    """The backend of `spec` for one stage; the run directory is the parent of ``jobs/<stage>``."""
+    if spec.kind == "debug":
+        return DebugExecutor(stage, jobs_dir)
+    if spec.kind == "local":
+        return LocalExecutor(stage, jobs_dir, spec.workers)
+    if spec.kind == "slurm":
+        if spec.slurm_profile is None:
+            raise ConfigError("executor slurm needs run.slurm_profile")
+        return SlurmExecutor(stage, jobs_dir, spec.workers, load_profile(spec.slurm_profile, stage),
+                             Path(jobs_dir).parent.parent)
+    raise ConfigError(f"unknown executor {spec.kind!r} (known: debug, local, slurm)")
+
+
 def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, spec: ExecutorSpec, jobs_dir: Path,
               stage: str, progress: bool = True) -> list[Any]:
-    """Call ``fn(*args)`` for every tuple in `calls`; return the results in the same order."""
+    """Call ``fn(*args)`` for every tuple in `calls` on the backend of `spec`; the results in call order."""
     calls = [tuple(c) for c in calls]
     if not calls:
         return []
     log.info("%s: %d task(s) on %s executor", stage, len(calls), spec.kind)
-    if spec.kind == "debug":
-        return [fn(*args) for args in tqdm(calls, desc=stage, disable=not progress)]
-    if spec.kind == "local":
-        return _run_local(fn, calls, spec.workers, stage, progress)
-    if spec.kind == "slurm":
-        if spec.slurm_profile is None:
-            raise ConfigError("executor slurm needs run.slurm_profile")
-        profile = load_profile(spec.slurm_profile, stage)
-        return _run_slurm(fn, calls, profile, jobs_dir, stage, progress)
-    raise ConfigError(f"unknown executor {spec.kind!r} (known: debug, local, slurm)")
+    return make_executor(spec, stage, jobs_dir).run(fn, calls, progress)
 
 
-def _run_local(fn: Callable[..., Any], calls: list[tuple], workers: int, stage: str,
-               progress: bool) -> list[Any]:
-    # spawn, not fork: a forked child of a process holding torch/OpenMP threads can deadlock
-    ctx = multiprocessing.get_context("spawn")
-    results: list[Any] = [None] * len(calls)
-    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(calls))), mp_context=ctx,
-                             initializer=ensure_logging) as pool:
-        futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
-        for fut in tqdm(as_completed(futures), total=len(calls), desc=stage, disable=not progress):
-            i = futures[fut]
-            try:
-                results[i] = fut.result()
-            except Exception as e:
-                for other in futures:
-                    other.cancel()
-                raise TaskFailed(f"{stage}: task {i} {calls[i]!r} failed: {e!r}") from e
-    return results
-
-
-def make_slurm_executor(profile: SlurmProfile, jobs_dir: Path, stage: str) -> submitit.AutoExecutor:
+def make_slurm_executor(profile: SlurmProfile, jobs_dir: Path, name: str) -> submitit.AutoExecutor:
     folder = Path(jobs_dir) / "%j"
     kwargs: dict[str, Any] = {"slurm_max_num_timeout": profile.max_requeue}
     if profile.python:
         kwargs["slurm_python"] = profile.python
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm", **kwargs)
-    executor.update_parameters(**{f"slurm_{k}": v for k, v in sbatch_parameters(profile, stage).items()})
+    executor.update_parameters(**{f"slurm_{k}": v for k, v in sbatch_parameters(profile, name).items()})
     return executor
 
 
-def _run_slurm(fn: Callable[..., Any], calls: list[tuple], profile: SlurmProfile, jobs_dir: Path,
-               stage: str, progress: bool) -> list[Any]:
-    executor = make_slurm_executor(profile, jobs_dir, stage)
-    task = fn if isinstance(fn, CheckpointableTask) else LoggedTask(fn)
-    with executor.batch():  # one sbatch --array for all calls
-        jobs = [executor.submit(task, *args) for args in calls]
-    log.info("%s: submitted array job %s (%d tasks), logs in %s", stage, jobs[0].job_id.split("_")[0],
-             len(jobs), jobs_dir)
-    return wait_for_jobs(jobs, calls, stage, progress)
-
-
-def wait_for_jobs(jobs: Sequence[submitit.Job], calls: Sequence[tuple], stage: str,
-                  progress: bool = True) -> list[Any]:
-    """Wait for all jobs (with a progress bar); raise TaskFailed naming the first failed task."""
-    for _ in tqdm(submitit.helpers.as_completed(jobs, poll_frequency=1), total=len(jobs), desc=stage,
-                  disable=not progress):
-        pass
-    results = []
-    for i, job in enumerate(jobs):
-        try:
-            results.append(job.result())
-        except Exception as e:
-            raise TaskFailed(f"{stage}: task {i} {calls[i]!r} (Slurm job {job.job_id}) failed; "
-                             f"log: {job.paths.stderr}\n{e}") from e
-    return results
+def cancel_run(run_dir: Path) -> list[str]:
+    """scancel every array a run recorded (``jobs/*/array.json``); returns the job ids cancelled."""
+    ids = sorted({task.split("_")[0] for record in Path(run_dir).glob("jobs/*/array.json")
+                  for task in json.loads(record.read_text())["tasks"]})
+    if ids:
+        subprocess.run(["scancel", *ids], check=True)
+    return ids

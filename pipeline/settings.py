@@ -5,11 +5,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .config import PipelineConfig
-from .executor import ExecutorSpec
+from .executor import CheckpointableTask, ExecutorSpec, run_tasks
 from .rundir import RunDir
+
+
+def run_array(cfg: PipelineConfig, run_dir: RunDir, stage: str, task: Callable[..., Any],
+              calls: list[tuple]) -> list[Any]:
+    """A stage's tasks as one array on the run's executor; each keeps its progress on disk and resumes."""
+    return run_tasks(CheckpointableTask(task), calls, spec=executor_spec(cfg), jobs_dir=run_dir.jobs_dir(stage),
+                     stage=stage)
 
 
 def executor_spec(cfg: PipelineConfig) -> ExecutorSpec:

@@ -128,8 +128,8 @@ def run_study(cfg, run_dir, stage: str, worker: Callable[..., int], trials: int,
     A worker that dies is tolerated when the others finished the study (its trial was retried).
     `worker` is called as worker(run_dir, storage, name, trials, worker_index, settings).
     """
-    from .executor import CheckpointableTask, TaskFailed, run_tasks
-    from .settings import executor_spec, stage_seed, study_name
+    from .executor import TaskFailed
+    from .settings import run_array, stage_seed, study_name
 
     name = study_name(run_dir, stage)
     settings = {**settings, "seed": stage_seed(cfg, stage), "workers": cfg.run.workers,
@@ -139,8 +139,7 @@ def run_study(cfg, run_dir, stage: str, worker: Callable[..., int], trials: int,
     calls = [(str(run_dir.path), cfg.run.storage, name, trials, w, settings) for w in range(cfg.run.workers)]
     log.info("%s: study %s, %d trials, %d workers", stage, name, trials, cfg.run.workers)
     try:
-        run_tasks(CheckpointableTask(worker), calls, spec=executor_spec(cfg), jobs_dir=run_dir.jobs_dir(stage),
-                  stage=stage)
+        run_array(cfg, run_dir, stage, worker, calls)
     except TaskFailed as e:
         if finished_trials(cfg.run.storage, run_dir.path, name, cfg.run.heartbeat_s) < trials:
             raise

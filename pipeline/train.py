@@ -18,10 +18,9 @@ import torch
 
 from . import figures, metrics, rundir, training
 from .config import ConfigError, PipelineConfig
-from .executor import CheckpointableTask, run_tasks
 from .model import params_from_dict, save_model
 from .rundir import RunDir
-from .settings import chosen_params, executor_spec, stage_seed
+from .settings import chosen_params, run_array, stage_seed
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +77,7 @@ def train(cfg: PipelineConfig, run_dir: RunDir) -> None:
     epochs, epochs_source = final_epochs(cfg, run_dir)
     log.info("train: %d epochs (from %s), parameters from %s", epochs, epochs_source, params_source)
     provenance = {"params_source": params_source, "epochs_source": epochs_source}
-    (result,) = run_tasks(CheckpointableTask(train_final),
-                          [(str(run_dir.path), params, epochs, stage_seed(cfg, "train"), cfg.run.workers, provenance)],
-                          spec=executor_spec(cfg), jobs_dir=run_dir.jobs_dir("train"), stage="train")
+    (result,) = run_array(cfg, run_dir, "train", train_final, [
+        (str(run_dir.path), params, epochs, stage_seed(cfg, "train"), cfg.run.workers, provenance)])
     log.info("train: test set AUROC %.4f, AUPRC %.4f, F1 %.4f (evaluated once)", result["auroc"], result["auprc"],
              result["f1"])

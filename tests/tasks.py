@@ -45,6 +45,7 @@ def sum_of_squares(checkpoint: str, n_steps: int, step_s: float) -> dict:
         state["total"] += step * step
         state["done"].append(step)
         state["next"] = step + 1
+        state["pid"] = os.getpid()
         rundir.write_json(path, state)
     rundir.write_json(path, state)
     return state
@@ -64,3 +65,29 @@ def slow_quadratic(trial: optuna.Trial) -> float:
 def tuning_worker(url: str, run_dir: str, name: str, n_trials: int, worker: int, slow: bool = False) -> int:
     objective = slow_quadratic if slow else quadratic
     return study.run_worker(url, Path(run_dir), name, objective, n_trials, worker, poll_s=0.5)
+
+
+def fail_on_after(index: int, bad: int, log_dir: str) -> int:
+    """Like fail_on, but every task records that it ran (to see that a failure stops no other task)."""
+    time.sleep(0.2 * index)
+    rundir.write_json(Path(log_dir) / f"ran-{index}.json", {"index": index})
+    if index == bad:
+        raise ValueError(f"task {index} was told to fail")
+    return index
+
+
+def sum_of_squares_or_interrupt(checkpoint: str, n_steps: int, step_s: float, interrupt_at: int) -> dict:
+    """sum_of_squares that is interrupted (KeyboardInterrupt, as a debugger's Ctrl-C or a dying
+    driver) after step `interrupt_at` the first time it runs; the checkpoint holds the progress."""
+    path = Path(checkpoint)
+    flag = path.with_suffix(".interrupted")
+    if not flag.exists():
+        state = {"next": 0, "total": 0, "done": [], "starts": [0]}
+        for step in range(interrupt_at + 1):
+            state["total"] += step * step
+            state["done"].append(step)
+            state["next"] = step + 1
+            rundir.write_json(path, state)
+        flag.touch()
+        raise KeyboardInterrupt(f"interrupted after step {interrupt_at}")
+    return sum_of_squares(checkpoint, n_steps, step_s)

@@ -10,12 +10,12 @@ import submitit
 from pipeline.executor import (
     CheckpointableTask,
     ExecutorSpec,
+    SlurmExecutor,
     TaskFailed,
+    job_name,
     load_profile,
-    make_slurm_executor,
     run_tasks,
     sbatch_script,
-    wait_for_jobs,
 )
 from tests import tasks
 
@@ -46,7 +46,7 @@ def test_array_of_4_tasks_returns_the_same_results_as_local_and_debug(slurm_clus
     (array_id,) = array_ids
     submitted = subprocess.run(["scontrol", "write", "batch_script", array_id, "-"],
                                capture_output=True, text=True, check=True).stdout
-    expected = sbatch_script(load_profile(PROFILE, "demo"), "demo", jobs_dir / "%j", n_tasks=4)
+    expected = sbatch_script(load_profile(PROFILE, "demo"), job_name("demo", shared_tmp), jobs_dir / "%j", n_tasks=4)
     assert submitted == expected
     deadline = time.time() + 30  # accounting records arrive a moment after the jobs end
     while (states := sacct_states(array_id)) != ["COMPLETED"] * 4 and time.time() < deadline:
@@ -60,7 +60,7 @@ def sacct_states(job_id: str) -> list[str]:
 
 
 def test_failed_array_task_is_named_with_its_log(slurm_cluster, shared_tmp):
-    with pytest.raises(TaskFailed, match=r"bad: task 1 \(1, 1\) \(Slurm job \d+_1\) failed; log: .*") as e:
+    with pytest.raises(TaskFailed, match=r"bad: task 1 \(1, 1\) failed; log: .*\n\(Slurm job \d+_1\)") as e:
         run_tasks(tasks.fail_on, [(i, 1) for i in range(3)], spec=slurm_spec(), jobs_dir=shared_tmp / "j",
                   stage="bad")
     assert "told to fail" in str(e.value)
@@ -70,10 +70,10 @@ def test_requeued_checkpointable_task_resumes_from_its_checkpoint(slurm_cluster,
     n_steps, step_s = 16, 0.5
     checkpoints = [shared_tmp / f"ckpt-{k}.json" for k in range(2)]
     calls = [(str(c), n_steps, step_s) for c in checkpoints]
-    profile = load_profile(PROFILE, "requeue")
-    executor = make_slurm_executor(profile, shared_tmp / "jobs" / "requeue", "requeue")
-    with executor.batch():
-        jobs = [executor.submit(CheckpointableTask(tasks.sum_of_squares), *c) for c in calls]
+    executor = SlurmExecutor("requeue", shared_tmp / "jobs" / "requeue", 2, load_profile(PROFILE, "requeue"),
+                             shared_tmp)
+    executor.submit(CheckpointableTask(tasks.sum_of_squares), calls)
+    jobs = executor.jobs
 
     # wait until task 0 has finished a few steps, then preempt it (SIGTERM + USR2, as Slurm does)
     deadline = time.time() + 120
@@ -82,7 +82,8 @@ def test_requeued_checkpointable_task_resumes_from_its_checkpoint(slurm_cluster,
         time.sleep(0.1)
     jobs[0]._interrupt()
 
-    results = wait_for_jobs(jobs, calls, "requeue", progress=False)
+    executor.wait(progress=False)
+    results = executor.results()
     expected_total = sum(i * i for i in range(n_steps))
     first, second = results
     assert first["total"] == second["total"] == expected_total

@@ -7,7 +7,7 @@
 #SBATCH --cpus-per-task=4
 #SBATCH --error=/scratch/run/jobs/attack/%A_%a/%A_%a_0_log.err
 #SBATCH --gpus-per-node=1
-#SBATCH --job-name=pipeline-attack
+#SBATCH --job-name=pipeline-attack-73853cc0
 #SBATCH --mail-type=FAIL
 #SBATCH --mem=16384MB
 #SBATCH --nodes=1

@@ -1,0 +1,70 @@
+"""A restarted driver reattaches to its array; `pipeline cancel` cancels one run's jobs (real Slurm)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.executor import job_name
+from tests.runs import ROOT, TEST_PROFILE, TINY, copy_run
+
+pytestmark = pytest.mark.slurm
+
+
+def driver(run, *extra):
+    """`pipeline cv` on Slurm in a process of its own (killable like a login-node session)."""
+    args = [sys.executable, "-m", "pipeline", "cv", "--run-dir", str(run), "--executor", "slurm", "--seed", "5",
+            f"run.slurm_profile={TEST_PROFILE}", "cv.folds=3", *TINY, *extra]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for(path, seconds=120):
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+def jobs_named(name):
+    """(job id, state) of every array task Slurm accounted with this job name."""
+    out = subprocess.run(["sacct", "--name", name, "-X", "-n", "-P", "-o", "JobID,State"], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    return [tuple(line.split("|")) for line in out if line]
+
+
+def test_a_restarted_driver_waits_for_its_array_instead_of_submitting_another(slurm_cluster, small_run, shared_tmp):
+    run = copy_run(small_run, shared_tmp / "reattach")
+    first = driver(run, "cv.epochs=6")
+    wait_for(run / "jobs" / "cv" / "array.json")
+    os.killpg(first.pid, signal.SIGKILL)  # the driver dies; its array keeps running
+    first.wait()
+    second = driver(run, "cv.epochs=6")
+    assert second.wait(timeout=600) == 0, second.stderr.read()
+    assert "reattached to 3 task(s)" in second.stderr.read()
+    arrays = {job.split("_")[0] for job, _ in jobs_named(job_name("cv", run))}
+    assert len(arrays) == 1, f"a second array was submitted: {arrays}"
+    assert len(json.loads((run / "cv" / "summary.json").read_text())["per_fold"]) == 3
+
+
+def test_cancel_stops_one_run_and_leaves_the_other(slurm_cluster, small_run, shared_tmp):
+    runs = [copy_run(small_run, shared_tmp / f"cancel-{k}") for k in range(2)]
+    drivers = [driver(run, "cv.epochs=40") for run in runs]
+    for run in runs:
+        wait_for(run / "jobs" / "cv" / "array.json")
+    out = subprocess.run([sys.executable, "-m", "pipeline", "cancel", "--run-dir", str(runs[0])], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "cancelled Slurm job(s)" in out.stdout, out.stderr
+    assert drivers[0].wait(timeout=120) == 1  # its tasks were cancelled: the stage fails
+    deadline = time.time() + 60
+    while not all(state.startswith("CANCELLED") for _, state in jobs_named(job_name("cv", runs[0]))):
+        assert time.time() < deadline
+        time.sleep(0.5)
+    others = jobs_named(job_name("cv", runs[1]))
+    assert others and not any(state.startswith("CANCELLED") for _, state in others)
+    os.killpg(drivers[1].pid, signal.SIGKILL)
+    subprocess.run([sys.executable, "-m", "pipeline", "cancel", "--run-dir", str(runs[1])], cwd=ROOT, check=True)

@@ -132,13 +132,6 @@ def changed_cells(attack: xr.Dataset, data: xr.Dataset, kind: str = "best") -> p
         "change_scaled": p[sample, hour, feature]})
 
 
-def cv_predictions(run_dir: Path) -> tuple[list[pd.DataFrame], pd.DataFrame | None]:
-    folds = sorted((Path(run_dir) / "cv").glob("fold-*/predictions.csv"),
-                   key=lambda p: int(p.parent.name.split("-")[1]))
-    test = Path(run_dir) / "model" / "test_predictions.csv"
-    return [pd.read_csv(f) for f in folds], (pd.read_csv(test) if test.exists() else None)
-
-
 def draw(run_dir: Path, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[str, str]:
     """Every figure of the report; returns file name → caption."""
     out = Path(run_dir) / "figures"
@@ -162,7 +155,7 @@ def draw(run_dir: Path, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[
                             report.SPARSE_CELLS)
     figures.iteration_cdf(ex.iteration, ex.found, ex.direction, max_iter,
                           fig("iteration_cdf.png", "iteration at which the examples were found (CDF)"))
-    folds, test = cv_predictions(run_dir)
+    folds, test = RunDir(run_dir).held_out_predictions()
     if folds:
         figures.cv_curves(folds, test, fig("cv_roc_pr.png", "ROC and precision–recall curves of the held-out "
                                                            "CV folds and of the test set"))

@@ -12,7 +12,6 @@ from there after a requeue. When every shard is done, the store is renamed to ``
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -27,10 +26,10 @@ import zarr
 from tqdm.auto import tqdm
 
 from . import rundir, training
+from .checkpoint import Checkpoint
 from .config import AttackConfig, ConfigError, PipelineConfig
 from .features import NAMES
 from .l1_attack import KINDS, L1Attack
-from .model import load_model
 from .rundir import RunDir
 from .settings import run_array
 from .targets import select_targets
@@ -63,11 +62,6 @@ def shard_ranges(n: int, shards: int, unit: int) -> list[tuple[int, int]]:
     edges = [min(n, round(k * units / shards) * unit) for k in range(shards + 1)]
     return [(edges[k], edges[k + 1]) for k in range(shards)]
 
-
-def model_identity(run_dir: Path) -> dict:
-    weights = Path(run_dir) / "model" / "weights.pt"
-    return {"weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-            "model": json.loads((Path(run_dir) / "model" / "model.json").read_text())}
 
 
 def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: dict) -> None:
@@ -107,12 +101,12 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     training.set_threads(workers)
     run = Path(run_dir)
     store = zarr.open_group(run / PARTIAL, mode="r+")
-    progress_file = progress_path(run, shard)
-    progress = json.loads(progress_file.read_text()) if progress_file.exists() else {"done": [], "writes": []}
+    checkpoint = Checkpoint(progress_path(run, shard))
+    progress = checkpoint.load() or {"done": [], "writes": []}
     if progress.get("complete"):
         return progress
     device = training.device()
-    model = load_model(run, device)
+    model = RunDir(run).model(device)
     attack = L1Attack(model, AttackConfig(**params))
     ds = RunDir(run).dataset()
     index = store["dataset_index"][start:stop]
@@ -136,13 +130,13 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
         progress["done"].append(b0)
         progress["writes"].append([b0, b1])
         progress["successes"] = successes
-        rundir.write_json(progress_file, progress)
+        checkpoint.save(progress)
         bar.update(b1 - b0)
         bar.set_postfix(successes=successes)
         log.info("shard %d: targets %d–%d done, %d successes so far", shard, b0, b1 - 1, successes)
     bar.close()
     progress["complete"] = True
-    rundir.write_json(progress_file, progress)
+    checkpoint.save(progress)
     return progress
 
 
@@ -153,7 +147,7 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if targets.empty:
         raise ConfigError(f"[attack] targets = {a.targets!r}: no correctly classified sample to attack")
     attrs = {"attack_config": algorithm(params), "params_source": source, "targets": a.targets,
-             "batch_size": a.batch_size, "seed": cfg.run.seed, **model_identity(run_dir.path)}
+             "batch_size": a.batch_size, "seed": cfg.run.seed, **run_dir.model_record()}
     partial = run_dir.path / PARTIAL
     if not partial.exists() or xr.open_zarr(partial, consolidated=False).attrs != json.loads(json.dumps(attrs)):
         shutil.rmtree(partial, ignore_errors=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import figures, metrics, rundir, training
+from .checkpoint import Checkpoint
 from .config import PipelineConfig
 from .model import params_from_dict
 from .rundir import RunDir
@@ -45,9 +45,8 @@ def run_fold(run_dir: str, fold: int, params: dict, epochs: int, seed: int, work
     train_idx, held_out = training.fold_indices(split, fold)
     trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)
     history: list[dict] = []
-    checkpoint = folder / "checkpoint.pt"
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+    checkpoint = Checkpoint(folder / "checkpoint.pt")
+    if (saved := checkpoint.load()) is not None:
         trainer.load_state(saved["trainer"])
         history = saved["history"]
         log.info("fold %d: resumed at epoch %d", fold, trainer.epoch)
@@ -56,8 +55,7 @@ def run_fold(run_dir: str, fold: int, params: dict, epochs: int, seed: int, work
         history.append(row)
         log.info("fold %d epoch %d/%d: train loss %.4f, held-out AUROC %.4f, AUPRC %.4f", fold, epoch, epochs,
                  row["train_loss"], row["auroc"], row["auprc"])
-        with rundir.atomic_path(checkpoint) as tmp:
-            torch.save({"trainer": trainer.state(), "history": history}, tmp)
+        checkpoint.save({"trainer": trainer.state(), "history": history})
 
     training.fit(trainer, held_out, epochs, on_epoch)
     prob = trainer.predict(held_out)

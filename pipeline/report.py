@@ -6,7 +6,6 @@ training data.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .rundir import RunDir
 from .susceptibility import DIRECTIONS
 
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "accuracy")
@@ -38,10 +38,6 @@ def summary(sus: xr.Dataset, ex: xr.Dataset) -> list[dict]:
             row[f"share_l0_le_{SPARSE_CELLS}"] = sparse / row["targets"] if row["targets"] else float("nan")
             rows.append(row)
     return rows
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _fmt(value: float) -> str:
@@ -72,9 +68,10 @@ def data_section(data: xr.Dataset) -> list[str]:
 
 
 def model_section(run_dir: Path) -> list[str]:
-    model = _read_json(run_dir / "model" / "model.json") or {}
-    cv = _read_json(run_dir / "cv" / "summary.json")
-    test = _read_json(run_dir / "model" / "test_metrics.json")
+    run = RunDir(run_dir)
+    model = run.model_record()["model"] if (run_dir / "model").exists() else {}
+    cv = run.cv_summary()
+    test = run.test_metrics()
     params = model.get("params", {})
     lines = ["## Model", "",
              "LSTM: " + _params(params),

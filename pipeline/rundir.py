@@ -174,6 +174,35 @@ class RunDir:
         path = self.path / stage / "best.json"
         return json.loads(path.read_text()) if path.exists() else None
 
+    def model(self, device: str = "cpu"):
+        """The final model (stage `train`) in eval mode: float32 (n, 48, 19) → logits (n, 2)."""
+        from .model import load_model
+
+        return load_model(self.path, device)
+
+    def model_record(self) -> dict[str, Any]:
+        """model/model.json (parameters and provenance) and the sha256 of the weights."""
+        folder = self.artifact("model")
+        return {"weights_sha256": hashlib.sha256((folder / "weights.pt").read_bytes()).hexdigest(),
+                "model": json.loads((folder / "model.json").read_text())}
+
+    def test_metrics(self) -> dict[str, Any] | None:
+        path = self.path / "model" / "test_metrics.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def cv_summary(self) -> dict[str, Any] | None:
+        """cv/summary.json: mean ± sd over folds and the chosen epoch count; None before `cv` ran."""
+        path = self.path / "cv" / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def held_out_predictions(self) -> tuple[list, Any]:
+        """Held-out predictions (sample, y, prob): one DataFrame per CV fold, and the test set's or None."""
+        import pandas as pd
+
+        folds = sorted((self.path / "cv").glob("fold-*/predictions.csv"), key=lambda p: int(p.parent.name[5:]))
+        test = self.path / "model" / "test_predictions.csv"
+        return [pd.read_csv(f) for f in folds], (pd.read_csv(test) if test.exists() else None)
+
     def attack_store(self):
         """attack.zarr as an xarray Dataset, opened lazily."""
         import xarray as xr

@@ -10,7 +10,6 @@ import pandas as pd
 import torch
 
 from . import training
-from .model import load_model
 from .rundir import RunDir
 
 
@@ -19,7 +18,7 @@ def select_targets(run_dir: RunDir, scope: str) -> pd.DataFrame:
     data = training.load_data(run_dir.path)
     split = run_dir.split()
     candidates = np.array(sorted(split["test"])) if scope == "test" else np.arange(len(data.y))
-    model = load_model(run_dir.path)
+    model = run_dir.model()
     with torch.no_grad():
         pred = np.concatenate([model(data.x[candidates[i:i + 1024]]).argmax(1).numpy()
                                for i in range(0, len(candidates), 1024)])

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import figures, metrics, rundir, training
+from .checkpoint import Checkpoint
 from .config import ConfigError, PipelineConfig
 from .model import params_from_dict, save_model
 from .rundir import RunDir
@@ -33,18 +33,16 @@ def train_final(run_dir: str, params: dict, epochs: int, seed: int, workers: int
     split = RunDir(run).split()
     train_idx, test_idx = training.non_test_indices(split), np.array(sorted(split["test"]))
     trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)
-    checkpoint = run / "model-checkpoint.pt"
+    checkpoint = Checkpoint(run / "model-checkpoint.pt")
     losses: list[float] = []
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+    if (saved := checkpoint.load()) is not None:
         trainer.load_state(saved["trainer"])
         losses = saved["losses"]
         log.info("train: resumed at epoch %d", trainer.epoch)
     while trainer.epoch < epochs:
         losses.append(trainer.train_epoch())
         log.info("train: epoch %d/%d, training loss %.4f", trainer.epoch, epochs, losses[-1])
-        with rundir.atomic_path(checkpoint) as tmp:
-            torch.save({"trainer": trainer.state(), "losses": losses}, tmp)
+        checkpoint.save({"trainer": trainer.state(), "losses": losses})
     prob = trainer.predict(test_idx)
     test_metrics = metrics.evaluate(prob, data.y[test_idx])
     with rundir.atomic_path(run / "model") as folder:
@@ -57,17 +55,17 @@ def train_final(run_dir: str, params: dict, epochs: int, seed: int, workers: int
             {**test_metrics, "provenance": "held-out test set, evaluated once; never seen by tuning or CV"},
             indent=2) + "\n")
         figures.training_loss(losses, folder / "training_loss.png", "final model: training loss per epoch")
-    checkpoint.unlink(missing_ok=True)
+    checkpoint.clear()
     return test_metrics
 
 
 def final_epochs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[int, str]:
     if cfg.train.epochs > 0:
         return cfg.train.epochs, "[train] epochs"
-    summary = run_dir.path / "cv" / "summary.json"
-    if not summary.exists():
-        raise ConfigError(f"{summary}: not found; run `cv` first or set [train] epochs")
-    return json.loads(summary.read_text())["best_epoch"], f"{summary} (lowest mean held-out loss)"
+    summary = run_dir.cv_summary()
+    if summary is None:
+        raise ConfigError(f"{run_dir.path / 'cv' / 'summary.json'}: not found; run `cv` first or set [train] epochs")
+    return summary["best_epoch"], f"{run_dir.path / 'cv' / 'summary.json'} (lowest mean held-out loss)"
 
 
 def train(cfg: PipelineConfig, run_dir: RunDir) -> None:

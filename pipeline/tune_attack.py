@@ -33,7 +33,6 @@ import torch
 from . import rundir, study, training
 from .config import AttackConfig, ConfigError, PipelineConfig
 from .l1_attack import BEST, AttackResult, L1Attack
-from .model import load_model
 from .rundir import RunDir
 from .targets import select_targets
 
@@ -103,7 +102,7 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
     index = np.array(json.loads((run / "tune-attack" / "targets.json").read_text())["dataset_index"])
     data = training.load_data(run)
     mask = torch.from_numpy(RunDir(run).dataset()["mask"].values[index])
-    model = load_model(run, training.device())
+    model = RunDir(run).model(training.device())
     x, y = data.x[index], torch.from_numpy(data.y[index])
     attack = AttackConfig(**settings["attack"])
 

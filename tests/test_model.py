@@ -3,6 +3,7 @@
 import dataclasses
 import itertools
 import json
+import os
 
 import numpy as np
 import optuna
@@ -121,6 +122,31 @@ def test_an_interrupted_fold_resumes_from_its_checkpoint(small_run, tmp_path):
     for k in range(3):
         assert (full / "cv" / f"fold-{k}" / "metrics.csv").read_text() == \
             (cut / "cv" / f"fold-{k}" / "metrics.csv").read_text()
+
+
+class Payload:
+    """A pickle that runs a command when it is loaded, as a crafted checkpoint would."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_checkpoint_runs_no_code(small_run, tmp_path, capsys):
+    """Run directories travel between users: a checkpoint is read as tensors and plain data only."""
+    import torch
+
+    run = copy_run(small_run, tmp_path / "run")
+    marker = tmp_path / "pwned"
+    (run / "cv" / "fold-1").mkdir(parents=True)
+    torch.save({"trainer": Payload(marker)}, run / "cv" / "fold-1" / "checkpoint.pt")
+    assert main(["cv", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3", "cv.epochs=1",
+                 *TINY]) == 1
+    assert not marker.exists()
+    assert "cv: task 1" in capsys.readouterr().err  # the other folds ran; the stage names the bad one
+    assert (run / "cv" / "fold-0" / "done.json").exists() and not (run / ".stages" / "cv.json").exists()
 
 
 # ---- final model ------------------------------------------------------------------------------------

@@ -10,10 +10,11 @@ results, cancel) with the same rules everywhere:
   on Slurm a preempted or timed-out task is also requeued and resumes by itself
   (:class:`CheckpointableTask`).
 
-On Slurm the array's task ids are recorded in ``jobs/<stage>/array.json``: a driver that restarts
-while the array is pending or running waits for it instead of submitting a second one, and
-resubmits only the tasks that failed or vanished. Job names carry the run (``pipeline-<stage>-<tag>``,
-the tag a hash of the run directory), so ``pipeline cancel --run-dir D`` cancels exactly one run.
+On Slurm the array's task ids are recorded in ``jobs/<stage>/array.json`` until every task has
+succeeded: a driver that restarts while the array is pending or running waits for it instead of
+submitting a second one, and resubmits only the tasks that failed or vanished. Job names carry the
+run (``pipeline-<stage>-<tag>``, the tag a hash of the run directory), so ``pipeline cancel
+--run-dir D`` cancels exactly one run.
 A stage's sbatch parameters come from a profile file (``slurm/``): a ``[default]`` table,
 overridden per stage by ``[stages.<stage>]``; the fields of :class:`SlurmProfile` are the only
 valid keys, defined once here.
@@ -350,6 +351,13 @@ class SlurmExecutor(Executor):
             except Exception as e:  # reported by results()
                 outcomes.append(Outcome(error=f"(Slurm job {job.job_id}) {e}", log=Path(str(job.paths.stderr))))
         return outcomes
+
+    def results(self) -> list[Any]:
+        results = super().results()
+        # every task succeeded: the record has done its job; a later run of the stage submits afresh
+        # (its tasks find their finished work on disk) instead of reusing these results
+        self.record.unlink(missing_ok=True)
+        return results
 
     def cancel(self) -> None:
         for job in self.jobs:

@@ -15,7 +15,7 @@ from pipeline import metrics, training
 from pipeline.cli import main
 from pipeline.config import ModelParams
 from pipeline.model import MortalityLSTM, load_model
-from tests.runs import TINY, copy_run
+from tests.runs import TEST_PROFILE, TINY, copy_run
 
 # ---- model ------------------------------------------------------------------------------------------
 
@@ -134,19 +134,31 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_a_crafted_checkpoint_runs_no_code(small_run, tmp_path, capsys):
-    """Run directories travel between users: a checkpoint is read as tensors and plain data only."""
+@pytest.mark.parametrize("kind", ["debug", "local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def test_a_crafted_checkpoint_runs_no_code_and_fails_only_its_fold(kind, small_run, tmp_path, request, capsys):
+    """Run directories travel between users: a checkpoint is read as tensors and plain data only. The
+    fold that meets it fails; the others finish; the stage fails naming the fold's log, no marker."""
     import torch
 
-    run = copy_run(small_run, tmp_path / "run")
-    marker = tmp_path / "pwned"
+    where = tmp_path
+    extra = []
+    if kind == "slurm":
+        request.getfixturevalue("slurm_cluster")
+        where = request.getfixturevalue("shared_tmp") / "crafted"
+        extra = [f"run.slurm_profile={TEST_PROFILE}"]
+    run = copy_run(small_run, where / "run")
+    marker = where / "pwned"
     (run / "cv" / "fold-1").mkdir(parents=True)
     torch.save({"trainer": Payload(marker)}, run / "cv" / "fold-1" / "checkpoint.pt")
-    assert main(["cv", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3", "cv.epochs=1",
-                 *TINY]) == 1
+    assert main(["cv", "--run-dir", str(run), "--executor", kind, "--seed", "5", "cv.folds=3", "cv.epochs=1",
+                 *TINY, *extra]) == 1
     assert not marker.exists()
-    assert "cv: task 1" in capsys.readouterr().err  # the other folds ran; the stage names the bad one
-    assert (run / "cv" / "fold-0" / "done.json").exists() and not (run / ".stages" / "cv.json").exists()
+    error = capsys.readouterr().err
+    assert "cv: task 1" in error and "log: " in error
+    log = error.split("log: ")[1].split("\n")[0]
+    assert "Weights only load failed" in open(log).read()
+    assert (run / "cv" / "fold-0" / "done.json").exists() and (run / "cv" / "fold-2" / "done.json").exists()
+    assert not (run / ".stages" / "cv.json").exists()
 
 
 # ---- final model ------------------------------------------------------------------------------------

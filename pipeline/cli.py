@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_config(args)
         run_dir = RunDir(args.run_dir)
-        run_dir.open(cfg.to_dict(), cfg.run.seed)
+        run_dir.open(config_mod.redacted(cfg.to_dict()), cfg.run.seed)  # no password is ever written
         log.info("run directory %s (executor %s, seed %d)", run_dir.path, cfg.run.executor, cfg.run.seed)
         if args.stage == "run":
             run_chain(cfg, run_dir, force=args.force)

@@ -8,6 +8,7 @@ the CLI turns into a one-line message and exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -20,11 +21,29 @@ class ConfigError(ValueError):
     """A config file, key or value is wrong; the message names it."""
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A config field with its CLI help text (and allowed values)."""
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None, *, ge: float | None = None,
+           gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A config field with its CLI help text, and its allowed values: `choices`, or a range (ge ≥, gt >,
+    le ≤, lt <) checked when the config is loaded."""
+    bounds = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt}.items() if v is not None}
+    metadata = {"help": help, "choices": choices, "bounds": bounds}
     if isinstance(default, list):  # a list default is built anew for each instance
-        return field(default_factory=lambda: list(default), metadata={"help": help, "choices": choices})
-    return field(default=default, metadata={"help": help, "choices": choices})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+BOUND_TEXT = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+BOUND_OK = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "le": lambda v, b: v <= b,
+            "lt": lambda v, b: v < b}
+
+
+def check_bounds(where: str, value: Any, bounds: dict[str, float]) -> None:
+    """ConfigError naming the key, its value and the range when `value` is outside `bounds`."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not bounds:
+        return
+    if not all(BOUND_OK[k](value, b) for k, b in bounds.items()):
+        allowed = " and ".join(f"{BOUND_TEXT[k]} {b:g}" for k, b in bounds.items())
+        raise ConfigError(f"{where} = {value!r}: must be {allowed}")
 
 
 EXECUTORS = ("local", "slurm", "debug")
@@ -34,86 +53,88 @@ EXECUTORS = ("local", "slurm", "debug")
 class RunSection:
     """Settings every stage shares."""
 
-    seed: int = option(0, "master seed; every stage derives its seeds from it and records them")
+    seed: int = option(0, "master seed; every stage derives its seeds from it and records them", ge=0)
     executor: str = option("local", "where parallel tasks run", EXECUTORS)
-    workers: int = option(2, "parallel tasks at once (local processes, or array tasks / tuning workers)")
+    workers: int = option(2, "parallel tasks at once (local processes, or array tasks / tuning workers)", ge=1)
     slurm_profile: str = option(
         "slurm/profiles/test-cluster.toml", "Slurm profile (TOML) with per-stage sbatch parameters"
     )
     storage: str = option(
         "", "Optuna storage URL; empty = a journal file in the run directory (one machine only)"
     )
-    heartbeat_s: int = option(10, "RDB storage: a trial without a heartbeat for 3× this long is failed and retried")
+    heartbeat_s: int = option(10, "RDB storage: a trial without a heartbeat for 3× this long is failed and retried",
+                              ge=1)
 
 
 @dataclass(frozen=True)
 class SynthConfig:
-    admissions: int = option(4000, "number of synthetic hospital admissions (~1,270 CHARTEVENTS rows each)")
-    noise_fraction: float = option(0.65, "share of CHARTEVENTS/LABEVENTS rows of non-feature items (full MIMIC ~0.89)")
+    admissions: int = option(4000, "number of synthetic hospital admissions (~1,270 CHARTEVENTS rows each)", ge=1)
+    noise_fraction: float = option(0.65, "share of CHARTEVENTS/LABEVENTS rows of non-feature items (full MIMIC ~0.89)",
+                                   ge=0, lt=1)
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     mimic_dir: str = option("", "folder of MIMIC-III CSV/CSV.gz tables; empty = <run-dir>/raw")
-    chunk_samples: int = option(1024, "dataset.zarr chunk length along `sample`")
+    chunk_samples: int = option(1024, "dataset.zarr chunk length along `sample`", ge=1)
     require_chartevents_data: bool = option(True, "keep only admissions with has_chartevents_data = 1")
-    min_age_years: float = option(18.0, "minimum age at ICU intime, years")
-    min_hospital_hours: float = option(24.0, "minimum hospital stay dischtime − admittime, hours")
-    min_icu_hours: float = option(24.0, "minimum ICU stay outtime − intime, hours")
-    window_hours: int = option(48, "hourly bins from ICU intime")
-    span_start_max_hours: float = option(1.0, "span rule: a sample's first kept event at t ≤ this")
-    span_end_min_hours: float = option(47.0, "span rule: a sample's last kept event at t ≥ this")
-    lower_percentile: float = option(5.0, "winsorize / scale from this percentile of the window's events")
-    upper_percentile: float = option(95.0, "… to this one")
+    min_age_years: float = option(18.0, "minimum age at ICU intime, years", ge=0)
+    min_hospital_hours: float = option(24.0, "minimum hospital stay dischtime − admittime, hours", ge=0)
+    min_icu_hours: float = option(24.0, "minimum ICU stay outtime − intime, hours", ge=0)
+    window_hours: int = option(48, "hourly bins from ICU intime", ge=1)
+    span_start_max_hours: float = option(1.0, "span rule: a sample's first kept event at t ≤ this", ge=0)
+    span_end_min_hours: float = option(47.0, "span rule: a sample's last kept event at t ≥ this", ge=0)
+    lower_percentile: float = option(5.0, "winsorize / scale from this percentile of the window's events", ge=0, lt=100)
+    upper_percentile: float = option(95.0, "… to this one", gt=0, le=100)
 
 
 @dataclass(frozen=True)
 class ModelParams:
     """[model]: the LSTM and its optimizer; `tune-model`'s best parameters replace these in a run."""
 
-    hidden: int = option(128, "LSTM hidden units per direction")
-    layers: int = option(1, "stacked LSTM layers")
+    hidden: int = option(128, "LSTM hidden units per direction", ge=1)
+    layers: int = option(1, "stacked LSTM layers", ge=1)
     bidirectional: bool = option(True, "read the series both ways")
-    fc: int = option(64, "units of the fully connected layer before the output")
-    dropout: float = option(0.2, "dropout before the fully connected layer (and between LSTM layers)")
+    fc: int = option(64, "units of the fully connected layer before the output", ge=1)
+    dropout: float = option(0.2, "dropout before the fully connected layer (and between LSTM layers)", ge=0, lt=1)
     activation: str = option("relu", "activation of the head", ("relu", "tanh"))
     optimizer: str = option("adam", "optimizer", ("adam", "rmsprop", "sgd"))
-    lr: float = option(1e-3, "learning rate")
-    batch_size: int = option(128, "samples per batch")
+    lr: float = option(1e-3, "learning rate", gt=0)
+    batch_size: int = option(128, "samples per batch", ge=1)
 
 
 @dataclass(frozen=True)
 class TuneModelConfig:
-    trials: int = option(8, "finished (complete or pruned) trials the study must hold")
-    folds_used: int = option(2, "CV folds trained and evaluated per trial")
-    max_epochs: int = option(10, "epochs per trial at most")
-    epochs_per_report: int = option(2, "epochs between reports of the held-out AUROC to the pruner")
+    trials: int = option(8, "finished (complete or pruned) trials the study must hold", ge=1)
+    folds_used: int = option(2, "CV folds trained and evaluated per trial", ge=1)
+    max_epochs: int = option(10, "epochs per trial at most", ge=1)
+    epochs_per_report: int = option(2, "epochs between reports of the held-out AUROC to the pruner", ge=1)
     # The reference space (METHODS.md §2) is hidden ≤ 256, layers ≤ 2, lr ≥ 1e-5; these bounds keep a
     # laptop run short and configs/cluster.toml restores the reference.
-    max_hidden: int = option(64, "largest LSTM hidden size searched (a power of 2, 32…256)")
-    max_layers: int = option(1, "most LSTM layers searched (1 or 2)")
-    min_lr: float = option(1e-4, "smallest learning rate searched (log scale up to 0.1)")
+    max_hidden: int = option(64, "largest LSTM hidden size searched (a power of 2, 32…256)", ge=32, le=256)
+    max_layers: int = option(1, "most LSTM layers searched (1 or 2)", ge=1, le=2)
+    min_lr: float = option(1e-4, "smallest learning rate searched (log scale up to 0.1)", ge=1e-5, lt=0.1)
 
 
 @dataclass(frozen=True)
 class CVConfig:
-    folds: int = option(5, "stratified folds on the non-test data")
-    test_fraction: float = option(0.15, "stratified held-out test set, never seen by tuning or CV")
-    epochs: int = option(10, "epochs per fold")
+    folds: int = option(5, "stratified folds on the non-test data", ge=2)
+    test_fraction: float = option(0.15, "stratified held-out test set, never seen by tuning or CV", gt=0, lt=1)
+    epochs: int = option(10, "epochs per fold", ge=1)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = option(0, "epochs of the final model; 0 = the count chosen by CV")
+    epochs: int = option(0, "epochs of the final model; 0 = the count chosen by CV", ge=0)
 
 
 @dataclass(frozen=True)
 class TuneAttackConfig:
     """Optuna over a declared subset of `[attack]`; every other `[attack]` key is used as it is."""
 
-    trials: int = option(16, "finished trials the study must hold")
-    startup_trials: int = option(6, "random trials before TPE models the results (TPE's n_startup_trials)")
-    targets: int = option(100, "fixed subset of targets the attack is tuned on (at most 1,000)")
+    trials: int = option(16, "finished trials the study must hold", ge=1)
+    startup_trials: int = option(6, "random trials before TPE models the results (TPE's n_startup_trials)", ge=0)
+    targets: int = option(100, "fixed subset of targets the attack is tuned on (at most 1,000)", ge=1, le=1000)
     params: list[str] = option(["lr", "lam"], "the [attack] keys tuned: any of lr, lam, kappa, optimizer, fista")
     objective: str = option(
         "min_l1", "what tuning optimizes", ("min_l1", "success_rate", "sparse_small_max", "sparse_small")
@@ -124,20 +145,20 @@ class TuneAttackConfig:
 class AttackConfig:
     """[attack]: the attack's one definition (METHODS.md §3); tune-attack's trials run exactly this."""
 
-    shards: int = option(1, "array tasks, each a contiguous range of targets (boundaries on batch multiples)")
+    shards: int = option(1, "array tasks, each a contiguous range of targets (boundaries on batch multiples)", ge=1)
     targets: str = option("test", "correctly classified samples of the test set or of all samples",
                           ("test", "all"))
-    max_iter: int = option(1000, "proximal updates per target, over all λ-search runs (no early stop)")
+    max_iter: int = option(1000, "proximal updates per target, over all λ-search runs (no early stop)", ge=1)
     observed_only: bool = option(False, "perturb only cells that were really measured (mask)")
-    kappa: float = option(0.0, "confidence margin κ of the hinge max(Z_t − Z_o, −κ)")
-    lam: float = option(0.003, "λ, weight of the elementwise L1 norm (the first λ of the λ search)")
-    lr: float = option(0.1, "step size η of the gradient step on the hinge term (adam: about the move per step)")
+    kappa: float = option(0.0, "confidence margin κ of the hinge max(Z_t − Z_o, −κ)", ge=0)
+    lam: float = option(0.003, "λ, weight of the elementwise L1 norm (the first λ of the λ search)", gt=0)
+    lr: float = option(0.1, "step size η of the gradient step on the hinge term (adam: about the move per step)", gt=0)
     optimizer: str = option("adam", "gradient step: sgd = ISTA (threshold η·λ); adam, rmsprop threshold each "
                             "cell in their own metric, η·λ / (√v̂ + ε)", ("sgd", "adam", "rmsprop"))
     fista: bool = option(False, "FISTA momentum (as EAD)")
-    lam_search: int = option(4, "runs sharing max_iter with a per-sample λ search between them (1: one λ)")
-    batch_size: int = option(256, "targets attacked at once; a multiple of chunk_samples")
-    chunk_samples: int = option(64, "attack.zarr chunk length along `sample`")
+    lam_search: int = option(4, "runs sharing max_iter with a per-sample λ search between them (1: one λ)", ge=1)
+    batch_size: int = option(256, "targets attacked at once; a multiple of chunk_samples", ge=1)
+    chunk_samples: int = option(64, "attack.zarr chunk length along `sample`", ge=1)
 
     def check(self) -> None:
         """What the types and choices cannot say about `[attack]`."""
@@ -150,7 +171,7 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
-    top_features: int = option(10, "features listed in the ranked susceptibility tables")
+    top_features: int = option(10, "features listed in the ranked susceptibility tables", ge=1, le=19)
 
 
 @dataclass(frozen=True)
@@ -174,6 +195,28 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {table_name(f.name): dataclasses.asdict(getattr(self, f.name))
                 for f in dataclasses.fields(self)}
+
+
+PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+.-]+://[^/:@\s]+):(?P<password>[^@\s]*)@")
+
+
+def without_password(url: str) -> tuple[str, str]:
+    """(the URL without its password, the password or ""); libpq then reads PGPASSWORD or ~/.pgpass."""
+    match = PASSWORD_IN_URL.search(url)
+    if not match:
+        return url, ""
+    return url[:match.start()] + match["head"] + "@" + url[match.end():], match["password"]
+
+
+def redacted(values: Any) -> Any:
+    """A copy of a config dict (or any JSON-like value) with every URL password replaced by ***."""
+    if isinstance(values, dict):
+        return {k: redacted(v) for k, v in values.items()}
+    if isinstance(values, list):
+        return [redacted(v) for v in values]
+    if isinstance(values, str):
+        return PASSWORD_IN_URL.sub(lambda m: m["head"] + ":***@", values)
+    return values
 
 
 def table_name(attr: str) -> str:
@@ -233,6 +276,7 @@ def build_section(cls: type, values: dict[str, Any], where: str) -> Any:
         choices = fields[key].metadata.get("choices")
         if choices and value not in choices:
             raise ConfigError(f"{where} {key}: {value!r} is not one of {', '.join(choices)}")
+        check_bounds(f"{where} {key}", value, fields[key].metadata.get("bounds", {}))
         kwargs[key] = value
     return cls(**kwargs)
 

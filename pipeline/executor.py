@@ -107,13 +107,14 @@ class SlurmProfile:
     account: str = option("", "account to charge (empty: none)")
     qos: str = option("", "quality of service (empty: none)")
     constraint: str = option("", "node feature constraint, e.g. a GPU type (empty: none)")
-    time_min: int = option(60, "time limit per array task, minutes")
-    cpus_per_task: int = option(1, "CPUs per array task")
-    mem_gb: float = option(4.0, "memory per array task, GB")
-    gpus_per_node: int = option(0, "GPUs per array task (0: none requested)")
-    array_parallelism: int = option(64, "array tasks running at once at most")
-    signal_delay_s: int = option(60, "seconds before the time limit at which a task is told to checkpoint")
-    max_requeue: int = option(3, "times a timed-out task is requeued (preemptions do not count)")
+    time_min: int = option(60, "time limit per array task, minutes", ge=1)
+    cpus_per_task: int = option(1, "CPUs per array task", ge=1)
+    mem_gb: float = option(4.0, "memory per array task, GB", gt=0)
+    gpus_per_node: int = option(0, "GPUs per array task (0: none requested)", ge=0)
+    array_parallelism: int = option(64, "array tasks running at once at most", ge=1)
+    signal_delay_s: int = option(60, "seconds before the time limit at which a task is told to checkpoint",
+                                ge=0)
+    max_requeue: int = option(3, "times a timed-out task is requeued (preemptions do not count)", ge=0)
     python: str = option(
         "", "command that runs Python in the job, e.g. 'apptainer exec --nv pipeline.sif python' "
             "(empty: this interpreter)")

@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .config import redacted
 from .errors import MissingArtifact
 
 PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "dask", "xarray", "zarr", "optuna", "submitit",
@@ -236,7 +237,7 @@ class RunDir:
             m["environment"] = {
                 "host": socket.gethostname(),
                 "platform": platform.platform(),
-                "argv": sys.argv,
+                "argv": redacted(sys.argv),
                 "source_commit": source_commit(),
                 "versions": package_versions(),
             }

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from .config import PipelineConfig
+from .config import PipelineConfig, redacted
 from .errors import InputError
 from .rundir import RunDir
 
@@ -57,8 +57,8 @@ CHAIN = list(STAGES)
 
 
 def stage_config(cfg: PipelineConfig, name: str) -> dict:
-    """What a stage's result depends on: its own table and the shared [run] table."""
-    return {"run": asdict(cfg.run), name: asdict(cfg.section(name))}
+    """What a stage's result depends on: its own table and the shared [run] table (passwords redacted)."""
+    return redacted({"run": asdict(cfg.run), name: asdict(cfg.section(name))})
 
 
 def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> bool:

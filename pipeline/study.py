@@ -12,6 +12,7 @@ first-time schema creation races. Workers call :func:`run_worker`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -128,6 +129,7 @@ def run_study(cfg, run_dir, stage: str, worker: Callable[..., int], trials: int,
     A worker that dies is tolerated when the others finished the study (its trial was retried).
     `worker` is called as worker(run_dir, storage, name, trials, worker_index, settings).
     """
+    from .config import without_password
     from .executor import TaskFailed
     from .settings import run_array, stage_seed, study_name
 
@@ -136,7 +138,12 @@ def run_study(cfg, run_dir, stage: str, worker: Callable[..., int], trials: int,
                 "heartbeat_s": cfg.run.heartbeat_s}
     create_study(cfg.run.storage, run_dir.path, name, direction=direction, seed=settings["seed"],
                  heartbeat_s=cfg.run.heartbeat_s)
-    calls = [(str(run_dir.path), cfg.run.storage, name, trials, w, settings) for w in range(cfg.run.workers)]
+    # the workers get the URL without its password (their calls are pickled into the run directory on
+    # Slurm); libpq reads it from PGPASSWORD, which local processes and Slurm jobs inherit, or ~/.pgpass
+    url, password = without_password(cfg.run.storage)
+    if password:
+        os.environ["PGPASSWORD"] = password
+    calls = [(str(run_dir.path), url, name, trials, w, settings) for w in range(cfg.run.workers)]
     log.info("%s: study %s, %d trials, %d workers", stage, name, trials, cfg.run.workers)
     try:
         run_array(cfg, run_dir, stage, worker, calls)

@@ -72,3 +72,15 @@ def test_a_stage_records_the_manifest(tmp_path):
         assert versions[pkg] != "not installed", pkg
     stage = manifest["stages"]["synth"]
     assert stage["seed"] == 11 and stage["seconds"] > 0 and stage["executor"] == "local"
+
+
+def test_a_storage_password_is_never_written(tmp_path):
+    """The manifest and the markers record the config with the URL's password replaced by ***."""
+    url = "run.storage=postgresql+psycopg2://alice:S3cr3tPW@db.example.org:5432/optuna"
+    out = cli("synth", "--run-dir", str(tmp_path / "r"), "synth.admissions=20", url)
+    assert out.returncode == 0, out.stderr
+    written = [p for p in (tmp_path / "r").rglob("*") if p.is_file() and p.suffix in (".json", ".log", ".txt")]
+    assert written and not any(b"S3cr3tPW" in p.read_bytes() for p in written)
+    assert "S3cr3tPW" not in out.stderr + out.stdout
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["config"]["run"]["storage"] == "postgresql+psycopg2://alice:***@db.example.org:5432/optuna"

@@ -39,8 +39,8 @@ def test_precedence_file_then_overrides_then_options(tmp_path):
 
 
 def test_int_is_accepted_for_float_but_not_bool_for_int():
-    cfg = config.apply_overrides(PipelineConfig(), ["cv.test_fraction=1"])
-    assert cfg.cv.test_fraction == 1.0 and isinstance(cfg.cv.test_fraction, float)
+    cfg = config.apply_overrides(PipelineConfig(), ["attack.lr=1"])
+    assert cfg.attack.lr == 1.0 and isinstance(cfg.attack.lr, float)
     with pytest.raises(ConfigError, match=r"\[cv\] folds: expected int, got bool"):
         config.apply_overrides(PipelineConfig(), ["cv.folds=true"])
 
@@ -90,3 +90,36 @@ def test_bad_config_exit_code_of_the_real_command(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: {tmp_path / 'bad.toml'}: [attack] max_iter: expected int, got str 'x'"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["prepare", "chunk_samples=0"], "[prepare] chunk_samples = 0: must be ≥ 1"),
+    (["prepare", "lower_percentile=150"], "[prepare] lower_percentile = 150.0: must be ≥ 0 and < 100"),
+    (["attack", "shards=0"], "[attack] shards = 0: must be ≥ 1"),
+    (["attack", "lam=-1"], "[attack] lam = -1.0: must be > 0"),
+    (["cv", "test_fraction=-0.5"], "[cv] test_fraction = -0.5: must be > 0 and < 1"),
+    (["cv", "test_fraction=1.5"], "[cv] test_fraction = 1.5: must be > 0 and < 1"),
+    (["cv", "--workers", "0"], "[run] workers = 0: must be ≥ 1"),
+])
+def test_a_value_outside_its_range_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path, capsys):
+    from pipeline.cli import main
+
+    run = tmp_path / "run"
+    assert main([args[0], "--run-dir", str(run), "--executor", "debug", *args[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not run.exists()
+
+
+def test_every_numeric_key_declares_its_range():
+    import dataclasses
+    import typing
+
+    from pipeline.config import section_types
+    from pipeline.executor import SlurmProfile
+
+    for cls in [*section_types().values(), SlurmProfile]:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] in (int, float):
+                assert f.metadata.get("bounds"), f"{cls.__name__}.{f.name} has no declared range"

@@ -207,8 +207,8 @@ def test_tune_model_with_two_local_workers_on_the_journal_file(small_run, tmp_pa
 
 @pytest.mark.parametrize(("setting", "message"), [
     ("tune-model.max_hidden=100", "max_hidden = 100: must be 32, 64, 128 or 256"),
-    ("tune-model.max_layers=3", "max_layers = 3: must be 1 or 2"),
-    ("tune-model.min_lr=0.5", "min_lr = 0.5: must be in [1e-5, 0.1)"),
+    ("tune-model.max_layers=3", "max_layers = 3: must be ≥ 1 and ≤ 2"),
+    ("tune-model.min_lr=0.5", "min_lr = 0.5: must be ≥ 1e-05 and < 0.1"),
 ])
 def test_a_bad_search_space_is_refused_before_anything_is_written(small_run, tmp_path, setting, message, capsys):
     run = copy_run(small_run, tmp_path)

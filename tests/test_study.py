@@ -41,3 +41,20 @@ def test_two_slurm_array_workers_on_postgresql(slurm_cluster, fresh_pg_url, shar
                        spec=ExecutorSpec("slurm", workers=2, slurm_profile=PROFILE),
                        jobs_dir=shared_tmp / "jobs" / "tune", stage="tune")
     _check_study(fresh_pg_url, shared_tmp, "toy-pg", n, counts)
+
+
+@pytest.mark.postgres
+def test_no_file_of_a_tuning_run_holds_the_database_password(fresh_pg_url, small_run, tmp_path):
+    """The workers get the URL without its password (PGPASSWORD carries it); nothing written holds it."""
+    from pipeline.cli import main
+    from pipeline.config import without_password
+    from tests.runs import TINY, copy_run
+
+    password = without_password(fresh_pg_url)[1]
+    assert password
+    run = copy_run(small_run, tmp_path)
+    assert main(["tune-model", "--run-dir", str(run), "--executor", "local", "--workers", "2", "--seed", "5",
+                 f"run.storage={fresh_pg_url}", "cv.folds=3", "tune-model.trials=2", "tune-model.max_epochs=1",
+                 "tune-model.epochs_per_report=1", *TINY]) == 0
+    holding = [p for p in run.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert holding == []

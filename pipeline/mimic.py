@@ -219,6 +219,7 @@ def filter_events(path: Path, table: str, out: Path, position: int = 0) -> tuple
     bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"filter {table}", position=position,
                leave=False, mininterval=1.0)
     source = _HashingReader(path, bar)
+    reader, error = None, None
     try:
         reader = pacsv.open_csv(_input_stream(path, source),
                                 read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
@@ -235,10 +236,16 @@ def filter_events(path: Path, table: str, out: Path, position: int = 0) -> tuple
             if pending:
                 writer.write_table(pa.concat_tables(pending))
     except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as e:
-        raise _explain(path, table, e) from None
+        error = _explain(path, table, e)
     finally:
+        # stop the reader's read-ahead thread before anything else: left alive (held by a traceback),
+        # it made interpreter shutdown wait forever after a parse error
+        if reader is not None:
+            reader.close()
         source.close()
         bar.close()
+    if error is not None:
+        raise error  # outside the handler: no traceback that keeps pyarrow's frames alive
     return counts, source.sha256.hexdigest()
 
 

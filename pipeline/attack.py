@@ -46,7 +46,7 @@ def attack_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[AttackConfig, s
     tuned = (run_dir.best_params("tune-attack") or {}).get("params")
     if not tuned:  # empty when no trial found an example
         return cfg.attack, "the config's [attack] table"
-    best = run_dir.best_params_path("tune-attack")
+    best = run_dir.path / "tune-attack" / "best.json"
     return dataclasses.replace(cfg.attack, **tuned), f"{best} ({', '.join(sorted(tuned))}), else [attack]"
 
 
@@ -106,10 +106,9 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     if progress.get("complete"):
         return progress
     device = training.device()
-    artifacts = RunDir(run)
-    model = artifacts.model(device)
+    model = RunDir(run).model(device)
     attack = L1Attack(model, AttackConfig(**params))
-    ds = artifacts.dataset()
+    ds = RunDir(run).dataset()
     index = store["dataset_index"][start:stop]
     x, mask = ds.x.values[index], ds["mask"].values[index]
     target = store["y"][start:stop].astype(np.int64)

@@ -170,13 +170,9 @@ class RunDir:
             return []
         return [name for name in inputs if recorded.get(name) != self.fingerprint(name)]
 
-    def best_params_path(self, stage: str) -> Path:
-        """Where a tuning stage (tune-model, tune-attack) keeps its best trial."""
-        return self.path / stage / "best.json"
-
     def best_params(self, stage: str) -> dict[str, Any] | None:
         """`stage`'s tuning record (tune-model, tune-attack), or None when that stage did not run."""
-        path = self.best_params_path(stage)
+        path = self.path / stage / "best.json"
         return json.loads(path.read_text()) if path.exists() else None
 
     def model(self, device: str = "cpu"):

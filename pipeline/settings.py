@@ -40,5 +40,5 @@ def chosen_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[dict, str]:
     """The model parameters a run uses: tune-model's best when it ran, else the config's [model]."""
     best = run_dir.best_params("tune-model")
     if best is not None:
-        return best["params"], str(run_dir.best_params_path("tune-model"))
+        return best["params"], str(run_dir.path / "tune-model" / "best.json")
     return dataclasses.asdict(cfg.model), "the config's [model] table"

@@ -54,16 +54,10 @@ def suggest(trial: optuna.Trial, name: str, attack: AttackConfig):
         return trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])
     if name == "fista":
         return trial.suggest_categorical("fista", [False, True])
-    check_tunable([name])
+    raise ConfigError(f"[tune-attack] params: {name!r} cannot be tuned (tunable: {', '.join(TUNABLE)})")
 
 
 TUNABLE = ("optimizer", "lr", "lam", "kappa", "fista")  # in the order they are suggested
-
-
-def check_tunable(names: list[str]) -> None:
-    for name in names:
-        if name not in TUNABLE:
-            raise ConfigError(f"[tune-attack] params: {name!r} cannot be tuned (tunable: {', '.join(TUNABLE)})")
 
 
 def trial_attack(trial: optuna.Trial, attack: AttackConfig, names: list[str]) -> AttackConfig:
@@ -129,7 +123,9 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
 
 def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     ta = cfg.tune_attack
-    check_tunable(ta.params)
+    for name in ta.params:
+        if name not in TUNABLE:
+            raise ConfigError(f"[tune-attack] params: {name!r} cannot be tuned (tunable: {', '.join(TUNABLE)})")
     cfg.attack.check()
     targets = select_targets(run_dir, cfg.attack.targets)
     rng = np.random.default_rng(cfg.run.seed)
@@ -147,7 +143,7 @@ def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     useful = best.user_attrs["success_rate"] > 0
     finite = {k: (v if math.isfinite(v) else None)  # +∞ (most targets failed) is no JSON number
               for k, v in {"value": best.value, **best.user_attrs}.items() if isinstance(v, float)}
-    rundir.write_json(run_dir.best_params_path("tune-attack"), {
+    rundir.write_json(run_dir.path / "tune-attack" / "best.json", {
         "study": name, "trial": best.number, "objective": ta.objective, "direction": direction,
         "targets": len(chosen), **finite,
         "params": best.params if useful else {},

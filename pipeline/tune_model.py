@@ -107,5 +107,5 @@ def save_best(cfg: PipelineConfig, run_dir: RunDir, name: str) -> None:
               "metric": f"mean held-out AUROC over {cfg.tune_model.folds_used} fold(s)",
               "params": dataclasses.asdict(params_of(best)), "optuna_params": best.params,
               "trials": {state: states.count(state) for state in sorted(set(states))}}
-    rundir.write_json(run_dir.best_params_path("tune-model"), record)
+    rundir.write_json(run_dir.path / "tune-model" / "best.json", record)
     log.info("tune-model: best trial %d, AUROC %.4f, %s", best.number, best.value, record["params"])

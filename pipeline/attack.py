@@ -91,6 +91,18 @@ def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: 
     ds.to_zarr(path, mode="w", zarr_format=3, compute=False, consolidated=False)
 
 
+def resumable(partial: Path, attrs: dict) -> bool:
+    """A store in the making left by an earlier run of the same attack (same targets, model, parameters).
+
+    One that cannot be opened (a run killed while allocating it) is not: it is made again.
+    """
+    try:
+        found = xr.open_zarr(partial, consolidated=False).attrs
+    except (OSError, ValueError, KeyError):  # absent, empty or half-written (zarr's GroupNotFoundError is both)
+        return False
+    return found == json.loads(json.dumps(attrs))
+
+
 def progress_path(run_dir: Path, shard: int) -> Path:
     return Path(run_dir) / "attack-shards" / f"shard-{shard}.json"
 
@@ -101,7 +113,8 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     training.set_threads(workers)
     run = Path(run_dir)
     store = zarr.open_group(run / PARTIAL, mode="r+")
-    checkpoint = Checkpoint(progress_path(run, shard))
+    checkpoint = Checkpoint(progress_path(run, shard), key={"targets": [start, stop], "params": params,
+                                                             "batch_size": batch_size})
     progress = checkpoint.load() or {"done": [], "writes": []}
     if progress.get("complete"):
         return progress
@@ -147,12 +160,14 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if targets.empty:
         raise ConfigError(f"[attack] targets = {a.targets!r}: no correctly classified sample to attack")
     attrs = {"attack_config": algorithm(params), "params_source": source, "targets": a.targets,
-             "batch_size": a.batch_size, "seed": cfg.run.seed, **run_dir.model_record()}
+             "batch_size": a.batch_size, "seed": cfg.run.seed, **run_dir.model_record(),
+             "inputs": run_dir.fingerprints("dataset.zarr", "split.json")}  # a partial store resumes only if all match
     partial = run_dir.path / PARTIAL
-    if not partial.exists() or xr.open_zarr(partial, consolidated=False).attrs != json.loads(json.dumps(attrs)):
+    if not resumable(partial, attrs):
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(run_dir.path / "attack-shards", ignore_errors=True)
-        allocate(partial, targets, run_dir.dataset().sizes["time"], a.chunk_samples, attrs)
+        with rundir.atomic_path(partial) as tmp:  # whole or absent: a kill while allocating leaves no husk
+            allocate(tmp, targets, run_dir.dataset().sizes["time"], a.chunk_samples, attrs)
     else:
         log.info("attack: resuming the store in %s", partial)
     ranges = shard_ranges(len(targets), a.shards, a.batch_size)

@@ -5,39 +5,53 @@ stage run again — so that no finished unit is redone.
 Loading never runs code from the file: a ``.json`` checkpoint is plain JSON, any other is read with
 ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, dicts). Tuning workers need no
 checkpoint of their own: their progress is the Optuna study.
+
+A checkpoint carries the key of the work it belongs to (the task's arguments that shape the result):
+progress saved for other arguments — a stage redone with ``--force`` and another config — is
+discarded, never resumed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from . import rundir
 
+log = logging.getLogger(__name__)
+
 
 class Checkpoint:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, key: Any):
         self.path = Path(path)
+        self.key = json.dumps(key, sort_keys=True, default=str)
 
     def load(self) -> Any | None:
-        """The saved state, or None when nothing was saved yet."""
+        """The saved state, or None when nothing was saved yet or it was saved for other work."""
         if not self.path.exists():
             return None
         if self.path.suffix == ".json":
-            return json.loads(self.path.read_text())
-        import torch
+            saved = json.loads(self.path.read_text())
+        else:
+            import torch
 
-        return torch.load(self.path, weights_only=True)
+            saved = torch.load(self.path, weights_only=True)
+        if not isinstance(saved, dict) or saved.get("key") != self.key:
+            log.info("%s: saved for other arguments, started afresh", self.path)
+            return None
+        return saved["state"]
 
     def save(self, state: Any) -> None:
+        saved = {"key": self.key, "state": state}
         if self.path.suffix == ".json":
-            rundir.write_json(self.path, state)
+            rundir.write_json(self.path, saved)
             return
         import torch
 
         with rundir.atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+            torch.save(saved, tmp)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import __version__
 from . import config as config_mod
 from .config import EXECUTORS, ConfigError, PipelineConfig
-from .errors import InputError
+from .errors import InputError, write_failure
 from .executor import LOG_FORMAT, TaskFailed, cancel_run
 from .rundir import RunDir
 from .stages import CHAIN, STAGES, run_chain, run_stage
@@ -127,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_config(args)
         run_dir = RunDir(args.run_dir)
-        run_dir.open(config_mod.redacted(cfg.to_dict()), cfg.run.seed)  # no password is ever written
         log.info("run directory %s (executor %s, seed %d)", run_dir.path, cfg.run.executor, cfg.run.seed)
         if args.stage == "run":
             run_chain(cfg, run_dir, force=args.force)
@@ -141,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except (TaskFailed, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as e:  # the run directory's disk or permissions: one line, not a traceback
+        error = write_failure(e, e.filename or args.run_dir)
+        if error is None and isinstance(e, PermissionError) and e.filename:
+            error = InputError(f"{e.filename}: permission denied (is the run directory {args.run_dir} writable?)")
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     return 0
 

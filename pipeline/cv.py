@@ -37,15 +37,22 @@ def run_fold(run_dir: str, fold: int, params: dict, epochs: int, seed: int, work
     Resumes from ``checkpoint.pt`` after a requeue; a fold that is done is not redone.
     """
     folder = fold_dir(run_dir, fold)
+    inputs = rundir.RunDir(run_dir).fingerprints("dataset.zarr", "split.json")
+    work = json.loads(json.dumps({"params": params, "epochs": epochs, "seed": seed, "inputs": inputs}))
     if (folder / "done.json").exists():
-        return json.loads((folder / "done.json").read_text())
+        done = json.loads((folder / "done.json").read_text())
+        if {k: done.get(k) for k in work} == work:
+            return done
+        log.info("fold %d: done with other parameters or data; trained again", fold)
     training.set_threads(workers)
     data = training.load_data(Path(run_dir))
     split = rundir.RunDir(run_dir).split()
     train_idx, held_out = training.fold_indices(split, fold)
     trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)
     history: list[dict] = []
-    checkpoint = Checkpoint(folder / "checkpoint.pt")
+    # the epoch count is not part of the key: training longer continues the same run
+    checkpoint = Checkpoint(folder / "checkpoint.pt", key={"fold": fold, "params": params, "seed": seed,
+                                                           "inputs": inputs})
     if (saved := checkpoint.load()) is not None:
         trainer.load_state(saved["trainer"])
         history = saved["history"]
@@ -63,7 +70,7 @@ def run_fold(run_dir: str, fold: int, params: dict, epochs: int, seed: int, work
     rundir.write_text(folder / "predictions.csv", predictions.to_csv(index=False))
     rundir.write_text(folder / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
     figures.learning_curve(pd.DataFrame(history), folder / "learning_curve.png", f"fold {fold}")
-    done = {"fold": fold, "seed": seed, "params": params, "epochs": epochs, "n_train": len(train_idx),
+    done = {"fold": fold, **work, "n_train": len(train_idx),
             "n_held_out": len(held_out), "final": metrics.evaluate(prob, data.y[held_out])}
     rundir.write_json(folder / "done.json", done)
     return done

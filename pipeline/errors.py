@@ -1,5 +1,7 @@
 """Errors a user can act on: the message names the file, column, rule or option."""
 
+import errno
+
 
 class InputError(RuntimeError):
     """Input data is missing or malformed, or a rule leaves nothing; the CLI exits with code 1."""
@@ -7,3 +9,21 @@ class InputError(RuntimeError):
 
 class MissingArtifact(InputError, FileNotFoundError):
     """An earlier stage's output is not in the run directory; the message names it and the stage."""
+
+
+class StageBusy(InputError):
+    """The stage is already running in this run directory (another process holds its lock)."""
+
+
+# errors that can only come from writing: the run directory's disk, quota or mount, never the input
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file size limit reached", errno.EROFS: "read-only file system"}
+
+
+def write_failure(err: BaseException, path: object) -> InputError | None:
+    """An InputError blaming the output `path` when `err` is a failed write (full disk, quota, …)."""
+    code = getattr(err, "errno", None)
+    if code not in WRITE_ERRNOS:
+        return None
+    return InputError(f"{path}: cannot write ({WRITE_ERRNOS[code]}: {getattr(err, 'strerror', None) or err}); "
+                      "free space or choose another run directory, then run the stage again")

@@ -22,13 +22,18 @@ valid keys, defined once here.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -56,6 +61,31 @@ def ensure_logging() -> None:
     """In a worker process (local or a Slurm task), log INFO lines like the driver does."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def start_worker(driver: int) -> None:
+    """Initializer of a local worker process: it dies with the driver that started it.
+
+    Without this a killed driver (SIGKILL, a node's OOM killer, a closed terminal) left its workers
+    computing for minutes with nobody to collect their results. On Linux the kernel sends SIGKILL
+    when the parent ends (PR_SET_PDEATHSIG); elsewhere a thread polls the parent's pid.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        def watch() -> None:
+            while os.getppid() == driver:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="driver-watch").start()
+    if os.getppid() != driver:  # the driver was already gone when the request took effect
+        os._exit(1)
+    ensure_logging()
 
 
 class LoggedTask:
@@ -274,7 +304,8 @@ class LocalExecutor(Executor):
         self.calls = [tuple(c) for c in calls]
         # spawn, not fork: a forked child of a process holding torch/OpenMP threads can deadlock
         self._pool = ProcessPoolExecutor(max_workers=min(self.workers, len(self.calls)),
-                                         mp_context=multiprocessing.get_context("spawn"), initializer=ensure_logging)
+                                         mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=start_worker, initargs=(os.getpid(),))
         self._futures: list[Future] = [self._pool.submit(LoggedTask(fn, self.task_log(i)), *args)
                                        for i, args in enumerate(self.calls)]
 
@@ -295,7 +326,10 @@ class LocalExecutor(Executor):
         return outcomes
 
     def cancel(self) -> None:
+        """Drop the queued tasks and stop the running ones (shutdown alone lets them run to the end)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for worker in multiprocessing.active_children():
+            worker.terminate()
 
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",

@@ -4,6 +4,10 @@ Tables are ``NAME.csv`` or ``NAME.csv.gz`` with file and column names in any cas
 has upper-case headers, the open demo lower-case). LABEVENTS and CHARTEVENTS are never loaded whole:
 :func:`filter_events` streams them block by block and keeps only the 19 features' rows that pass the
 event rules, written to Parquet.
+
+Duplicates: a row of PATIENTS, ADMISSIONS or ICUSTAYS identical to an earlier one in every column read
+is dropped and counted, and a key (subject_id, hadm_id, icustay_id) on two different rows is an error;
+an event identical to an earlier kept one (key, item id, charttime, value) is dropped and counted.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from .errors import InputError, write_failure
 from .features import CHART, FAHRENHEIT_ITEMIDS, FEATURES, LAB, itemid_to_feature
 
 # columns read from each table (lower-case); everything else is ignored
@@ -39,13 +43,19 @@ COLUMNS = {
     CHART: {"icustay_id": pa.int64(), "itemid": pa.int64(), "charttime": pa.timestamp("s"),
             "valuenum": pa.float64(), "error": pa.float64()},
 }
+# the key of a small table's rows: at most one row per key
+TABLE_KEY = {"PATIENTS": "subject_id", "ADMISSIONS": "hadm_id", "ICUSTAYS": "icustay_id"}
 # the key that ties an event to a sample
 EVENT_KEY = {LAB: "hadm_id", CHART: "icustay_id"}
+# a filtered event equal to an earlier one in these is a duplicate (feature follows from itemid)
+DUPLICATE_EVENT = ["key", "itemid", "charttime", "value"]
 DICTIONARIES = {"D_ITEMS": CHART, "D_LABITEMS": LAB}
-EVENT_SCHEMA = pa.schema([("key", pa.int64()), ("feature", pa.int8()), ("charttime", pa.timestamp("s")),
-                          ("value", pa.float64())])
+# itemid only tells duplicates apart: two item ids of one feature at one time are two measurements
+EVENT_SCHEMA = pa.schema([("key", pa.int64()), ("feature", pa.int8()), ("itemid", pa.int32()),
+                          ("charttime", pa.timestamp("s")), ("value", pa.float64())])
 BLOCK_BYTES = 4 << 20  # the reader holds a few blocks ahead: memory ∝ block, speed flat from 1 MB on
 ROW_GROUP_ROWS = 1 << 18  # filtered rows per Parquet row group (= a Dask partition downstream)
+DEDUPE_BUCKET_ROWS = 1 << 22  # filtered events deduplicated at once in memory (~0.3 GB at peak)
 
 
 def find_table(mimic_dir: Path, name: str, required: bool = True) -> Path | None:
@@ -115,6 +125,30 @@ def read_table(path: Path, table: str) -> pd.DataFrame:
     return df
 
 
+def _show(row: pd.Series) -> str:
+    return ", ".join(f"{c}={'' if pd.isna(v) else int(v) if isinstance(v, float) and v.is_integer() else v}"
+                     for c, v in row.items())
+
+
+def drop_duplicate_rows(df: pd.DataFrame, path: Path, table: str) -> tuple[pd.DataFrame, int]:
+    """`df` (from :func:`read_table`) without rows identical to an earlier one in every column read, and
+    how many were dropped; a key on two rows that differ is an error naming the key and both rows.
+
+    A doubled row changes nothing but the counts; two versions of one stay or admission would join
+    twice (or pick one silently), so there is no safe choice between them.
+    """
+    exact = df.duplicated(keep="first")
+    unique = df[~exact]
+    key = TABLE_KEY[table]
+    clash = unique[key].notna() & unique[key].duplicated(keep=False)
+    if clash.any():
+        value = unique.loc[clash, key].iloc[0]
+        first, second = unique[unique[key] == value].index[:2]  # read_table's index: data row − 1
+        raise InputError(f"{path}: {key} {int(value)} on data rows {first + 1} and {second + 1} with different "
+                         f"values: {_show(df.loc[first])} / {_show(df.loc[second])}")
+    return unique.reset_index(drop=True), int(exact.sum())
+
+
 def _input_stream(path: Path, source=None) -> pa.NativeFile:
     source = pa.PythonFile(source, mode="r") if source is not None else pa.OSFile(str(path))
     if path.name.lower().endswith(".gz"):
@@ -163,6 +197,8 @@ class EventCounts:
     not_error: int = 0
     with_valuenum: int = 0
     in_range: int = 0
+    duplicates: int = 0  # in-range events identical to an earlier one, then dropped
+    # in-range events per feature, duplicates included
     per_feature: dict[str, int] = field(default_factory=dict)
 
 
@@ -205,15 +241,18 @@ def _filter_batch(batch: pa.RecordBatch, table: str, items: np.ndarray, features
         counts.per_feature[name] = counts.per_feature.get(name, 0) + int(c)
     return pa.table({"key": t[EVENT_KEY[table]].filter(pa.array(keep)),
                      "feature": pa.array(feature[keep], pa.int8()),
+                     "itemid": pa.array(itemid[keep], pa.int32()),
                      "charttime": t["charttime"].filter(pa.array(keep)),
                      "value": pa.array(value[keep])}, schema=EVENT_SCHEMA)
 
 
 def filter_events(path: Path, table: str, out: Path, position: int = 0) -> tuple[EventCounts, str]:
-    """Stream `path` (LABEVENTS or CHARTEVENTS) into Parquet `out` with only valid feature events.
+    """Stream `path` (LABEVENTS or CHARTEVENTS) into Parquet `out` with only valid feature events, exact
+    duplicates dropped.
 
     Returns the counts after each rule and the sha256 of the input file.
     """
+    staged = out.with_name(f"{out.stem}-with-duplicates.parquet")
     items, features = _feature_lookup(table)
     counts = EventCounts()
     bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"filter {table}", position=position,
@@ -224,7 +263,7 @@ def filter_events(path: Path, table: str, out: Path, position: int = 0) -> tuple
         reader = pacsv.open_csv(_input_stream(path, source),
                                 read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
                                 convert_options=_convert_options(path, table))
-        with pq.ParquetWriter(out, EVENT_SCHEMA, compression="snappy") as writer:
+        with pq.ParquetWriter(staged, EVENT_SCHEMA, compression="snappy") as writer:
             pending: list[pa.Table] = []
             for batch in reader:
                 kept = _filter_batch(batch, table, items, features, counts)
@@ -235,8 +274,9 @@ def filter_events(path: Path, table: str, out: Path, position: int = 0) -> tuple
                     pending = []
             if pending:
                 writer.write_table(pa.concat_tables(pending))
+        counts.duplicates = drop_duplicate_events(staged, out)  # in the `try`: a full disk here is named too
     except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as e:
-        error = _explain(path, table, e)
+        error = write_failure(e, out) or _explain(path, table, e)  # a full disk is not the input's fault
     finally:
         # stop the reader's read-ahead thread before anything else: left alive (held by a traceback),
         # it made interpreter shutdown wait forever after a parse error
@@ -246,7 +286,34 @@ def filter_events(path: Path, table: str, out: Path, position: int = 0) -> tuple
         bar.close()
     if error is not None:
         raise error  # outside the handler: no traceback that keeps pyarrow's frames alive
+    staged.unlink()
     return counts, source.sha256.hexdigest()
+
+
+def drop_duplicate_events(src: Path, out: Path) -> int:
+    """Copy the filtered events from Parquet `src` to `out` without exact duplicates (same key, item id,
+    charttime and value; the error flag is not compared: only unflagged rows get here); returns how many
+    were dropped. Same key, item and time with another value is a repeated measurement and stays.
+
+    Duplicates share their key, so the events are split into buckets by key, one pass over `src` per
+    bucket, each deduplicated in memory. The first copy stays and a key's events keep their order, so a
+    cell's mean sums them in the same order as without the duplicates.
+    """
+    source = pq.ParquetFile(src)
+    schema = source.schema_arrow  # Parquet has no seconds: charttime comes back in ms
+    buckets = max(1, -(-source.metadata.num_rows // DEDUPE_BUCKET_ROWS))
+    dropped = 0
+    with pq.ParquetWriter(out, schema, compression="snappy") as writer:
+        for bucket in range(buckets):
+            parts = [batch.filter(pa.array(batch["key"].to_numpy() % buckets == bucket))
+                     for batch in source.iter_batches(batch_size=ROW_GROUP_ROWS)]
+            events = pa.Table.from_batches(parts, schema=schema).to_pandas()
+            unique = events[~events.duplicated(DUPLICATE_EVENT, keep="first")]
+            dropped += len(events) - len(unique)
+            if len(unique):
+                writer.write_table(pa.Table.from_pandas(unique, schema=schema, preserve_index=False),
+                                   row_group_size=ROW_GROUP_ROWS)
+    return dropped
 
 
 def check_dictionaries(mimic_dir: Path) -> list[str]:

@@ -1,8 +1,9 @@
 """Stage `prepare`: MIMIC-III tables → ``dataset.zarr`` (the rules are DATASET.md's; counts in attrs).
 
-1. cohort from PATIENTS, ADMISSIONS, ICUSTAYS (cohort.py)
-2. LABEVENTS and CHARTEVENTS streamed to Parquet, keeping the valid events of the 19 features
-   (mimic.py), both tables at once on two threads
+1. cohort from PATIENTS, ADMISSIONS, ICUSTAYS (cohort.py), exact duplicate rows dropped, a key on two
+   different rows an error (mimic.py)
+2. LABEVENTS and CHARTEVENTS streamed to Parquet, keeping the valid events of the 19 features, exact
+   duplicate events dropped (mimic.py), both tables at once on two threads
 3. Dask dataframes over the Parquet: events → samples, span rule, 48 hourly bins (timeseries.py)
 4. interpolation, median fill, winsorize and scale; written with xarray as Zarr v3, chunked along
    `sample`, to a temporary name renamed into place when complete
@@ -55,7 +56,10 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
     paths = {name: mimic.find_table(mimic_dir, name) for name in (*SMALL_TABLES, LAB, CHART)}
     for warning in mimic.check_dictionaries(mimic_dir):
         log.warning("%s", warning)
-    small = {name: mimic.read_table(paths[name], name) for name in SMALL_TABLES}
+    small, duplicates = {}, {}
+    for name in SMALL_TABLES:
+        small[name], duplicates[name] = mimic.drop_duplicate_rows(mimic.read_table(paths[name], name),
+                                                                  paths[name], name)
     cohort, counts = build_cohort(small["PATIENTS"], small["ADMISSIONS"], small["ICUSTAYS"], cfg)
     log.info("cohort: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
     cohort["sample"] = np.arange(len(cohort))
@@ -67,7 +71,9 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
         checksums = {paths[t].name: r[1] for t, r in zip((LAB, CHART), results, strict=True)}
         checksums.update({paths[t].name: mimic.file_sha256(paths[t]) for t in SMALL_TABLES})
         for table, c in event_counts.items():
-            log.info("%s: %d rows → %d feature events kept", table, c.rows, c.in_range)
+            log.info("%s: %d rows → %d feature events kept", table, c.rows, c.in_range - c.duplicates)
+            duplicates[table] = c.duplicates
+        log.info("exact duplicate rows dropped: %s", ", ".join(f"{k} {v}" for k, v in duplicates.items()))
         with dask.config.set(scheduler="threads", num_workers=max(1, workers)):
             events = dd.concat([  # one partition per Parquet row group: streamed, never whole
                 timeseries.attach_samples(dd.read_parquet(parquet[LAB], split_row_groups=True), cohort, "hadm_id"),
@@ -94,6 +100,7 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
         "cohort_config": dataclasses.asdict(cfg),
         "counts": {**counts, "positive": int(cohort.y.sum())},
         "event_counts": {t: vars(c) for t, c in event_counts.items()},
+        "duplicates_dropped": duplicates,
         "input_sha256": checksums,
         "versions": package_versions(),
         "seed": seed,

@@ -63,8 +63,11 @@ def data_section(data: xr.Dataset) -> list[str]:
              f"- source: `{data.attrs.get('mimic_dir', '?')}`",
              f"- {n} samples (ICU stays), {positive} died in hospital ({100 * positive / max(n, 1):.1f}%); "
              f"{100 * float(data['mask'].mean()):.1f}% of the 48 × 19 cells hold a measurement",
-             "- cohort, rule by rule: " + ", ".join(f"{k} {v}" for k, v in counts.items()), ""]
-    return lines
+             "- cohort, rule by rule: " + ", ".join(f"{k} {v}" for k, v in counts.items())]
+    if "duplicates_dropped" in data.attrs:  # absent from stores written before it was counted
+        lines.append("- exact duplicate rows dropped: "
+                     + ", ".join(f"{k} {v}" for k, v in data.attrs["duplicates_dropped"].items()))
+    return [*lines, ""]
 
 
 def model_section(run_dir: Path) -> list[str]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import redacted
-from .errors import MissingArtifact
+from .errors import MissingArtifact, StageBusy
 
 PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "dask", "xarray", "zarr", "optuna", "submitit",
             "mimic-adversarial-pipeline")
@@ -38,6 +38,29 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+HOST = socket.gethostname()
+
+
+def owner_tag() -> str:
+    """Host and process id, in the names of temporaries: a later run can tell whose they are."""
+    return f"{HOST}-{os.getpid()}"
+
+
+def _dead_owner(name: str) -> bool:
+    """A temporary named ``….tmp-HOST-PID`` / ``….old-HOST-PID`` of a process on this host that has ended."""
+    owner = name.rpartition(".tmp-")[2] if ".tmp-" in name else name.rpartition(".old-")[2]
+    host, _, pid = owner.rpartition("-")
+    if host != HOST or not pid.isdigit():
+        return False  # another machine's (a Slurm task's): it may be alive
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `final` to write (a file or a directory); rename it on success.
@@ -46,7 +69,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = final.with_name(f".{final.name}.tmp-{owner_tag()}")
     _remove(tmp)
     try:
         yield tmp
@@ -55,12 +78,44 @@ def atomic_path(final: Path) -> Iterator[Path]:
         raise
     if final.is_dir() and not final.is_symlink():
         # a directory cannot be replaced in one rename: move the old one aside first
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        old = final.with_name(f".{final.name}.old-{owner_tag()}")
         final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
+
+
+def recover_replaced(final: Path) -> None:
+    """Finish or undo what a killed :func:`atomic_path` left beside `final` (call it holding the lock
+    of the stage that writes `final`: no live process is writing it then).
+
+    A killed process can leave ``.NAME.tmp-*`` (a partial output: removed) and, if it died between
+    the two renames of a directory, ``.NAME.old-*`` (the previous output, complete) with `final`
+    missing: the complete new output (its ``.tmp-`` of the same owner) is put in place if it is
+    there, else the previous one is restored.
+    """
+    final = Path(final)
+    for old in final.parent.glob(f".{glob_escape(final.name)}.old-*"):
+        tmp = final.with_name(f".{final.name}.tmp-{old.name.rpartition('.old-')[2]}")
+        if not final.exists():
+            (tmp if tmp.exists() else old).rename(final)
+        if old.exists():
+            _remove(old)
+    for tmp in final.parent.glob(f".{glob_escape(final.name)}.tmp-*"):
+        _remove(tmp)
+
+
+def remove_dead_temporaries(folder: Path) -> list[Path]:
+    """Temporaries under `folder` whose writer (a process on this host) has ended: removed."""
+    found = [p for p in Path(folder).rglob(".*.tmp-*") if _dead_owner(p.name)] if Path(folder).is_dir() else []
+    for path in found:
+        _remove(path)
+    return found
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 @contextlib.contextmanager
@@ -162,6 +217,9 @@ class RunDir:
                     digest.update(block)
         return digest.hexdigest()
 
+    def fingerprints(self, *names: str) -> dict[str, str | None]:
+        return {name: self.fingerprint(name) for name in names}
+
     def changed_inputs(self, stage: str, inputs: tuple[str, ...]) -> list[str]:
         """Inputs of a complete stage whose content differs from when it completed (markers without
         input hashes, from older versions, report nothing)."""
@@ -242,6 +300,36 @@ class RunDir:
                 "versions": package_versions(),
             }
 
+    # ---- one running copy of a stage per run directory --------------------------------------
+    @contextlib.contextmanager
+    def stage_lock(self, stage: str) -> Iterator[None]:
+        """Held while `stage` runs here; a second run of it raises StageBusy naming the holder.
+
+        An flock: the kernel releases it when its process dies, however it dies, so a killed run
+        never leaves a stale lock. The file holds who has it, for the message.
+        """
+        path = self.path / ".stages" / f"{stage}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StageBusy(f"{stage}: already running in {self.path} ({holder}); wait for it to end or stop "
+                            f"it (lock: {path})") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {HOST} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                         f"{' '.join(redacted(sys.argv))}\n")
+            handle.flush()
+            yield
+        finally:
+            handle.truncate(0)
+            handle.close()
+
     # ---- stage completion -----------------------------------------------------------------
     def is_complete(self, stage: str) -> bool:
         return self.marker(stage).exists()
@@ -256,7 +344,7 @@ class RunDir:
         """The marker records the config, the seed and the sha256 of every input the stage read."""
         record = {
             "config": config,
-            "inputs": {name: self.fingerprint(name) for name in inputs},
+            "inputs": self.fingerprints(*inputs),
             "seed": seed,
             "executor": executor,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -266,7 +354,3 @@ class RunDir:
         with self._locked_manifest() as m:
             m.setdefault("stages", {})[stage] = record
         write_json(self.marker(stage), record)
-
-    def clear(self, stage: str) -> None:
-        """Forget that a stage is complete (``--force``)."""
-        self.marker(stage).unlink(missing_ok=True)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .config import PipelineConfig, redacted
 from .errors import InputError
-from .rundir import RunDir
+from .rundir import RunDir, recover_replaced, remove_dead_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ class Stage:
     produces: str
     entry: str  # "package.module:function", imported only when the stage runs (a fast --help)
     inputs: tuple[str, ...] = ()  # artifacts of earlier stages it reads (hashed into its marker)
+    outputs: tuple[str, ...] = ()  # what its driver writes in one piece (a killed run's temporaries: cleaned)
+    scratch: tuple[str, ...] = ()  # globs of its driver's scratch space, stale whenever the stage is not running
 
     def load(self) -> StageFunc:
         module, _, name = self.entry.partition(":")
@@ -36,22 +39,24 @@ class Stage:
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("synth", "write synthetic MIMIC-III tables (CSV.gz) and each admission's true risk",
-          "raw/", "pipeline.synth:synth"),
+          "raw/", "pipeline.synth:synth", outputs=("raw",)),
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
-          "dataset.zarr", "pipeline.prepare:prepare"),
+          "dataset.zarr", "pipeline.prepare:prepare", outputs=("dataset.zarr",), scratch=("prepare-events-*",)),
     Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study",
           "pipeline.tune_model:tune_model", ("dataset.zarr", "split.json")),
     Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", "pipeline.cv:cv",
           ("dataset.zarr", "split.json", "tune-model/best.json")),
     Stage("train", "final model on all non-test data, evaluated once on the test set", "model/",
-          "pipeline.train:train", ("dataset.zarr", "split.json", "tune-model/best.json", "cv/summary.json")),
+          "pipeline.train:train", ("dataset.zarr", "split.json", "tune-model/best.json", "cv/summary.json"),
+          outputs=("model",)),
     Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study",
           "pipeline.tune_attack:tune_attack", ("dataset.zarr", "split.json", "model")),
     Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr",
-          "pipeline.attack:attack", ("dataset.zarr", "split.json", "model", "tune-attack/best.json")),
+          "pipeline.attack:attack", ("dataset.zarr", "split.json", "model", "tune-attack/best.json"),
+          outputs=("attack.zarr",)),
     Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
           "susceptibility.zarr, tables/, figures/, report.md", "pipeline.analyze:analyze",
-          ("dataset.zarr", "attack.zarr", "model", "cv/summary.json")),
+          ("dataset.zarr", "attack.zarr", "model", "cv/summary.json"), outputs=("susceptibility.zarr",)),
 ]}
 CHAIN = list(STAGES)
 
@@ -62,7 +67,12 @@ def stage_config(cfg: PipelineConfig, name: str) -> dict:
 
 
 def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> bool:
-    """Run one stage unless it is complete; returns True if it ran."""
+    """Run one stage unless it is complete; returns True if it ran.
+
+    A complete stage is skipped without writing anything (a read-only run directory is fine). A stage
+    that runs holds its lock for the run directory, first cleans what killed runs of it left, and
+    replaces its marker only once its new output is complete: a failed ``--force`` keeps the old one.
+    """
     stage = STAGES[name]
     wanted = stage_config(cfg, name)
     if run_dir.is_complete(name) and not force:
@@ -75,14 +85,31 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
             log.warning("%s: complete with a different config; kept (use --force to redo)", name)
         log.info("%s: complete, skipped (%s)", name, run_dir.marker(name))
         return False
-    run_dir.clear(name)
-    log.info("%s: %s → %s", name, stage.summary, stage.produces)
-    started = time.time()
-    stage.load()(cfg, run_dir)
-    run_dir.mark_complete(name, config=wanted, seed=cfg.run.seed, started=started,
-                          executor=cfg.run.executor, inputs=stage.inputs)
+    with run_dir.stage_lock(name):
+        run_dir.open(redacted(cfg.to_dict()), cfg.run.seed)  # no password is ever written
+        remove_leftovers(stage, run_dir)
+        log.info("%s: %s → %s", name, stage.summary, stage.produces)
+        started = time.time()
+        stage.load()(cfg, run_dir)
+        run_dir.mark_complete(name, config=wanted, seed=cfg.run.seed, started=started,
+                              executor=cfg.run.executor, inputs=stage.inputs)
     log.info("%s: done in %.1f s", name, time.time() - started)
     return True
+
+
+def remove_leftovers(stage: Stage, run_dir: RunDir) -> None:
+    """What killed runs left (called holding the stage's lock, so none of it is being written):
+    the stage's half-written outputs and scratch folders, and anywhere in the run directory the
+    temporaries of processes on this host that have ended. Resumable progress (task checkpoints,
+    attack's store in the making) is kept: the stage resumes from it."""
+    for output in stage.outputs:
+        recover_replaced(run_dir / output)
+    scratch = [p for pattern in stage.scratch for p in run_dir.path.glob(pattern)]
+    for path in scratch:
+        shutil.rmtree(path, ignore_errors=True)
+    dead = remove_dead_temporaries(run_dir.path)
+    if scratch or dead:
+        log.info("%s: removed %d temporary file(s) of killed runs", stage.name, len(scratch) + len(dead))
 
 
 def run_chain(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> None:

@@ -51,7 +51,7 @@ def test_a_requeued_shard_resumes_and_writes_each_batch_once(slurm_cluster, trai
     driver.start()
     progress = run / "attack-shards" / "shard-0.json"
     deadline = time.time() + 300
-    while not (progress.exists() and json.loads(progress.read_text())["done"]):
+    while not (progress.exists() and json.loads(progress.read_text())["state"]["done"]):
         assert time.time() < deadline and driver.is_alive(), "shard 0 never finished a batch"
         time.sleep(0.05)
     (array_id,) = {p.name.split("_")[0] for p in (run / "jobs" / "attack").iterdir() if p.name.endswith("_0")}
@@ -59,7 +59,7 @@ def test_a_requeued_shard_resumes_and_writes_each_batch_once(slurm_cluster, trai
     subprocess.run(["scancel", "--signal=USR2", f"{array_id}_0"], check=True)
     driver.join(timeout=600)
     assert outcome == [0]
-    state = json.loads(progress.read_text())
+    state = json.loads(progress.read_text())["state"]
     assert state["complete"] and len(state["writes"]) == len({tuple(w) for w in state["writes"]}) >= 2
     log = (run / "jobs" / "attack" / f"{array_id}_0" / f"{array_id}_0_0_log.err").read_text()  # logging: stderr
     starts = (run / "jobs" / "attack" / f"{array_id}_0" / f"{array_id}_0_0_log.out").read_text()

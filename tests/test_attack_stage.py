@@ -85,13 +85,13 @@ def test_a_shard_resumes_without_redoing_batches(trained_run, tmp_path):
             main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug", "attack.shards=2"])
     finally:
         attack_stage.L1Attack.run = original
-    progress = json.loads((run / "attack-shards" / "shard-0.json").read_text())
+    progress = json.loads((run / "attack-shards" / "shard-0.json").read_text())["state"]
     assert progress["done"] == [0] and not (run / "attack.zarr").exists()
     resumed = run_attack(run, "--executor", "debug", "attack.shards=2")
     for name in ("perturbation", "found", "iteration", "margin", "lam", "logits"):
         np.testing.assert_array_equal(full[name].values, resumed[name].values, err_msg=name)
     writes = [tuple(w) for k in range(2) for w in json.loads((run / "attack-shards" / f"shard-{k}.json")
-                                                            .read_text())["writes"]]
+                                                            .read_text())["state"]["writes"]]
     assert len(writes) == len(set(writes)), "a batch was written twice"
 
 

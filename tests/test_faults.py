@@ -1,0 +1,252 @@
+"""Killed and concurrent runs, full disks, read-only and reused run directories (#12, items 7 and 8).
+
+Each test makes the fault for real: a driver killed with SIGKILL, a second process holding a
+stage, a file-size limit on the process, temporaries left by processes that have ended.
+"""
+
+import json
+import logging
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import xarray as xr
+
+from pipeline.cli import main
+from pipeline.rundir import HOST, RunDir, recover_replaced
+from tests.runs import TINY, copy_run, copy_trained
+
+ROOT = Path(__file__).resolve().parent.parent
+ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=30", "attack.batch_size=32",
+          "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1", "--executor", "debug"]
+
+
+def pipeline_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", *args]
+
+
+def children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (for temporaries whose owner is gone)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+# ---- item 7: kills and races ----------------------------------------------------------------------
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_driver_takes_its_local_workers_with_it(small_run, tmp_path):
+    run = copy_run(small_run, tmp_path)
+    driver = subprocess.Popen(pipeline_cmd("cv", "--run-dir", str(run), "--executor", "local", "--workers", "2",
+                                           "cv.folds=2", "cv.epochs=500", *TINY),
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not all((run / "cv" / f"fold-{k}" / "checkpoint.pt").exists() for k in range(2)):
+            assert time.time() < deadline and driver.poll() is None, "the folds never started training"
+            time.sleep(0.2)
+        workers = [p for p in children(driver.pid)
+                   if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(workers) == 2
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        deadline = time.time() + 15
+        while any(alive(p) for p in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in workers), "a local worker outlived its killed driver"
+    finally:
+        driver.kill()
+
+
+def test_a_second_run_of_a_running_stage_names_the_holder_and_exits_1(trained_run, tmp_path, capsys):
+    run = copy_trained(trained_run, tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pipeline.rundir import RunDir\n"
+                               "with RunDir(sys.argv[1]).stage_lock('attack'):\n"
+                               "    print('locked', flush=True); time.sleep(600)", str(run)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["attack", "--run-dir", str(run), *ATTACK]) == 1
+        error = capsys.readouterr().err
+        assert f"attack: already running in {run}" in error and f"pid {holder.pid} on {HOST}" in error
+        assert not (run / "attack.zarr").exists() and not (run / ".stages" / "attack.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel released the lock with its holder: nothing stale stops the next run
+    assert main(["attack", "--run-dir", str(run), *ATTACK]) == 0
+
+
+def test_what_killed_runs_left_is_cleaned_or_resumed(small_run, tmp_path):
+    run = copy_run(small_run, tmp_path)
+    shutil.copytree(small_run / "raw", run / "raw")
+    dead = dead_pid()
+    left = [run / "prepare-events-k2j4x1", run / f".dataset.zarr.tmp-{HOST}-{dead}",
+            run / ".dataset.zarr.tmp-othernode-4242", run / f".raw.tmp-{HOST}-{dead}",
+            run / "cv" / "fold-0" / f".checkpoint.pt.tmp-{HOST}-{dead}"]
+    for path in left:
+        path.mkdir(parents=True)
+        (path / "part-0.parquet").write_bytes(b"half-written")
+    live = run / "cv" / "fold-1" / f".checkpoint.pt.tmp-othernode-{os.getpid()}"  # may be a live Slurm task's
+    live.parent.mkdir(parents=True)
+    live.write_bytes(b"being written")
+    assert main(["prepare", "--run-dir", str(run), "--seed", "3", "--force"]) == 0
+    assert not any(p.exists() for p in left)
+    assert live.exists()
+    xr.testing.assert_equal(xr.open_zarr(run / "dataset.zarr").load(), xr.open_zarr(small_run / "dataset.zarr").load())
+
+
+def test_an_empty_attack_store_left_by_a_race_is_made_again(trained_run, tmp_path):
+    """Two attacks at once used to leave an empty .attack.zarr.partial; every later attack then failed
+    with GroupNotFoundError, even with --force."""
+    run = copy_trained(trained_run, tmp_path)
+    (run / ".attack.zarr.partial").mkdir()
+    assert main(["attack", "--run-dir", str(run), *ATTACK]) == 0
+    assert xr.open_zarr(run / "attack.zarr", consolidated=False).found.any()
+
+
+def test_a_replace_killed_between_its_two_renames_is_finished(tmp_path):
+    final = tmp_path / "model"
+    old, new = tmp_path / f".model.old-{HOST}-1", tmp_path / f".model.tmp-{HOST}-1"
+    old.mkdir()
+    (old / "weights.pt").write_text("previous")
+    new.mkdir()
+    (new / "weights.pt").write_text("new, complete")
+    recover_replaced(final)  # killed after `final` was moved aside: the complete new output goes in
+    assert (final / "weights.pt").read_text() == "new, complete" and not old.exists() and not new.exists()
+    old.mkdir()
+    (old / "weights.pt").write_text("previous")
+    shutil.rmtree(final)
+    recover_replaced(final)  # no new output: the previous one comes back
+    assert (final / "weights.pt").read_text() == "previous" and not old.exists()
+
+
+def test_a_failed_force_keeps_the_complete_stage(trained_run, tmp_path, capsys, caplog):
+    from pipeline import attack as attack_stage
+
+    caplog.set_level(logging.INFO)
+    run = copy_trained(trained_run, tmp_path)
+    assert main(["attack", "--run-dir", str(run), *ATTACK]) == 0
+    before = RunDir(run).fingerprint("attack.zarr"), (run / ".stages" / "attack.json").read_text()
+    original = attack_stage.L1Attack.run
+
+    def broken(self, *args):
+        raise RuntimeError("the GPU fell off the bus")
+
+    attack_stage.L1Attack.run = broken
+    try:
+        assert main(["attack", "--run-dir", str(run), *ATTACK, "--force"]) == 1
+    finally:
+        attack_stage.L1Attack.run = original
+    assert "the GPU fell off the bus" in capsys.readouterr().err
+    assert (RunDir(run).fingerprint("attack.zarr"), (run / ".stages" / "attack.json").read_text()) == before
+    assert main(["attack", "--run-dir", str(run), *ATTACK]) == 0  # still complete: skipped
+    assert "attack: complete, skipped" in caplog.text
+
+
+def test_force_with_other_parameters_redoes_finished_folds(small_run, tmp_path):
+    run = copy_run(small_run, tmp_path)
+    cv = ["cv", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=2", *TINY]
+    assert main([*cv, "cv.epochs=1"]) == 0
+    assert main([*cv, "cv.epochs=2", "--force"]) == 0  # the finished 1-epoch folds are not reused
+    for k in range(2):
+        assert len(pd.read_csv(run / "cv" / f"fold-{k}" / "metrics.csv")) == 2
+        assert json.loads((run / "cv" / f"fold-{k}" / "done.json").read_text())["epochs"] == 2
+
+
+# ---- item 8: full disk, read-only run directory, a skipped stage with another config ------------
+
+def test_a_full_disk_blames_the_output_not_the_input_table(demo_dir, tmp_path):
+    def small_files():  # as on a full disk: writes past 20 kB fail (EFBIG rather than ENOSPC)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    run = tmp_path / "run"
+    done = subprocess.run(pipeline_cmd("prepare", "--run-dir", str(run), "--mimic-dir", str(demo_dir)), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert done.returncode == 1
+    error = "error: " + done.stderr.rsplit("error: ", 1)[-1].strip()  # after the progress bars' last redraw
+    assert error.startswith(f"error: {run}/prepare-events-") and "cannot write (file size limit reached" in error
+    assert "LABEVENTS" not in error.split(": cannot write")[0].rsplit("/", 1)[0], error  # not the input's path
+    assert not (run / "dataset.zarr").exists() and not list(run.glob("prepare-events-*"))
+
+
+def test_a_complete_stage_writes_nothing_when_skipped(trained_run, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    run = copy_trained(trained_run, tmp_path)
+    assert main(["attack", "--run-dir", str(run), *ATTACK]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    before = snapshot(run)
+    # another config: warned about, kept, and the manifest still says what the stage ran with
+    assert main(["attack", "--run-dir", str(run), *ATTACK, "attack.lam=0.5"]) == 0
+    assert "attack: complete with a different config; kept" in caplog.text
+    assert snapshot(run) == before
+    assert json.loads((run / "manifest.json").read_text())["config"] == manifest["config"]
+    assert manifest["config"]["attack"]["lam"] == 0.001
+
+
+def read_only(run: Path) -> list[str]:
+    """A command prefix that makes `run` read-only for real: as root a read-only bind mount in a private
+    mount namespace (the file system says EROFS, as on a read-only snapshot); otherwise no write bits."""
+    if os.geteuid() != 0:
+        for path in [run, *run.rglob("*")]:
+            path.chmod(path.stat().st_mode & ~0o222)
+        return []
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode().strip()}")
+    return ["unshare", "-m", "sh", "-c", 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && shift && '
+            'exec "$@"', str(run), "--"]
+
+
+def test_a_read_only_run_directory_skips_a_complete_stage(trained_run, tmp_path, caplog):
+    run = copy_trained(trained_run, tmp_path)
+    assert main(["attack", "--run-dir", str(run), *ATTACK]) == 0
+    prefix = read_only(run)
+    try:
+        def attack(*extra: str) -> subprocess.CompletedProcess:
+            return subprocess.run([*prefix, *pipeline_cmd("attack", "--run-dir", str(run), *ATTACK, *extra)],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+        skipped = attack()
+        assert skipped.returncode == 0, skipped.stderr
+        assert "attack: complete, skipped" in skipped.stderr
+        forced = attack("--force")
+        assert forced.returncode == 1, forced.stderr
+        last = forced.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and ("read-only file system" in last or "permission denied" in last), last
+    finally:
+        for path in [run, *run.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)

@@ -1,22 +1,30 @@
 # The two commands of the README:
 #   make run    set up .venv and run the whole pipeline with the local executor
 #   make test   set up .venv (with dev tools) and run the tests
-# Variables: PYTHON (≥ 3.11), TORCH (pip requirement for torch), RUN_DIR, ARGS (extra CLI args),
-# PYTEST_ARGS.
+# Others: make floors (the tests on the lowest versions pyproject.toml allows), make lock (regenerate
+# the lock files), make container (build pipeline.sif from the CUDA lock, labelled with the commit).
+# Variables: PYTHON (≥ 3.11), TORCH (pip requirement for torch), LOCK, RUN_DIR, ARGS (extra CLI
+# args), PYTEST_ARGS, SIF, APPTAINER_FLAGS.
 
 PYTHON ?= python3
 VENV ?= .venv
-# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build on a CPU machine
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build on a CPU machine.
+# It must be the locks' torch (tests/test_lock.py checks); TORCH only picks the build.
 TORCH ?= torch==2.13.0
+# every package at the version CI tests: requirements/cpu.txt here, requirements/cuda.txt in the container
+LOCK ?= requirements/cpu.txt
 RUN_DIR ?= runs/default
+SIF ?= pipeline.sif
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint cluster-up cluster-down clean
+.PHONY: setup run test lint floors lock container cluster-up cluster-down clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $@
 
 setup: $(VENV)/.installed
@@ -29,6 +37,38 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline tests
+
+# a fresh venv with every lower bound of pyproject.toml pinned; the tests that need no Slurm run on it
+floors:
+	PYTHON=$(PYTHON) bash .ci/floors.sh $(PYTEST_ARGS)
+
+# The lock files, from pyproject.toml (extras postgres and dev) for CPython 3.11 on x86_64 Linux:
+#   requirements/cuda.txt  PyPI's torch (the CUDA build) and its nvidia-* / triton wheels: the container
+#   requirements/cpu.txt   the same versions with the CPU build of torch, no CUDA wheels: make setup, CI
+# The CPU wheel of torch comes from TORCH_CPU_WHEELS (this machine's wheel folder, else PyTorch's
+# CPU index); its "+cpu" label is dropped in cpu.txt so that any build of that torch satisfies it.
+UV_VERSION ?= 0.13.9
+TORCH_CPU_WHEELS ?= $(if $(wildcard /opt/wheels/torch-*),/opt/wheels,https://download.pytorch.org/whl/cpu/torch/)
+COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --extra postgres --extra dev --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --constraint $(VENV)/torch-pin.txt \
+	--custom-compile-command "make lock" --quiet
+
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "uv==$(UV_VERSION)"
+	echo "$(TORCH)" > $(VENV)/torch-pin.txt
+	mkdir -p requirements
+	$(COMPILE) --output-file requirements/cuda.txt
+	$(COMPILE) --find-links $(TORCH_CPU_WHEELS) --upgrade-package torch --output-file requirements/cpu.txt
+	sed -i 's/^\(torch==[^+]*\)+cpu$$/\1/' requirements/cpu.txt
+	@! grep -q '^nvidia-' requirements/cpu.txt || { echo "requirements/cpu.txt got the CUDA build of torch: is $(TORCH_CPU_WHEELS) reachable?" >&2; exit 1; }
+
+# The Apptainer image (Apptainer ≥ 1.2, from the repository root), labelled with the source commit;
+# "-dirty" marks a build from a tree with uncommitted changes. APPTAINER_FLAGS: e.g. --fakeroot.
+APPTAINER_FLAGS ?=
+container:
+	apptainer build $(APPTAINER_FLAGS) --force --build-arg SOURCE_COMMIT=$$(git rev-parse HEAD)$$(git diff --quiet HEAD || echo -dirty) \
+		$(SIF) containers/pipeline.def
 
 # a local single-node Slurm + PostgreSQL for the service tests (root, Debian/Ubuntu)
 cluster-up:

@@ -19,12 +19,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
+# direction values as stored (easy to type) → as shown; stores written before the change used the arrows
+LABELS = {"0to1": "0→1", "1to0": "1→0"}
+STORED = {shown: stored for stored, shown in LABELS.items()}
+
 
 def open_scores(run_dir: Path) -> xr.Dataset:
     path = run_dir / "susceptibility.zarr"
     if not path.exists():
         sys.exit(f"error: {path} not found (run the pipeline's `analyze` stage first)")
-    return xr.open_zarr(path)
+    ds = xr.open_zarr(path)
+    old = [str(d) for d in ds.direction.values]
+    if any(d in STORED for d in old):  # an older run: "0→1" → "0to1", so that it compares with a newer one
+        ds = ds.assign_coords(direction=("direction", [STORED.get(d, d) for d in old], ds.direction.attrs))
+    return ds
 
 
 def compare(a: xr.Dataset, b: xr.Dataset, kind: str, score: str) -> dict[str, pd.DataFrame]:
@@ -52,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 5.5), squeeze=False, constrained_layout=True)
     for ax, (d, table) in zip(axes[0], tables.items(), strict=True):
         rho = table.A.rank().corr(table.B.rank())  # Spearman: Pearson of the (average) ranks
-        print(f"direction {d}: Spearman rank correlation {rho:.3f}")
+        print(f"direction {LABELS.get(d, d)}: Spearman rank correlation {rho:.3f}")
         print(table.to_string(float_format="{:.3f}".format))
         print()
         ax.scatter(table.A, table.B)
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if table[["A", "B"]].isna().all().any():
             ax.text(0.5, 0.5, "no successful example in one of the runs", transform=ax.transAxes, ha="center")
         ax.set(xlabel=f"{args.score} in A ({args.run_a.name})", ylabel=f"{args.score} in B ({args.run_b.name})",
-               title=f"direction {d}, {args.kind} examples: Spearman ρ = {rho:.2f}")
+               title=f"direction {LABELS.get(d, d)}, {args.kind} examples: Spearman ρ = {rho:.2f}")
         ax.grid(alpha=0.3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)

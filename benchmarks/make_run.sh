@@ -30,7 +30,7 @@ grep -E "^report:" "$work/first.log"
 import json
 print("| direction | kind | success | median L0 | median L1 | median L∞ | targets with ≤ 10 cells |\n|---|---|---:|---:|---:|---:|---:|")
 for r in json.load(open("runs/default/tables/summary.json")):
-    print(f"| {r['direction']} | {r['kind']} | {100 * r['success_rate']:.1f}% ({r['successes']} of {r['targets']}) | "
+    print(f"| {r['direction'].replace('to', '→')} | {r['kind']} | {100 * r['success_rate']:.1f}% ({r['successes']} of {r['targets']}) | "
           f"{r['median_l0']:.0f} | {r['median_l1']:.2f} | {r['median_linf']:.2f} | {100 * r['share_l0_le_10']:.0f}% |")
 PY
 if [[ -n "${KEEP_RUN:-}" ]]; then rm -rf "$KEEP_RUN"; cp -r runs/default "$KEEP_RUN"; fi

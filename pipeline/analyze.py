@@ -1,7 +1,7 @@
 """Stage `analyze`: susceptibility scores, ranked tables, figures and ``report.md`` (xarray).
 
 Reads ``attack.zarr`` and ``dataset.zarr`` lazily, computes the scores of METHODS.md §6 per
-direction (0→1, 1→0) and kind (first, best) and writes
+direction (``0to1``, ``1to0``: prediction 0 → 1 and 1 → 0) and kind (first, best) and writes
 
 - ``susceptibility.zarr``: dims (direction, kind, time, feature); GMP, GAP, GANZP also in clinical
   units (× (p95 − p5) of the feature)
@@ -20,19 +20,19 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import figures, report, rundir
+from . import cf, figures, report, rundir
 from .config import PipelineConfig
 from .rundir import RunDir
-from .susceptibility import DIRECTIONS, SLUG, direction_of, norms, scores, to_clinical
+from .susceptibility import CLINICAL_ATTRS, DIRECTIONS, direction_of, norms, scores, to_clinical
 
 log = logging.getLogger(__name__)
 
 # Sun et al. 2018, S_j of their first five features and their last, as transcribed by a later
 # reproduction (METHODS.md §6); names mapped to this project's features.
 PUBLISHED = {
-    "0→1": [(1, "sodium", 0.64), (2, "pco2", 0.61), (3, "bicarbonate", 0.57), (4, "glucose", 0.51),
+    "0to1": [(1, "sodium", 0.64), (2, "pco2", 0.61), (3, "bicarbonate", 0.57), (4, "glucose", 0.51),
             (5, "creatinine", 0.46), (19, "diasbp", 0.04)],
-    "1→0": [(1, "creatinine", 1.95), (2, "sodium", 1.48), (3, "lactate", 0.72), (4, "bicarbonate", 0.56),
+    "1to0": [(1, "creatinine", 1.95), (2, "sodium", 1.48), (3, "lactate", 0.72), (4, "bicarbonate", 0.56),
             (5, "ph", 0.54), (19, "tempc", 0.04)],
 }
 
@@ -56,10 +56,10 @@ def compute(attack: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
     sus = scores(attack.perturbation, attack.found, direction_of(attack.pred)).compute()
     for name in ("gmp", "gap", "ganzp"):
         sus[f"{name}_clinical"] = to_clinical(sus[name], data.p5, data.p95).compute()
-        sus[f"{name}_clinical"].attrs["description"] = sus[name].attrs["description"].replace(
-            "scaled units", "clinical units, see `unit`")
-    sus = sus.assign_coords(unit=("feature", data["unit"].values), time=data.time)
-    sus.attrs = {"seed": attack.attrs.get("seed"), "attack_config": attack.attrs.get("attack_config"),
+        sus[f"{name}_clinical"].attrs = dict(CLINICAL_ATTRS[f"{name}_clinical"])
+    sus = sus.assign_coords(unit=("feature", data["unit"].values), time=("time", data.time.values))
+    cf.annotate(sus, {"time": cf.TIME, "feature": cf.FEATURE, "unit": cf.UNIT, "kind": cf.KIND})
+    sus.attrs = {**cf.GLOBAL, "seed": attack.attrs.get("seed"), "attack_config": attack.attrs.get("attack_config"),
                  "attack_params_source": attack.attrs.get("params_source"),
                  "targets": attack.attrs.get("targets"), "weights_sha256": attack.attrs.get("weights_sha256"),
                  "description": "susceptibility scores of Sun et al. 2018 (METHODS.md §6) over successful examples"}
@@ -174,10 +174,10 @@ def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
     for d in DIRECTIONS:
         ranked = ranking_table(sus, d)
         clinical = clinical_table(attack, data, d)
-        rundir.write_text(path / "tables" / f"susceptibility_{SLUG[d]}.csv", ranked.to_csv(index=False))
+        rundir.write_text(path / "tables" / f"susceptibility_{d}.csv", ranked.to_csv(index=False))
         markdown = ranking_markdown(ranked, d, cfg.analyze.top_features)
-        rundir.write_text(path / "tables" / f"susceptibility_{SLUG[d]}.md", markdown)
-        rundir.write_text(path / "tables" / f"clinical_{SLUG[d]}.csv", clinical.to_csv(index=False))
+        rundir.write_text(path / "tables" / f"susceptibility_{d}.md", markdown)
+        rundir.write_text(path / "tables" / f"clinical_{d}.csv", clinical.to_csv(index=False))
         tables[d] = {"ranking": markdown, "clinical": clinical, "successes": int(sus.n.sel(direction=d).max())}
         top = ranked.iloc[0]
         log.info("analyze: %s, most susceptible feature %s (S_j %.3f, best examples)", d, top.feature, top.s_j_best)

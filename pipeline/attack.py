@@ -25,7 +25,7 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
-from . import rundir, training
+from . import cf, rundir, training
 from .checkpoint import Checkpoint
 from .config import AttackConfig, ConfigError, PipelineConfig
 from .features import NAMES
@@ -72,23 +72,42 @@ def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: 
     def empty(shape, dtype, fill):
         return da.full(shape, fill, dtype=dtype, chunks=(rows, *shape[1:]))
 
+    one = cf.DIMENSIONLESS
     ds = xr.Dataset(
         {"perturbation": (("sample", "kind", "time", "feature"), empty((n, 2, n_time, n_feat), np.float32, 0.0),
-                          {"description": "P in scaled [0, 1] units; × (p95 − p5) for clinical units"}),
-         "found": (("sample", "kind"), empty((n, 2), bool, False)),
+                          {"long_name": "adversarial perturbation P of the scaled input x", "units": one,
+                           "description": "P in scaled [0, 1] units; × (p95 − p5) for clinical units"}),
+         "found": (("sample", "kind"), empty((n, 2), bool, False),
+                   {"long_name": "an example of this kind was found (the prediction flipped)"}),
          "iteration": (("sample", "kind"), empty((n, 2), np.int32, -1),
-                       {"description": "proximal updates applied when the example was found; -1: none"}),
+                       {"long_name": "proximal updates applied when the example was found (-1: none)", "units": one,
+                        "description": "proximal updates applied when the example was found; -1: none"}),
          "margin": (("sample", "kind"), empty((n, 2), np.float32, np.nan),
-                    {"description": "Z_o − Z_t at the example (> 0: the prediction flipped); NaN: none"}),
+                    {"long_name": "logit margin Z_o − Z_t at the example (> 0: flipped; NaN: none)", "units": one,
+                     "description": "Z_o − Z_t at the example (> 0: the prediction flipped); NaN: none"}),
          "lam": (("sample", "kind"), empty((n, 2), np.float64, np.nan),
-                 {"description": "λ of the run that found the example (the λ search changes it per target)"}),
-         "logits": (("sample", "kind", "class"), empty((n, 2, 2), np.float32, np.nan))},
-        coords={"sample": np.arange(n), "dataset_index": ("sample", targets["dataset_index"].to_numpy(np.int64)),
-                "y": ("sample", targets["y"].to_numpy(np.int8)), "pred": ("sample", targets["pred"].to_numpy(np.int8)),
-                "kind": ("kind", np.array(KINDS, dtype=object)), "time": np.arange(n_time),
-                "feature": ("feature", np.array(NAMES, dtype=object)), "class": np.arange(2)},
-        attrs=attrs)
+                 {"long_name": "L1 weight λ of the run that found the example (NaN: none)", "units": one,
+                  "description": "λ of the run that found the example (the λ search changes it per target)"}),
+         "logits": (("sample", "kind", "class"), empty((n, 2, 2), np.float32, np.nan),
+                    {"long_name": "the model's logits at x + P, per class (NaN: no example)", "units": one})},
+        coords={"sample": ("sample", np.arange(n), {"long_name": "target index (a correctly classified sample)"}),
+                "dataset_index": ("sample", targets["dataset_index"].to_numpy(np.int64),
+                                  {"long_name": "index of the target along dataset.zarr's sample"}),
+                "y": ("sample", targets["y"].to_numpy(np.int8),
+                      {"long_name": "true label: in-hospital mortality", **cf.CLASSES}),
+                "pred": ("sample", targets["pred"].to_numpy(np.int8),
+                         {"long_name": "the model's prediction before the attack (equals y)", **cf.CLASSES}),
+                "kind": ("kind", np.array(KINDS, dtype=object), cf.KIND),
+                "time": ("time", np.arange(n_time), cf.TIME),
+                "feature": ("feature", np.array(NAMES, dtype=object), cf.FEATURE),
+                "class": ("class", np.arange(2), {"long_name": "class of the logit", **cf.CLASSES})},
+        attrs=store_attrs(attrs))
     ds.to_zarr(path, mode="w", zarr_format=3, compute=False, consolidated=False)
+
+
+def store_attrs(attrs: dict) -> dict:
+    """The store's global attributes: the attack's `attrs` and the CF ones."""
+    return {**cf.GLOBAL, **attrs}
 
 
 def resumable(partial: Path, attrs: dict) -> bool:
@@ -100,7 +119,7 @@ def resumable(partial: Path, attrs: dict) -> bool:
         found = xr.open_zarr(partial, consolidated=False).attrs
     except (OSError, ValueError, KeyError):  # absent, empty or half-written (zarr's GroupNotFoundError is both)
         return False
-    return found == json.loads(json.dumps(attrs))
+    return found == json.loads(json.dumps(store_attrs(attrs)))
 
 
 def progress_path(run_dir: Path, shard: int) -> Path:

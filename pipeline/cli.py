@@ -19,6 +19,7 @@ from . import config as config_mod
 from .config import EXECUTORS, ConfigError, PipelineConfig
 from .errors import InputError, write_failure
 from .executor import LOG_FORMAT, TaskFailed, cancel_run
+from .preflight import dry_run, planned, preflight
 from .rundir import RunDir
 from .stages import CHAIN, STAGES, run_chain, run_stage
 
@@ -39,6 +40,10 @@ def _common_options() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, metavar="N", help="parallel tasks at once")
     g.add_argument("--seed", type=int, help="master seed (recorded in every artifact)")
     g.add_argument("--force", action="store_true", help="redo stages even if their output is complete")
+    g.add_argument("--dry-run", action="store_true",
+                   help="check and print what would run: each stage's config and, on Slurm, the sbatch script "
+                        "(validated with sbatch --test-only); submits and writes nothing")
+    g.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     g.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides; a bare key belongs to this stage's table, "
@@ -127,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_config(args)
         run_dir = RunDir(args.run_dir)
+        if args.print_config:
+            print(config_mod.to_toml(config_mod.redacted(cfg.to_dict())), end="")
+            return 0
+        stages = planned(cfg, run_dir, args.stage, args.force)
+        preflight(cfg, run_dir, stages, submitting=not args.dry_run)  # all the chain needs, before it runs
+        if args.dry_run:
+            text, accepted = dry_run(cfg, run_dir, stages)
+            print(text, end="")
+            return 0 if accepted else EXIT_CONFIG
         log.info("run directory %s (executor %s, seed %d)", run_dir.path, cfg.run.executor, cfg.run.seed)
         if args.stage == "run":
             run_chain(cfg, run_dir, force=args.force)

@@ -60,10 +60,11 @@ class RunSection:
         "slurm/profiles/test-cluster.toml", "Slurm profile (TOML) with per-stage sbatch parameters"
     )
     storage: str = option(
-        "", "Optuna storage URL; empty = a journal file in the run directory (one machine only)"
+        "", "Optuna storage URL; empty = a journal file in the run directory (one machine, or a cluster whose "
+            "run directory is on a shared file system)"
     )
-    heartbeat_s: int = option(10, "RDB storage: a trial without a heartbeat for 3× this long is failed and retried",
-                              ge=1)
+    heartbeat_s: int = option(10, "PostgreSQL: a trial without a heartbeat for 3× this long is failed and retried; "
+                                  "journal: how often workers check whether a running trial's owner is gone", ge=1)
 
 
 @dataclass(frozen=True)
@@ -349,8 +350,8 @@ def replace(cfg: PipelineConfig, table: str, **changes: Any) -> PipelineConfig:
     return from_dict(merged, "options")
 
 
-def to_toml(cfg: PipelineConfig) -> str:
-    """Render a config as TOML (strings, numbers, bools, lists of those)."""
+def to_toml(cfg: PipelineConfig | dict[str, dict[str, Any]]) -> str:
+    """Render a config, or some of its tables, as TOML (strings, numbers, bools, lists of those)."""
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -361,7 +362,7 @@ def to_toml(cfg: PipelineConfig) -> str:
         return repr(v)
 
     lines = []
-    for table, values in cfg.to_dict().items():
+    for table, values in (cfg.to_dict() if isinstance(cfg, PipelineConfig) else cfg).items():
         lines.append(f"[{table}]")
         lines += [f"{k} = {value(v)}" for k, v in values.items()]
         lines.append("")

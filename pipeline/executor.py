@@ -22,27 +22,30 @@ valid keys, defined once here.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.slurm.slurm import _make_sbatch_string
 from tqdm.auto import tqdm
 
 from .config import ConfigError, build_section, option, read_toml
@@ -116,13 +119,23 @@ class CheckpointableTask(submitit.helpers.Checkpointable):
 
     submitit calls :meth:`checkpoint` on preemption / time-out; the default resubmits this same
     call with the same arguments, and the function picks up from what it saved.
+
+    It also records the driver's versions (:mod:`pipeline.versions`) when created, and a task
+    whose Python, packages or source commit differ from them fails at its start, naming each one.
     """
 
     def __init__(self, fn: Callable[..., Any]):
+        from .versions import runtime_versions
+
         self.fn = fn
+        self.driver_versions = runtime_versions()
 
     def __call__(self, *args: Any) -> Any:
+        from .versions import check_versions
+
         ensure_logging()
+        if getattr(self, "driver_versions", None) is not None:  # None: pickled before versions were recorded
+            check_versions(self.driver_versions)
         return self.fn(*args)
 
     def __repr__(self) -> str:
@@ -145,6 +158,8 @@ class SlurmProfile:
     signal_delay_s: int = option(60, "seconds before the time limit at which a task is told to checkpoint",
                                 ge=0)
     max_requeue: int = option(3, "times a timed-out task is requeued (preemptions do not count)", ge=0)
+    wckey: str = option("", "workload characterization key, sbatch --wckey (empty: none; submitit's default "
+                            "'submitit' is rejected where a site enforces its own wckeys)")
     python: str = option(
         "", "command that runs Python in the job, e.g. 'apptainer exec --nv pipeline.sif python' "
             "(empty: this interpreter)")
@@ -162,7 +177,23 @@ def load_profile(path: Path, stage: str) -> SlurmProfile:
         raise ConfigError(f"{path}: unknown table(s) {sorted(unknown)} (expected [default], [stages.*])")
     values = dict(data.get("default", {}))
     values.update(data.get("stages", {}).get(stage, {}))
-    return build_section(SlurmProfile, values, f"{path}: [stages.{stage}]")
+    profile = build_section(SlurmProfile, values, f"{path}: [stages.{stage}]")
+    return dataclasses.replace(profile, python=resolve_paths(profile.python, Path(path).resolve().parent))
+
+
+def resolve_paths(command: str, base: Path) -> str:
+    """`command` with its relative paths (a word holding a '/' or naming a container image) made absolute
+    against `base`, the profile's folder: a profile means the same from any working directory."""
+    words = shlex.split(command)
+    for i, word in enumerate(words):
+        if word.startswith(("-", "$", "~")) or Path(word).is_absolute() or \
+                ("/" not in word and not word.endswith(IMAGES)):
+            continue
+        words[i] = str(base / word)
+    return shlex.join(words)
+
+
+IMAGES = (".sif", ".simg", ".img")  # Apptainer / Singularity images
 
 
 def run_tag(run_dir: Path | str) -> str:
@@ -190,6 +221,7 @@ def sbatch_parameters(profile: SlurmProfile, name: str) -> dict[str, Any]:
         "array_parallelism": profile.array_parallelism,
         "signal_delay_s": profile.signal_delay_s,
         "setup": list(profile.setup),
+        "wckey": profile.wckey or None,  # None: no --wckey line at all
     }
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(profile, key):
@@ -205,11 +237,69 @@ def python_command(profile: SlurmProfile) -> str:
     return profile.python or shlex.quote(sys.executable)
 
 
-def sbatch_script(profile: SlurmProfile, name: str, folder: Path | str, n_tasks: int) -> str:
-    """The exact sbatch script submitit submits for an array of `n_tasks` calls, job name `name`."""
-    command = " ".join([python_command(profile), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return _make_sbatch_string(command=command, folder=folder, map_count=n_tasks,
-                               **sbatch_parameters(profile, name))
+@dataclass(frozen=True)
+class Preview:
+    """What a stage would submit: submitit's own sbatch script, and what ``sbatch --test-only`` said."""
+
+    script: str
+    check: str | None  # None: no sbatch on this machine, the script was not validated
+    accepted: bool
+
+
+def preview_submission(profile: SlurmProfile, name: str, jobs_dir: Path | str, n_tasks: int) -> Preview:
+    """The sbatch script submitit submits for `n_tasks` calls, without submitting anything.
+
+    submitit's public path is followed exactly (an executor, ``batch()``, ``submit``), with a stand-in
+    ``sbatch`` first on PATH: it keeps the script, has the real ``sbatch --test-only`` validate it
+    (partition, account, limits — nothing is queued) and answers with a job id no one polls. What
+    submitit wrote under `jobs_dir` for it is removed again.
+    """
+    jobs_dir = Path(jobs_dir)
+    real = shutil.which("sbatch")
+    with tempfile.TemporaryDirectory(prefix="pipeline-preview-") as tmp, _removing_new_paths(jobs_dir):
+        out = Path(tmp)
+        check = f'{shlex.quote(real)} --test-only "$1" > {shlex.quote(str(out / "check"))} 2>&1; ' \
+                f'echo $? > {shlex.quote(str(out / "code"))}' if real else ""
+        stand_in = out / "sbatch"
+        stand_in.write_text(f'#!/bin/sh\ncp "$1" {shlex.quote(str(out / "script"))}\n{check}\n'
+                            'echo "Submitted batch job 0"\n')
+        stand_in.chmod(0o755)
+        path = os.environ.get("PATH", "")
+        os.environ["PATH"] = f"{out}{os.pathsep}{path}"
+        try:
+            executor = make_slurm_executor(profile, jobs_dir, name)
+            with executor.batch():
+                for _ in range(n_tasks):
+                    executor.submit(_nothing)
+        finally:
+            os.environ["PATH"] = path
+        said = (out / "check").read_text().strip() if real else None
+        return Preview((out / "script").read_text(), said, not real or (out / "code").read_text().strip() == "0")
+
+
+def _nothing() -> None:
+    """The call of a preview's tasks (never run)."""
+
+
+@contextlib.contextmanager
+def _removing_new_paths(folder: Path) -> Iterator[None]:
+    """Remove, on leaving, whatever was created in `folder` (and the folder and its parents if they were)."""
+    top = folder
+    while not top.parent.exists():
+        top = top.parent
+    existed = folder.exists()
+    before = set(folder.rglob("*")) if existed else set()
+    try:
+        yield
+    finally:
+        if not existed:
+            shutil.rmtree(top if top.exists() else folder, ignore_errors=True)
+        else:
+            for path in sorted(set(folder.rglob("*")) - before, reverse=True):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -434,13 +524,11 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, spec: ExecutorS
     return make_executor(spec, stage, jobs_dir).run(fn, calls, progress)
 
 
-def make_slurm_executor(profile: SlurmProfile, jobs_dir: Path, name: str) -> submitit.AutoExecutor:
-    folder = Path(jobs_dir) / "%j"
-    kwargs: dict[str, Any] = {"slurm_max_num_timeout": profile.max_requeue}
-    if profile.python:
-        kwargs["slurm_python"] = profile.python
-    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", **kwargs)
-    executor.update_parameters(**{f"slurm_{k}": v for k, v in sbatch_parameters(profile, name).items()})
+def make_slurm_executor(profile: SlurmProfile, jobs_dir: Path, name: str) -> submitit.SlurmExecutor:
+    """submitit's Slurm executor itself (AutoExecutor would drop a None, e.g. to leave out --wckey)."""
+    executor = submitit.SlurmExecutor(folder=Path(jobs_dir) / "%j", max_num_timeout=profile.max_requeue,
+                                      python=profile.python or None)
+    executor.update_parameters(**sbatch_parameters(profile, name))
     return executor
 
 

@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .metrics import auprc, auroc, pr_curve, roc_curve  # noqa: E402
 from .rundir import atomic_path  # noqa: E402
+from .susceptibility import label as direction_label  # noqa: E402
 
 
 def save(fig: plt.Figure, path: Path) -> None:
@@ -64,7 +65,7 @@ def score_heatmaps(score: xr.DataArray, n: xr.DataArray, path: Path, title: str,
             ax.set_yticks(range(panel.sizes["feature"]), [str(f) for f in panel["feature"].values], fontsize=8)
             ax.set_xticks(range(0, panel.sizes["time"], 6))
             count = int(n.sel(direction=d, kind=k))
-            ax.set(xlabel="hour after ICU admission", title=f"{d}, {k} examples (N = {count})")
+            ax.set(xlabel="hour after ICU admission", title=f"{direction_label(d)}, {k} examples (N = {count})")
             if count == 0:
                 ax.text(0.5, 0.5, "no successful example", transform=ax.transAxes, ha="center", va="center")
     fig.colorbar(image, ax=axes, label=colorbar, shrink=0.8)
@@ -84,7 +85,7 @@ def ranking_bars(s_j: xr.DataArray, n: xr.DataArray, path: Path, xlabel: str) ->
         for offset, kind in zip((-0.2, 0.2), table.columns, strict=False):
             ax.barh(rows + offset, table[kind], height=0.4, label=f"{kind} (N = {int(n.sel(direction=d, kind=kind))})")
         ax.set_yticks(rows, table.index)
-        ax.set(xlabel=xlabel, title=f"direction {d}")
+        ax.set(xlabel=xlabel, title=f"direction {direction_label(d)}")
         if int(n.sel(direction=d).max()) == 0:
             ax.text(0.5, 0.5, "no successful example", transform=ax.transAxes, ha="center", va="center")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, title="examples")
@@ -124,7 +125,7 @@ def iteration_cdf(iteration: xr.DataArray, found: xr.DataArray, direction: xr.Da
             it = iteration.sel(kind=k).values[members]
             ok = found.sel(kind=k).values[members]
             share = np.searchsorted(np.sort(it[ok]), steps, side="right") / max(members.sum(), 1)
-            ax.step(steps, share, where="post", label=f"{d}, {k} example (n = {members.sum()})",
+            ax.step(steps, share, where="post", label=f"{direction_label(d)}, {k} example (n = {members.sum()})",
                     color=f"C{colour}", linestyle="-" if k == "first" else "--")
     ax.set(xlabel="iteration (proximal updates)", ylabel="share of targets with an example", ylim=(0, 1.02),
            title="when the first and the best examples were found")

@@ -22,7 +22,7 @@ import dask.dataframe as dd
 import numpy as np
 import xarray as xr
 
-from . import mimic, timeseries
+from . import cf, mimic, timeseries
 from .cohort import build_cohort
 from .config import PipelineConfig, PrepareConfig
 from .errors import InputError
@@ -121,26 +121,38 @@ def filter_both(paths: dict[str, Path], parquet: dict[str, Path], workers: int) 
 def to_dataset(x: np.ndarray, mask: np.ndarray, cohort, stats: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
     n, n_time, _ = x.shape
     units = np.array([f.unit for f in FEATURES], dtype=object)
+    clinical = "in the feature's clinical unit (coordinate `unit`)"
     return xr.Dataset(
         data_vars={
-            "x": (("sample", "time", "feature"), x, {"description": "scaled value, (v − p5)/(p95 − p5) in [0, 1]"}),
-            "mask": (("sample", "time", "feature"), mask, {"description": "the cell had ≥ 1 measured event"}),
-            "y": ("sample", cohort["y"].to_numpy(np.int8), {"description": "in-hospital mortality"}),
-            "p5": ("feature", stats["p5"], {"description": "5th percentile, clinical units"}),
-            "median": ("feature", stats["median"], {"description": "median, clinical units"}),
-            "p95": ("feature", stats["p95"], {"description": "95th percentile, clinical units"}),
+            "x": (("sample", "time", "feature"), x,
+                  {"long_name": "value scaled to the feature's p5…p95 range, winsorized to [0, 1]",
+                   "units": cf.DIMENSIONLESS, "description": "scaled value, (v − p5)/(p95 − p5) in [0, 1]"}),
+            "mask": (("sample", "time", "feature"), mask,
+                     {"long_name": "the cell holds a measurement (false: imputed)",
+                      "description": "the cell had ≥ 1 measured event"}),
+            "y": ("sample", cohort["y"].to_numpy(np.int8),
+                  {"long_name": "in-hospital mortality (hospital_expire_flag)", **cf.CLASSES,
+                   "description": "in-hospital mortality"}),
+            "p5": ("feature", stats["p5"], {"long_name": f"5th percentile of the kept event values, {clinical}",
+                                            "description": "5th percentile, clinical units"}),
+            "median": ("feature", stats["median"], {"long_name": f"median of the kept event values, {clinical}",
+                                                    "description": "median, clinical units"}),
+            "p95": ("feature", stats["p95"], {"long_name": f"95th percentile of the kept event values, {clinical}",
+                                              "description": "95th percentile, clinical units"}),
         },
         coords={
-            "sample": np.arange(n),
-            "hadm_id": ("sample", cohort["hadm_id"].to_numpy(np.int64)),
-            "icustay_id": ("sample", cohort["icustay_id"].to_numpy(np.int64)),
-            "subject_id": ("sample", cohort["subject_id"].to_numpy(np.int64)),
-            "time": ("time", np.arange(n_time),
-                     {"long_name": "hour after ICU intime (bin b holds b ≤ t < b + 1)", "units": "h"}),
-            "feature": ("feature", np.array(NAMES, dtype=object)),
-            "unit": ("feature", units),
+            "sample": ("sample", np.arange(n), {"long_name": "sample index (one per admission, by ascending hadm_id)"}),
+            "hadm_id": ("sample", cohort["hadm_id"].to_numpy(np.int64),
+                        {"long_name": "MIMIC-III hospital admission id (HADM_ID)"}),
+            "icustay_id": ("sample", cohort["icustay_id"].to_numpy(np.int64),
+                           {"long_name": "MIMIC-III ICU stay id (ICUSTAY_ID) of the admission's first ICU stay"}),
+            "subject_id": ("sample", cohort["subject_id"].to_numpy(np.int64),
+                           {"long_name": "MIMIC-III patient id (SUBJECT_ID)"}),
+            "time": ("time", np.arange(n_time), cf.TIME),
+            "feature": ("feature", np.array(NAMES, dtype=object), cf.FEATURE),
+            "unit": ("feature", units, cf.UNIT),
         },
-        attrs=attrs,
+        attrs={**cf.GLOBAL, **attrs},
     )
 
 

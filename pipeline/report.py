@@ -14,7 +14,7 @@ import pandas as pd
 import xarray as xr
 
 from .rundir import RunDir
-from .susceptibility import DIRECTIONS
+from .susceptibility import DIRECTIONS, label
 
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "accuracy")
 SPARSE_CELLS = 10  # an example that changes at most this many cells reads as a few data-entry errors
@@ -95,6 +95,7 @@ def model_section(run_dir: Path) -> list[str]:
 def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame) -> list[str]:
     cfg = attack.attrs.get("attack_config", {})
     rows = pd.DataFrame(rows)
+    rows["direction"] = rows["direction"].map(label)  # 0to1 → 0→1: the report is read, not typed
     for share in ("success_rate", f"share_l0_le_{SPARSE_CELLS}"):
         rows[share] = [f"{100 * v:.1f}%" if v == v else "–" for v in rows[share]]  # v != v: NaN
     rows = rows.rename(columns={"median_l0": "median L0 (cells)", "median_l1": "median L1",
@@ -105,7 +106,8 @@ def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame) 
             f"{attack.sizes['sample']} targets: the correctly classified samples of the "
             f"{attack.attrs.get('targets', '?')} set. Parameters ({attack.attrs.get('params_source', '?')}): "
             + _params(cfg) + f"; seed {attack.attrs.get('seed')}.", "",
-            "A direction is the prediction before → after; *first* is the first iterate that flipped the "
+            "A direction is the prediction before → after (`0to1`, `1to0` in susceptibility.zarr and "
+            "`tables/`); *first* is the first iterate that flipped the "
             "prediction, *best* the flipped iterate with the smallest L1 (over the whole budget and every run "
             "of the λ search). L0 counts the changed cells of the 48 × 19 = 912; L1 and L∞ in scaled units "
             "(1 = the feature's p5…p95 range). The last column is the share of all targets in the direction "
@@ -126,7 +128,7 @@ def sparsest_examples(changes: pd.DataFrame) -> list[str]:
         edits = "; ".join(f"{r.feature} at hour {r.hour} {r.before:.4g} → {r.after:.4g} {r.unit}"
                           for r in rows.itertuples())
         cells_text = "1 cell" if len(rows) == 1 else f"{len(rows)} cells"
-        lines.append(f"- hadm_id {first.hadm_id} ({first.direction}, {cells_text}): {edits}")
+        lines.append(f"- hadm_id {first.hadm_id} ({label(first.direction)}, {cells_text}): {edits}")
     return lines + [""]
 
 
@@ -136,12 +138,12 @@ def susceptibility_section(tables: dict[str, dict]) -> list[str]:
              "`tables/` and every score per cell in `susceptibility.zarr`. Sun et al.'s figures are as "
              "transcribed by a later reproduction, which could not reproduce them.", ""]
     for d, t in tables.items():
-        lines += [f"### Direction {d}", ""]
+        lines += [f"### Direction {label(d)}", ""]
         if t["successes"] == 0:
             lines += ["No successful example in this direction: no scores.", ""]
             continue
         lines += [t["ranking"],
-                  f"Perturbations of the best examples in clinical units ({d}):", "",
+                  f"Perturbations of the best examples in clinical units ({label(d)}):", "",
                   _table(t["clinical"].drop(columns=["p5_to_p95_range"]).rename(columns={
                       "cells_changed": "cells changed", "examples_touching": "examples",
                       "median_abs_change": "median abs. change", "max_abs_change": "max abs. change"})), ""]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +32,12 @@ def stage_seed(cfg: PipelineConfig, stage: str) -> int:
     return cfg.run.seed * 65536 + zlib.crc32(stage.encode()) % 65536
 
 
-def study_name(run_dir: RunDir, stage: str) -> str:
-    """Unique per run directory, so that runs can share one PostgreSQL database."""
-    return f"{stage}-{hashlib.sha1(str(run_dir.path).encode()).hexdigest()[:10]}"
+def study_name(run_dir: RunDir, stage: str, identity: dict[str, Any]) -> str:
+    """``<run>-<stage>-<tag>``, e.g. ``run1-tune-model-3fa9c21b``: readable in optuna-dashboard. The tag,
+    a hash of the run directory's path and of `identity` (what the trials depend on), keeps runs that
+    share one database apart and gives a stage redone with another config its own study."""
+    digest = hashlib.sha1(json.dumps([str(run_dir.path), identity], sort_keys=True, default=str).encode())
+    return f"{run_dir.path.name}-{stage}-{digest.hexdigest()[:8]}"
 
 
 def chosen_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[dict, str]:

@@ -31,6 +31,14 @@ class Stage:
     inputs: tuple[str, ...] = ()  # artifacts of earlier stages it reads (hashed into its marker)
     outputs: tuple[str, ...] = ()  # what its driver writes in one piece (a killed run's temporaries: cleaned)
     scratch: tuple[str, ...] = ()  # globs of its driver's scratch space, stale whenever the stage is not running
+    array: str = ""  # the config key that sets how many array tasks it runs ("" = none: all in the driver)
+
+    def tasks(self, cfg: PipelineConfig) -> int:
+        """How many array tasks (Slurm jobs, local processes) the stage runs with `cfg`; 0 = none."""
+        if not self.array:
+            return 0
+        table, _, key = self.array.partition(".")
+        return getattr(cfg.section(table), key) if key else int(table)
 
     def load(self) -> StageFunc:
         module, _, name = self.entry.partition(":")
@@ -43,17 +51,17 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
           "dataset.zarr", "pipeline.prepare:prepare", outputs=("dataset.zarr",), scratch=("prepare-events-*",)),
     Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study",
-          "pipeline.tune_model:tune_model", ("dataset.zarr", "split.json")),
+          "pipeline.tune_model:tune_model", ("dataset.zarr", "split.json"), array="run.workers"),
     Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", "pipeline.cv:cv",
-          ("dataset.zarr", "split.json", "tune-model/best.json")),
+          ("dataset.zarr", "split.json", "tune-model/best.json"), array="cv.folds"),
     Stage("train", "final model on all non-test data, evaluated once on the test set", "model/",
           "pipeline.train:train", ("dataset.zarr", "split.json", "tune-model/best.json", "cv/summary.json"),
-          outputs=("model",)),
+          outputs=("model",), array="1"),
     Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study",
-          "pipeline.tune_attack:tune_attack", ("dataset.zarr", "split.json", "model")),
+          "pipeline.tune_attack:tune_attack", ("dataset.zarr", "split.json", "model"), array="run.workers"),
     Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr",
           "pipeline.attack:attack", ("dataset.zarr", "split.json", "model", "tune-attack/best.json"),
-          outputs=("attack.zarr",)),
+          outputs=("attack.zarr",), array="attack.shards"),
     Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
           "susceptibility.zarr, tables/, figures/, report.md", "pipeline.analyze:analyze",
           ("dataset.zarr", "attack.zarr", "model", "cv/summary.json"), outputs=("susceptibility.zarr",)),

@@ -1,6 +1,7 @@
 """Susceptibility scores of Sun et al. (2018), METHODS.md §6, in xarray.
 
-Over the N successful perturbations of one group (direction 0→1 or 1→0, kind first or best), with
+Over the N successful perturbations of one group (direction 0to1 or 1to0, i.e. prediction 0 → 1 or
+1 → 0; kind first or best), with
 P_nij the perturbation of sample n at hour i, feature j:
 
 - GMP_ij = max_n |P_nij|, GAP_ij = (1/N) Σ_n |P_nij| (per cell: the published code summed over all
@@ -18,8 +19,52 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-DIRECTIONS = ("0→1", "1→0")  # the predicted class before → after the perturbation
-SLUG = {"0→1": "0to1", "1→0": "1to0"}  # for file names
+DIRECTIONS = ("0to1", "1to0")  # the predicted class before → after the perturbation: easy to type
+LABELS = {"0to1": "0→1", "1to0": "1→0"}  # how figures and report.md show them
+DIRECTION = {"long_name": "attack direction: 0to1 = true label 0 → predicted 1, 1to0 = true label 1 → predicted 0"}
+
+
+def label(direction: str) -> str:
+    """A direction as people read it (0to1 → "0→1"); anything else unchanged."""
+    return LABELS.get(str(direction), str(direction))
+
+
+# long_name, units and description of each score. Scaled units (1 = the feature's p5…p95 range) are
+# dimensionless, units "1"; so are counts and shares.
+ATTRS = {
+    "n": ("successful examples in the group (N)", "1",
+          "successful examples of this direction and kind; every score is NaN when N = 0"),
+    "targets": ("targets attacked in this direction", "1", "targets attacked in this direction"),
+    "success_rate": ("success rate: N / targets", "1", "N / targets"),
+    "gmp": ("GMP: max over examples of |P| (scaled units)", "1",
+            "GMP: max over the successful examples of |P| per cell, in scaled units"),
+    "gap": ("GAP: mean over examples of |P| (scaled units)", "1",
+            "GAP: mean over the successful examples of |P| per cell, in scaled units"),
+    "gpp": ("GPP: share of examples with P ≠ 0", "1",
+            "GPP: share of the successful examples with P ≠ 0 in the cell"),
+    "s": ("S = GMP · GPP (scaled units)", "1", "S = GMP · GPP per cell"),
+    "s_j": ("S_j = Σ over hours of S (scaled units)", "1", "S_j = Σ over hours of S, per feature"),
+    "ganzp": ("GANZP: mean |P| over the examples with P ≠ 0 (scaled units)", "1",
+              "GANZP: mean |P| over the successful examples that changed the cell (P ≠ 0), in scaled "
+              "units; NaN where none did"),
+    "sensitivity": ("sensitivity = GPP / GANZP (per scaled unit)", "1",
+                    "GPP / GANZP per cell; NaN where GANZP is"),
+    "sensitivity_j": ("sensitivity_j = Σ over hours of sensitivity where defined", "1",
+                      "Σ over hours of sensitivity where it is defined (0 for a feature never changed)"),
+}
+CLINICAL = "in the feature's clinical unit (coordinate `unit`)"
+# the scores that `analyze` also stores in clinical units, × (p95 − p5): no single `units` applies
+CLINICAL_ATTRS = {
+    "gmp_clinical": {"long_name": f"GMP: max over examples of |P|, {CLINICAL}",
+                     "description": "GMP × (p95 − p5) of the feature: max over the successful examples of |P| "
+                                    "per cell, in clinical units (see `unit`)"},
+    "gap_clinical": {"long_name": f"GAP: mean over examples of |P|, {CLINICAL}",
+                     "description": "GAP × (p95 − p5) of the feature: mean over the successful examples of |P| "
+                                    "per cell, in clinical units (see `unit`)"},
+    "ganzp_clinical": {"long_name": f"GANZP: mean |P| over the examples with P ≠ 0, {CLINICAL}",
+                       "description": "GANZP × (p95 − p5) of the feature: mean |P| over the successful examples "
+                                      "that changed the cell, in clinical units (see `unit`); NaN where none did"},
+}
 
 
 def direction_of(pred: xr.DataArray) -> xr.DataArray:
@@ -59,21 +104,9 @@ def scores(perturbation: xr.DataArray, found: xr.DataArray, direction: xr.DataAr
     targets = xr.concat([(direction == d).sum("sample") for d in DIRECTIONS], dim="direction")
     ds["targets"] = targets.assign_coords(direction=labels)
     ds["success_rate"] = ds.n / ds.targets.where(ds.targets > 0)
-    descriptions = {
-        "n": "successful examples in the group (N)",
-        "targets": "targets attacked in this direction",
-        "success_rate": "N / targets",
-        "gmp": "GMP: max over examples of |P| (scaled units)",
-        "gap": "GAP: mean over examples of |P| (scaled units)",
-        "gpp": "GPP: share of examples with P ≠ 0",
-        "s": "S = GMP · GPP",
-        "s_j": "S_j = Σ over hours of S",
-        "ganzp": "GANZP: mean |P| over the examples with P ≠ 0 (NaN when none)",
-        "sensitivity": "GPP / GANZP",
-        "sensitivity_j": "Σ over hours of sensitivity where defined",
-    }
-    for name, text in descriptions.items():
-        ds[name].attrs["description"] = text
+    for name, (long_name, units, description) in ATTRS.items():
+        ds[name].attrs = {"long_name": long_name, "units": units, "description": description}
+    ds["direction"].attrs = dict(DIRECTION)
     return ds
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from . import rundir, study, training
 from .config import AttackConfig, ConfigError, PipelineConfig
@@ -41,23 +42,42 @@ MAX_TARGETS = 1000
 MAXIMIZE = ("success_rate", "sparse_small_max", "sparse_small")
 
 
+def distributions(optimizer: str) -> dict[str, BaseDistribution]:
+    """The search space of each tunable `[attack]` key, in the order they are suggested; the step
+    size's range depends on the optimizer (ISTA's step is η·gradient; an adaptive step moves a cell by
+    about η)."""
+    return {
+        "optimizer": CategoricalDistribution(["sgd", "adam", "rmsprop"]),
+        "lr": FloatDistribution(*((1e-2, 10.0) if optimizer == "sgd" else (1e-3, 0.3)), log=True),
+        "lam": FloatDistribution(1e-4, 1e-1, log=True),
+        "kappa": FloatDistribution(0.0, 1.0),
+        "fista": CategoricalDistribution([False, True]),
+    }
+
+
+TUNABLE = tuple(distributions("adam"))
+
+
 def suggest(trial: optuna.Trial, name: str, attack: AttackConfig):
-    """The search space of each tunable `[attack]` key (the step size's range depends on the optimizer)."""
-    if name == "lam":
-        return trial.suggest_float("lam", 1e-4, 1e-1, log=True)
-    if name == "lr":  # ISTA's step is η·gradient; an adaptive step moves a cell by about η
-        low, high = (1e-2, 10.0) if trial.params.get("optimizer", attack.optimizer) == "sgd" else (1e-3, 0.3)
-        return trial.suggest_float("lr", low, high, log=True)
-    if name == "kappa":
-        return trial.suggest_float("kappa", 0.0, 1.0)
-    if name == "optimizer":
-        return trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])
-    if name == "fista":
-        return trial.suggest_categorical("fista", [False, True])
-    raise ConfigError(f"[tune-attack] params: {name!r} cannot be tuned (tunable: {', '.join(TUNABLE)})")
+    optimizer = trial.params.get("optimizer", attack.optimizer)
+    return study.suggest(trial, name, distributions(optimizer)[name])
 
 
-TUNABLE = ("optimizer", "lr", "lam", "kappa", "fista")  # in the order they are suggested
+def search_space(names: list[str], attack: AttackConfig) -> dict:
+    """The tuned keys' ranges as a person reads them (the study's user attribute)."""
+    space = {n: study.describe(d) for n, d in distributions(attack.optimizer).items() if n in names}
+    if "lr" in names and "optimizer" in names:
+        space["lr"] = {"sgd": study.describe(distributions("sgd")["lr"]),
+                       "adam, rmsprop": study.describe(distributions("adam")["lr"])}
+    return space
+
+
+METRICS = {
+    "min_l1": "median L1 of the best examples (scaled units, a failure = inf)",
+    "success_rate": "share of targets flipped",
+    "sparse_small_max": "sum over flipped targets of (1 - L0/912) / Linf",
+    "sparse_small": "sum over flipped targets of (1 - L0/912) / L1",
+}
 
 
 def trial_attack(trial: optuna.Trial, attack: AttackConfig, names: list[str]) -> AttackConfig:
@@ -127,6 +147,7 @@ def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
         if name not in TUNABLE:
             raise ConfigError(f"[tune-attack] params: {name!r} cannot be tuned (tunable: {', '.join(TUNABLE)})")
     cfg.attack.check()
+    study.check_driver(cfg.run.storage)
     targets = select_targets(run_dir, cfg.attack.targets)
     rng = np.random.default_rng(cfg.run.seed)
     chosen = np.sort(rng.permutation(targets["dataset_index"].to_numpy())[:min(ta.targets, MAX_TARGETS)])
@@ -134,7 +155,8 @@ def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     direction = "maximize" if ta.objective in MAXIMIZE else "minimize"
     settings = {"objective": ta.objective, "params": list(ta.params), "attack": dataclasses.asdict(cfg.attack),
                 "startup_trials": ta.startup_trials}
-    name = study.run_study(cfg, run_dir, "tune-attack", tuning_worker, ta.trials, settings, direction=direction)
+    name = study.run_study(cfg, run_dir, "tune-attack", tuning_worker, ta.trials, settings, direction=direction,
+                           metric=METRICS[ta.objective], search_space=search_space(list(ta.params), cfg.attack))
     s = optuna.load_study(study_name=name, storage=study.open_storage(cfg.run.storage, run_dir.path,
                                                                           cfg.run.heartbeat_s))
     done = s.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from . import metrics, rundir, study, training
 from .config import ConfigError, ModelParams, PipelineConfig, TuneModelConfig
@@ -25,23 +26,36 @@ log = logging.getLogger(__name__)
 REFERENCE_SPACE = TuneModelConfig(max_hidden=256, max_layers=2, min_lr=1e-5)
 
 
+def search_space(space: TuneModelConfig) -> dict[str, BaseDistribution]:
+    """The reference search space plus layers and bidirectionality, within `space`'s bounds, each
+    parameter in its own units (sizes are powers of 2, drawn as choices)."""
+    return {
+        "hidden": CategoricalDistribution(powers_of_2(32, space.max_hidden)),
+        "layers": IntDistribution(1, space.max_layers),
+        "bidirectional": CategoricalDistribution([True, False]),
+        "fc": CategoricalDistribution(powers_of_2(16, 256)),
+        "dropout": FloatDistribution(0.0, 0.5),
+        "activation": CategoricalDistribution(["relu", "tanh"]),
+        "optimizer": CategoricalDistribution(["adam", "rmsprop", "sgd"]),
+        "lr": FloatDistribution(space.min_lr, 1e-1, log=True),
+        "batch_size": CategoricalDistribution(powers_of_2(32, 256)),
+    }
+
+
+def powers_of_2(low: int, high: int) -> list[int]:
+    return [2 ** k for k in range(low.bit_length() - 1, high.bit_length())]
+
+
 def suggest(trial: optuna.Trial, space: TuneModelConfig) -> ModelParams:
-    """The reference search space plus layers and bidirectionality, within `space`'s bounds."""
-    return ModelParams(
-        hidden=2 ** trial.suggest_int("log2_hidden", 5, space.max_hidden.bit_length() - 1),
-        layers=trial.suggest_int("layers", 1, space.max_layers),
-        bidirectional=trial.suggest_categorical("bidirectional", [True, False]),
-        fc=2 ** trial.suggest_int("log2_fc", 4, 8),
-        dropout=trial.suggest_float("dropout", 0.0, 0.5),
-        activation=trial.suggest_categorical("activation", ["relu", "tanh"]),
-        optimizer=trial.suggest_categorical("optimizer", ["adam", "rmsprop", "sgd"]),
-        lr=trial.suggest_float("lr", space.min_lr, 1e-1, log=True),
-        batch_size=2 ** trial.suggest_int("log2_batch_size", 5, 8),
-    )
+    return ModelParams(**{name: study.suggest(trial, name, d) for name, d in search_space(space).items()})
 
 
 def params_of(trial: optuna.trial.FrozenTrial) -> ModelParams:
-    return suggest(optuna.trial.FixedTrial(trial.params), REFERENCE_SPACE)
+    return ModelParams(**trial.params)
+
+
+def metric_name(tm: TuneModelConfig) -> str:
+    return f"mean held-out AUROC over {tm.folds_used} fold(s)"
 
 
 def objective(data: training.Data, split: dict, tm: TuneModelConfig, seed: int):
@@ -85,10 +99,13 @@ def tune_model(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if not 1 <= tm.folds_used <= cfg.cv.folds:
         raise ConfigError(f"[tune-model] folds_used = {tm.folds_used}: must be in 1…{cfg.cv.folds}")
     check_space(tm)
+    study.check_driver(cfg.run.storage)
     data = training.load_data(run_dir.path)
     training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed)
     settings = {"tune": dataclasses.asdict(tm)}
-    name = study.run_study(cfg, run_dir, "tune-model", tuning_worker, tm.trials, settings)
+    space = {name: study.describe(d) for name, d in search_space(tm).items()}
+    name = study.run_study(cfg, run_dir, "tune-model", tuning_worker, tm.trials, settings,
+                           metric=metric_name(tm), search_space=space)
     save_best(cfg, run_dir, name)
 
 
@@ -104,8 +121,7 @@ def save_best(cfg: PipelineConfig, run_dir: RunDir, name: str) -> None:
     best = s.best_trial
     states = [t.state.name for t in s.trials]
     record = {"study": name, "trial": best.number, "value": best.value,
-              "metric": f"mean held-out AUROC over {cfg.tune_model.folds_used} fold(s)",
-              "params": dataclasses.asdict(params_of(best)), "optuna_params": best.params,
+              "metric": metric_name(cfg.tune_model), "params": dataclasses.asdict(params_of(best)),
               "trials": {state: states.count(state) for state in sorted(set(states))}}
     rundir.write_json(run_dir.path / "tune-model" / "best.json", record)
     log.info("tune-model: best trial %d, AUROC %.4f, %s", best.number, best.value, record["params"])

@@ -1,6 +1,7 @@
 """The attack stage: targets, shards writing one Zarr store, resuming (debug and local executors)."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -107,11 +108,11 @@ def test_tune_attack_locally_then_attack_uses_its_best(trained_run, tmp_path):
     s = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run))
     done = s.get_trials(states=study.DONE)
     assert len(done) == 4 and best["targets"] == 40 and s.direction == optuna.study.StudyDirection.MINIMIZE
-    assert {t.user_attrs["worker"] for t in done} == {0, 1}
+    assert {t.user_attrs["worker"] for t in done} <= {0, 1}  # which worker ran what depends on timing
     assert set(best["params"]) == {"lr", "lam"}  # the declared subset, nothing else
-    # the best trial: most targets flipped, then the smallest median L1
+    # the best trial: most targets flipped, then the smallest median L1 (a failure's +inf is null in best.json)
     key = sorted((-t.user_attrs["success_rate"], t.value) for t in done)[0]
-    assert (-best["success_rate"], best["value"]) == key
+    assert (-best["success_rate"], math.inf if best["value"] is None else best["value"]) == key
     store = run_attack(run, "--executor", "debug")
     assert store.attrs["params_source"].startswith(str(run / "tune-attack" / "best.json"))
     assert store.attrs["attack_config"]["lam"] == pytest.approx(best["params"]["lam"])

@@ -1,43 +1,108 @@
-"""What can be checked of the Apptainer definition without Apptainer: the files it copies exist,
-and its %runscript and %test commands work on this (host) install."""
+"""What can be checked of the Apptainer definition without Apptainer: it installs the lock file and
+nothing else, keeps user site-packages out, carries the source commit to its labels, help and the
+task-start version check, the files it copies exist, and its %runscript and %test commands work on
+this (host) install with its %environment."""
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 DEF = ROOT / "containers" / "pipeline.def"
+MAKEFILE = (ROOT / "Makefile").read_text()
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+FLOORS = os.environ.get("PIPELINE_FLOORS") == "1"  # .ci/floors.sh: this venv holds the floors, not the lock
 
 
-def sections() -> dict[str, str]:
-    parts = re.split(r"^%(\w+)[ \t]*$", DEF.read_text(), flags=re.M)
+def sections(text: str | None = None) -> dict[str, str]:
+    parts = re.split(r"^%(\w+)[ \t]*$", DEF.read_text() if text is None else text, flags=re.M)
     return {name: body for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
-def host_shell(script: str, *args: str) -> subprocess.CompletedProcess:
-    """Run a section as the container would, with this venv's python first on PATH."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(["bash", "-euc", script, "section", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT)
+def rendered(commit: str = COMMIT) -> dict[str, str]:
+    """The sections as `apptainer build --build-arg SOURCE_COMMIT=<commit>` sees them."""
+    return sections(re.sub(r"\{\{\s*SOURCE_COMMIT\s*\}\}", commit, DEF.read_text()))
 
 
-def test_header_uses_a_cuda_pytorch_base():
+def commands(body: str) -> list[str]:
+    return [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def host_shell(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a section as the container would: its %environment first, this venv's python first on PATH."""
+    full = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    return subprocess.run(["bash", "-euc", rendered()["environment"] + "\n" + script, "section", *args],
+                          capture_output=True, text=True, env=full, cwd=ROOT)
+
+
+def test_header_uses_the_python_of_the_lock():
     header = DEF.read_text().split("%", 1)[0]
     assert re.search(r"^Bootstrap:\s*docker$", header, re.M)
-    assert re.search(r"^From:\s*pytorch/pytorch:[\w.]+-cuda[\w.]+-cudnn\w+-runtime$", header, re.M)
+    base = re.search(r"^From:\s*python:(\d+\.\d+)-slim-\w+$", header, re.M)
+    assert base, "the base is a CPython image; torch comes from the lock"
+    locked_python = re.search(r"--python-version (\d+\.\d+)", MAKEFILE)
+    assert locked_python and base.group(1) == locked_python.group(1), \
+        "the image's Python must be the one make lock resolves for"
+
+
+def test_post_installs_the_cuda_lock_and_nothing_unpinned():
+    post = commands(sections()["post"])
+    installs = [shlex.split(c) for c in post if re.search(r"\bpip install\b", c)]
+    assert installs
+    for argv in installs:
+        rest = [a for a in argv[argv.index("install") + 1:] if a not in ("--no-cache-dir", "--no-build-isolation")]
+        if "-r" in rest:
+            assert rest == ["-r", "/opt/pipeline/requirements/cuda.txt"], argv
+        else:  # the package itself: its dependencies all come from the lock
+            assert rest == ["--no-deps", "/opt/pipeline"], argv
+    assert [a for argv in installs for a in argv if a == "-r"], "no lock file is installed"
+    assert "python -m pip check" in post
 
 
 def test_every_copied_file_exists():
-    lines = [ln.split() for ln in sections()["files"].splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    lines = [ln.split() for ln in commands(sections()["files"])]
     assert lines
     for src, dest in lines:
         assert (ROOT / src).exists(), f"%files copies {src}, which is not in the repository"
         assert dest.startswith("/opt/pipeline/")
     # what %post installs must have been copied
-    assert "/opt/pipeline/pyproject.toml" in {dest for _, dest in lines}
-    assert "pip install --no-cache-dir /opt/pipeline" in sections()["post"]
+    assert {"/opt/pipeline/pyproject.toml", "/opt/pipeline/requirements/cuda.txt"} <= {dest for _, dest in lines}
+
+
+def test_user_site_packages_stay_out():
+    assert re.search(r"^\s*export PYTHONNOUSERSITE=1\s*$", sections()["environment"], re.M)
+    # effective: a Python started after %environment ignores ~/.local
+    out = host_shell("python -c 'import sys; print(sys.flags.no_user_site)'")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
+
+
+def test_every_build_argument_is_passed_by_make_container():
+    used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", DEF.read_text()))
+    assert used == {"SOURCE_COMMIT"}
+    recipe = MAKEFILE.split("\ncontainer:", 1)[1].split("\n\n", 1)[0]
+    passed = set(re.findall(r"--build-arg (\w+)=", recipe))
+    assert used == passed, "apptainer build fails on a {{ VAR }} that no --build-arg defines"
+    assert "git rev-parse HEAD" in recipe and "containers/pipeline.def" in recipe
+
+
+def test_labels_help_and_environment_carry_the_commit():
+    s = rendered()
+    assert re.search(rf"^\s*org\.opencontainers\.image\.revision {COMMIT}$", s["labels"], re.M)
+    assert COMMIT in s["help"]
+    for needed in ("apptainer run", "apptainer exec", "make container", "PYTHONNOUSERSITE"):
+        assert needed in s["help"], needed
+    # the version check of each task reads it where the source is no git checkout (inside the image)
+    probe = ("import pipeline.versions as v; v.source_commit = lambda: None; "
+             "print(v.runtime_versions()['commit'])")
+    out = host_shell(f"python -c {shlex.quote(probe)}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == COMMIT
 
 
 def test_runscript_is_the_cli():
@@ -46,7 +111,19 @@ def test_runscript_is_the_cli():
     assert "tune-attack" in out.stdout and "analyze" in out.stdout
 
 
+@pytest.mark.skipif(FLOORS, reason="the floors venv holds the lowest versions, not the lock")
 def test_test_section_passes_on_the_host():
-    out = host_shell(sections()["test"])
+    # here the host's lock (CPU) stands for the image's
+    out = host_shell(sections()["test"], env={"PIPELINE_LOCK": "requirements/cpu.txt"})
     assert out.returncode == 0, out.stderr
+    assert "every package as locked in requirements/cpu.txt" in out.stdout
     assert "pipeline OK" in out.stdout
+
+
+def test_test_section_fails_when_a_package_differs_from_the_lock(tmp_path):
+    lock = tmp_path / "lock.txt"
+    lock.write_text("numpy==0.0.1\n    # via pandas\nsubmitit==0.0.2\n")
+    out = host_shell(sections()["test"], env={"PIPELINE_LOCK": str(lock)})
+    assert out.returncode != 0
+    assert "numpy: installed" in out.stderr and "but locked 0.0.1" in out.stderr
+    assert "submitit: installed" in out.stderr and "but locked 0.0.2" in out.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.executor import ExecutorSpec, job_name, load_profile, run_tasks, sbatch_script
+from pipeline.executor import ExecutorSpec, job_name, load_profile, preview_submission, run_tasks
 from tests import tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,14 +56,20 @@ def test_bad_profile_is_named(tmp_path, text, message):
         load_profile(tmp_path / "p.toml", "cv")
 
 
-def test_generated_sbatch_script_matches_golden_file():
+def test_generated_sbatch_script_matches_golden_file(tmp_path):
     """Any change to what is submitted shows up as a diff of this file in review.
 
-    Regenerate with UPDATE_GOLDEN=1 after an intended change.
+    The script is submitit's own, captured by preview_submission (a stand-in sbatch). Regenerate with
+    UPDATE_GOLDEN=1 after an intended change.
     """
     profile = load_profile(ROOT / "slurm" / "profiles" / "example-gpu-cluster.toml", "attack")
-    script = sbatch_script(profile, job_name("attack", "/scratch/run"), "/scratch/run/jobs/attack/%j", n_tasks=8)
+    jobs = tmp_path / "run" / "jobs" / "attack"
+    preview = preview_submission(profile, job_name("attack", "/scratch/run"), jobs, n_tasks=8)
+    script = preview.script.replace(str(tmp_path / "run"), "/scratch/run").replace(str(ROOT), "<repo>")
     assert "#SBATCH --job-name=pipeline-attack-" in script  # the run's tag: one run's jobs can be told apart
+    assert "wckey" not in script  # submitit's default --wckey=submitit is left out (some sites reject it)
+    assert "<repo>/slurm/profiles/pipeline.sif" in script  # relative to the profile, not the working directory
+    assert not (tmp_path / "run").exists(), "a preview leaves nothing behind"
     golden = GOLDEN / "sbatch-attack-example-gpu-cluster.sh"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.write_text(script)

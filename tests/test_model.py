@@ -227,4 +227,4 @@ def test_the_trials_stay_inside_the_configured_space(small_run, tmp_path):
     best = json.loads((run / "tune-model" / "best.json").read_text())
     s = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run))
     for t in s.trials:
-        assert t.params["log2_hidden"] == 5 and t.params["layers"] == 1 and t.params["lr"] >= 0.01
+        assert t.params["hidden"] == 32 and t.params["layers"] == 1 and t.params["lr"] >= 0.01

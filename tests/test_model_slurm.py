@@ -1,4 +1,4 @@
-"""The model stage on the real Slurm cluster with Optuna on the real PostgreSQL."""
+"""The model stage on the real Slurm cluster, with Optuna on the real PostgreSQL or on the journal file."""
 
 import json
 import subprocess
@@ -10,16 +10,14 @@ import pytest
 
 from pipeline import study
 from pipeline.cli import main
-from pipeline.rundir import RunDir
-from pipeline.settings import study_name
 from tests.runs import TEST_PROFILE, TINY, copy_run
 
-pytestmark = [pytest.mark.slurm, pytest.mark.postgres]
+pytestmark = [pytest.mark.slurm]
 
 
-def slurm_args(run, pg_url, *extra):
+def slurm_args(run, storage, *extra):
     return ["--run-dir", str(run), "--executor", "slurm", "--workers", "2", "--seed", "5",
-            f"run.storage={pg_url}", f"run.slurm_profile={TEST_PROFILE}", "cv.folds=3", *extra]
+            f"run.storage={storage}", f"run.slurm_profile={TEST_PROFILE}", "cv.folds=3", *extra]
 
 
 def array_tasks(jobs_dir):
@@ -32,11 +30,20 @@ def array_tasks(jobs_dir):
     return {job: sorted(tasks) for job, tasks in arrays.items()}
 
 
-def load(run, pg_url):
-    name = study_name(RunDir(run), "tune-model")
-    return optuna.load_study(study_name=name, storage=study.open_storage(pg_url, run, heartbeat_s=1))
+def load(run, storage):
+    """The run's one study (the database is emptied for each test; the journal is the run's own)."""
+    opened = study.open_storage(storage, run, heartbeat_s=1)
+    (name,) = optuna.get_all_study_names(opened)
+    return optuna.load_study(study_name=name, storage=opened)
 
 
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres), "journal"])
+def storage(request):
+    """run.storage: the test PostgreSQL (emptied), or "" — the journal file in the run directory."""
+    return request.getfixturevalue("fresh_pg_url") if request.param == "postgresql" else ""
+
+
+@pytest.mark.postgres
 def test_tune_model_on_postgresql_then_cv_as_one_array(slurm_cluster, fresh_pg_url, small_run, tmp_path):
     run = copy_run(small_run, tmp_path)
     assert main(["tune-model", *slurm_args(run, fresh_pg_url, "tune-model.trials=4", "tune-model.max_epochs=2",
@@ -55,11 +62,13 @@ def test_tune_model_on_postgresql_then_cv_as_one_array(slurm_cluster, fresh_pg_u
     assert len(summary["per_fold"]) == 3
 
 
-def test_a_cancelled_tuning_worker_leaves_no_running_trial(slurm_cluster, fresh_pg_url, small_run, tmp_path):
+def test_a_cancelled_tuning_worker_leaves_no_running_trial(slurm_cluster, storage, small_run, tmp_path):
+    """PostgreSQL: the killed worker's trial loses its heartbeat; journal: its Slurm task is gone. Either
+    way it is failed and retried, and the study ends with exactly N finished trials."""
     run = copy_run(small_run, tmp_path)
     # trials long enough (the reference space, 15 epochs; no pruning before 5 trials) that worker 0
     # is still inside one when scancel arrives
-    args = ["tune-model", *slurm_args(run, fresh_pg_url, "run.heartbeat_s=1", "tune-model.trials=4",
+    args = ["tune-model", *slurm_args(run, storage, "run.heartbeat_s=1", "tune-model.trials=4",
                                       "tune-model.max_epochs=15", "tune-model.epochs_per_report=1",
                                       "tune-model.max_hidden=256", "tune-model.max_layers=2", *TINY)]
     outcome = []
@@ -72,7 +81,7 @@ def test_a_cancelled_tuning_worker_leaves_no_running_trial(slurm_cluster, fresh_
         time.sleep(0.2)
     while True:  # wait until worker 0 is in the middle of a trial
         assert time.time() < deadline, "worker 0 never started a trial"
-        running = [t for t in load(run, fresh_pg_url).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        running = [t for t in load(run, storage).get_trials(states=(optuna.trial.TrialState.RUNNING,))
                    if t.user_attrs.get("worker") == 0]
         if running:
             break
@@ -82,11 +91,11 @@ def test_a_cancelled_tuning_worker_leaves_no_running_trial(slurm_cluster, fresh_
 
     driver.join(timeout=300)
     assert outcome == [0], "the stage succeeds: the other worker finished the study"
-    s = load(run, fresh_pg_url)
+    s = load(run, storage)
     assert len(s.get_trials(states=study.DONE)) == 4
     assert not s.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
     # the trial worker 0 was running when it was killed (the one seen, or a later one if that one ended
-    # in the meantime) was failed for its missing heartbeat, and retried
+    # in the meantime) was failed — for its missing heartbeat, or its owner's cancelled Slurm task — and retried
     killed = [t for t in s.get_trials(states=(optuna.trial.TrialState.FAIL,)) if t.user_attrs.get("worker") == 0]
     assert len(killed) == 1 and killed[0].number >= running[0].number
     retry = [t for t in s.trials if t.system_attrs.get("failed_trial") == killed[0].number]

@@ -14,8 +14,8 @@ from pipeline.executor import (
     TaskFailed,
     job_name,
     load_profile,
+    preview_submission,
     run_tasks,
-    sbatch_script,
 )
 from tests import tasks
 
@@ -46,8 +46,8 @@ def test_array_of_4_tasks_returns_the_same_results_as_local_and_debug(slurm_clus
     (array_id,) = array_ids
     submitted = subprocess.run(["scontrol", "write", "batch_script", array_id, "-"],
                                capture_output=True, text=True, check=True).stdout
-    expected = sbatch_script(load_profile(PROFILE, "demo"), job_name("demo", shared_tmp), jobs_dir / "%j", n_tasks=4)
-    assert submitted == expected
+    expected = preview_submission(load_profile(PROFILE, "demo"), job_name("demo", shared_tmp), jobs_dir, n_tasks=4)
+    assert submitted == expected.script and expected.accepted  # and sbatch --test-only accepts it
     deadline = time.time() + 30  # accounting records arrive a moment after the jobs end
     while (states := sacct_states(array_id)) != ["COMPLETED"] * 4 and time.time() < deadline:
         time.sleep(0.5)

@@ -62,41 +62,41 @@ def at(ds, name, d, k, hour, feature):
 
 def test_every_score_by_hand():
     a = attack_like()
-    s = scores(a.perturbation, a.found, xr.where(a.pred == 0, "0→1", "1→0"))
-    # 0→1, first: N = 2 (t2 did not succeed and must not count)
-    assert int(s.n.sel(direction="0→1", kind="first")) == 2
-    assert at(s, "gmp", "0→1", "first", 0, K) == pytest.approx(0.6)
-    assert at(s, "gap", "0→1", "first", 0, K) == pytest.approx(0.4)
-    assert at(s, "gpp", "0→1", "first", 0, K) == pytest.approx(1.0)
-    assert at(s, "s", "0→1", "first", 0, K) == pytest.approx(0.6)
-    assert at(s, "ganzp", "0→1", "first", 0, K) == pytest.approx(0.4)
-    assert at(s, "sensitivity", "0→1", "first", 0, K) == pytest.approx(2.5)
+    s = scores(a.perturbation, a.found, xr.where(a.pred == 0, "0to1", "1to0"))
+    # 0to1, first: N = 2 (t2 did not succeed and must not count)
+    assert int(s.n.sel(direction="0to1", kind="first")) == 2
+    assert at(s, "gmp", "0to1", "first", 0, K) == pytest.approx(0.6)
+    assert at(s, "gap", "0to1", "first", 0, K) == pytest.approx(0.4)
+    assert at(s, "gpp", "0to1", "first", 0, K) == pytest.approx(1.0)
+    assert at(s, "s", "0to1", "first", 0, K) == pytest.approx(0.6)
+    assert at(s, "ganzp", "0to1", "first", 0, K) == pytest.approx(0.4)
+    assert at(s, "sensitivity", "0to1", "first", 0, K) == pytest.approx(2.5)
     # GAP per cell: sodium at hour 1 is 0.4 / 2, not a sum over all cells (the published bug)
-    assert at(s, "gap", "0→1", "first", 1, NA) == pytest.approx(0.2)
-    assert at(s, "gpp", "0→1", "first", 1, NA) == pytest.approx(0.5)
-    assert at(s, "s", "0→1", "first", 1, NA) == pytest.approx(0.2)
-    assert at(s, "sensitivity", "0→1", "first", 1, NA) == pytest.approx(1.25)
-    s_j = s.s_j.sel(direction="0→1", kind="first")
+    assert at(s, "gap", "0to1", "first", 1, NA) == pytest.approx(0.2)
+    assert at(s, "gpp", "0to1", "first", 1, NA) == pytest.approx(0.5)
+    assert at(s, "s", "0to1", "first", 1, NA) == pytest.approx(0.2)
+    assert at(s, "sensitivity", "0to1", "first", 1, NA) == pytest.approx(1.25)
+    s_j = s.s_j.sel(direction="0to1", kind="first")
     assert float(s_j.sel(feature="potassium")) == pytest.approx(0.6)
     assert float(s_j.sel(feature="sodium")) == pytest.approx(0.2)
     assert float(s_j.sel(feature="glucose")) == 0.0
-    sens_j = s.sensitivity_j.sel(direction="0→1", kind="first")
+    sens_j = s.sensitivity_j.sel(direction="0to1", kind="first")
     assert float(sens_j.sel(feature="potassium")) == pytest.approx(2.5)
     assert float(sens_j.sel(feature="glucose")) == 0.0  # never perturbed: 0, not NaN
     # GANZP is NaN where nothing was perturbed, and so is sensitivity there
-    assert math.isnan(at(s, "ganzp", "0→1", "first", 2, K))
-    assert math.isnan(at(s, "sensitivity", "0→1", "first", 0, GLC))
-    assert at(s, "gmp", "0→1", "first", 2, K) == 0.0 and at(s, "gpp", "0→1", "first", 2, K) == 0.0
-    # 0→1, best
-    assert at(s, "gmp", "0→1", "best", 0, K) == pytest.approx(0.3)
-    assert at(s, "gap", "0→1", "best", 0, K) == pytest.approx(0.2)
-    assert at(s, "sensitivity", "0→1", "best", 0, K) == pytest.approx(5.0)
-    assert at(s, "s", "0→1", "best", 2, NA) == pytest.approx(0.1)
-    # 1→0: one success among one target for first, none for best
-    assert at(s, "s", "1→0", "first", 3, GLC) == pytest.approx(0.5)
-    assert float(s.success_rate.sel(direction="0→1", kind="first")) == pytest.approx(2 / 3)
-    assert float(s.success_rate.sel(direction="1→0", kind="first")) == 1.0
-    empty = s.sel(direction="1→0", kind="best")
+    assert math.isnan(at(s, "ganzp", "0to1", "first", 2, K))
+    assert math.isnan(at(s, "sensitivity", "0to1", "first", 0, GLC))
+    assert at(s, "gmp", "0to1", "first", 2, K) == 0.0 and at(s, "gpp", "0to1", "first", 2, K) == 0.0
+    # 0to1, best
+    assert at(s, "gmp", "0to1", "best", 0, K) == pytest.approx(0.3)
+    assert at(s, "gap", "0to1", "best", 0, K) == pytest.approx(0.2)
+    assert at(s, "sensitivity", "0to1", "best", 0, K) == pytest.approx(5.0)
+    assert at(s, "s", "0to1", "best", 2, NA) == pytest.approx(0.1)
+    # 1to0: one success among one target for first, none for best
+    assert at(s, "s", "1to0", "first", 3, GLC) == pytest.approx(0.5)
+    assert float(s.success_rate.sel(direction="0to1", kind="first")) == pytest.approx(2 / 3)
+    assert float(s.success_rate.sel(direction="1to0", kind="first")) == 1.0
+    empty = s.sel(direction="1to0", kind="best")
     assert int(empty.n) == 0 and float(empty.success_rate) == 0.0
     for name in ("gmp", "gap", "gpp", "s", "s_j", "ganzp", "sensitivity", "sensitivity_j"):
         assert bool(empty[name].isnull().all()), f"{name} must be NaN for a group without examples"
@@ -141,11 +141,11 @@ def hand_made_run(tmp_path) -> RunDir:
 def test_store_scores_and_clinical_units(hand_made_run):
     s = analyze.compute(*analyze.open_run(hand_made_run.path))
     assert s.gmp.dims == ("direction", "kind", "time", "feature")
-    assert at(s, "gmp", "0→1", "first", 0, K) == pytest.approx(0.6)
-    assert at(s, "gap", "0→1", "first", 1, NA) == pytest.approx(0.2)
+    assert at(s, "gmp", "0to1", "first", 0, K) == pytest.approx(0.6)
+    assert at(s, "gap", "0to1", "first", 1, NA) == pytest.approx(0.2)
     # clinical units: × (p95 − p5) = 2 + j for feature j
-    assert at(s, "gmp_clinical", "0→1", "first", 0, K) == pytest.approx(0.6 * (2 + K))
-    assert at(s, "ganzp_clinical", "1→0", "first", 3, GLC) == pytest.approx(0.5 * (2 + GLC))
+    assert at(s, "gmp_clinical", "0to1", "first", 0, K) == pytest.approx(0.6 * (2 + K))
+    assert at(s, "ganzp_clinical", "1to0", "first", 3, GLC) == pytest.approx(0.5 * (2 + GLC))
     assert str(s.unit.sel(feature="sodium").values) == "mEq/L"
     assert s.attrs["seed"] == 7
 
@@ -155,7 +155,7 @@ def test_stage_writes_store_tables_figures_report(hand_made_run):
     path = hand_made_run.path
     saved = xr.open_zarr(path / "susceptibility.zarr")
     assert set(saved.dims) == {"direction", "kind", "time", "feature"}
-    assert float(saved.s_j.sel(direction="0→1", kind="best", feature="potassium")) == pytest.approx(0.3)
+    assert float(saved.s_j.sel(direction="0to1", kind="best", feature="potassium")) == pytest.approx(0.3)
     ranked = pd.read_csv(path / "tables" / "susceptibility_0to1.csv")
     assert ranked.feature[:2].tolist() == ["potassium", "sodium"]
     assert ranked.s_j_best[:2].tolist() == pytest.approx([0.3, 0.1])
@@ -171,18 +171,18 @@ def test_stage_writes_store_tables_figures_report(hand_made_run):
         assert f"(figures/{name})" in report
     assert "| 0→1 | first | 3 | 2 | 66.7% |" in report  # success rate per direction and kind
     summary = {(r["direction"], r["kind"]): r for r in analyze.load_summary(path)}
-    assert summary[("0→1", "best")]["share_l0_le_10"] == pytest.approx(2 / 3)  # t2 failed: not sparse
+    assert summary[("0to1", "best")]["share_l0_le_10"] == pytest.approx(2 / 3)  # t2 failed: not sparse
     # every changed cell of the best examples, in clinical units (× (p95 − p5) = 2 + j)
     changes = pd.read_csv(path / "tables" / "changes_best.csv")
     assert sorted(zip(changes["sample"], changes.feature, changes.hour, strict=True)) == [
         (0, "potassium", 0), (1, "potassium", 0), (1, "sodium", 2)]
     assert (changes.after - changes.before).tolist() == pytest.approx(
         [0.1 * (2 + K), -0.3 * (2 + K), 0.2 * (2 + NA)], rel=1e-5)
-    assert "hadm_id" in changes and (changes.direction == "0→1").all()
+    assert "hadm_id" in changes and (changes.direction == "0to1").all()
     assert "(0→1, 1 cell): potassium at hour 0" in report  # the sparsest example spelled out
     summary = {(r["direction"], r["kind"]): r for r in analyze.load_summary(path)}
-    assert summary[("0→1", "best")]["median_l0"] == 1.5
-    assert summary[("0→1", "first")]["median_iteration"] == 3
+    assert summary[("0to1", "best")]["median_l0"] == 1.5
+    assert summary[("0to1", "first")]["median_iteration"] == 3
 
 
 def script(name: str, *args, cwd) -> subprocess.CompletedProcess:

@@ -16,7 +16,6 @@
 #SBATCH --partition=gpu
 #SBATCH --signal=USR2@120
 #SBATCH --time=240
-#SBATCH --wckey=submitit
 
 # setup
 module load apptainer
@@ -24,4 +23,4 @@ export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output /scratch/run/jobs/attack/%A_%a/%A_%a_%t_log.out --error /scratch/run/jobs/attack/%A_%a/%A_%a_%t_log.err apptainer exec --nv --bind /scratch pipeline.sif python -u -m submitit.core._submit /scratch/run/jobs/attack/%j
+srun --unbuffered --output /scratch/run/jobs/attack/%A_%a/%A_%a_%t_log.out --error /scratch/run/jobs/attack/%A_%a/%A_%a_%t_log.err apptainer exec --nv --bind /scratch <repo>/slurm/profiles/pipeline.sif python -u -m submitit.core._submit /scratch/run/jobs/attack/%j

@@ -1,0 +1,130 @@
+"""Before any stage runs: check what the whole chain will need, and show what it would submit.
+
+A cluster user should meet a wrong profile key, a missing container or an unreachable database on
+the login node in the first second — not after `synth` and `prepare` ran, or in a job's log hours
+later. :func:`preflight` checks, for the stages that will run: the run directory is writable, the
+Slurm profile exists and every stage's table in it is valid, the command that runs Python in a job
+exists (and a container is given ``--nv`` where GPUs are requested), ``sbatch`` is there, and the
+Optuna storage answers. :func:`dry_run` prints each stage's resolved config and the sbatch script
+submitit would submit (validated by ``sbatch --test-only``), and submits nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from .config import ConfigError, PipelineConfig, redacted, to_toml
+from .executor import IMAGES, SlurmProfile, job_name, load_profile, preview_submission
+from .rundir import RunDir
+from .stages import CHAIN, STAGES
+
+CONTAINER_RUNNERS = ("apptainer", "singularity")
+
+
+def planned(cfg: PipelineConfig, run_dir: RunDir, stage: str, force: bool) -> list[str]:
+    """The stages a command will run: `stage`, or for ``run`` the chain (synth only without real
+    tables), less the complete ones unless forced."""
+    names = [n for n in CHAIN if not (n == "synth" and cfg.prepare.mimic_dir)] if stage == "run" else [stage]
+    return [n for n in names if force or not run_dir.is_complete(n)]
+
+
+def preflight(cfg: PipelineConfig, run_dir: RunDir, stages: list[str], submitting: bool = True) -> None:
+    """Raise ConfigError (one line: what, where, how to fix) on the first thing `stages` would trip on.
+
+    `submitting` False (a dry run): no ``sbatch`` here is not an error, the scripts are shown unchecked.
+    """
+    if not stages:
+        return
+    check_writable(run_dir.path)
+    if cfg.run.executor == "slurm":
+        for name in stages:
+            if STAGES[name].tasks(cfg):
+                check_profile(slurm_profile(cfg, name), name)
+        if submitting and shutil.which("sbatch") is None:
+            raise ConfigError("executor slurm: sbatch is not on PATH (run the driver on a Slurm login node, or "
+                              "use --executor local)")
+    if cfg.run.storage and any(n in ("tune-model", "tune-attack") for n in stages):
+        check_storage(cfg.run.storage)
+
+
+def slurm_profile(cfg: PipelineConfig, stage: str) -> SlurmProfile:
+    if not cfg.run.slurm_profile:
+        raise ConfigError("executor slurm needs run.slurm_profile (a profile file, see slurm/profiles/)")
+    path = Path(cfg.run.slurm_profile)
+    if not path.is_file():
+        raise ConfigError(f"run.slurm_profile: {path.resolve()} not found")
+    return load_profile(path, stage)
+
+
+def check_writable(path: Path) -> None:
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"run directory {path}: {existing} is not a writable folder")
+
+
+def check_profile(profile: SlurmProfile, stage: str) -> None:
+    """The job's Python command exists (as far as the login node can tell) and sees the GPUs it asks for."""
+    where = f"slurm profile [stages.{stage}] python"
+    words = shlex.split(profile.python) if profile.python else []
+    if not words:
+        return  # this interpreter, which exists
+    program = words[0]
+    if "/" in program and not os.access(program, os.X_OK):
+        raise ConfigError(f"{where}: {program} does not exist or is not executable")
+    for word in words[1:]:
+        if word.endswith(IMAGES) and not Path(word).is_file():
+            raise ConfigError(f"{where}: container image {word} not found (build it: see containers/README.md)")
+    if Path(program).name in CONTAINER_RUNNERS and profile.gpus_per_node and "--nv" not in words:
+        raise ConfigError(f"{where}: the stage requests {profile.gpus_per_node} GPU(s) but runs "
+                          f"{Path(program).name} without --nv, so the container would not see them")
+
+
+def check_storage(url: str) -> None:
+    """Connect once to the Optuna storage; the error names the URL without its password."""
+    import sqlalchemy
+
+    from .study import check_driver
+
+    check_driver(url)  # the [postgres] extra: its own message
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10} if url.startswith("postgres")
+                                          else {})
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("select 1"))
+        engine.dispose()
+    except ModuleNotFoundError as e:  # another database's driver
+        raise ConfigError(f"run.storage {redacted(url)}: its driver is not installed ({e.name})") from None
+    except Exception as e:  # any failure to connect: name it, one line
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"run.storage {redacted(url)}: cannot connect ({redacted(reason)})") from None
+
+
+def dry_run(cfg: PipelineConfig, run_dir: RunDir, stages: list[str]) -> tuple[str, bool]:
+    """What each stage would do, as text, and whether Slurm would accept every script."""
+    lines, accepted = [f"# dry run: nothing is submitted or written (run directory {run_dir.path})"], True
+    skipped = [n for n in CHAIN if n not in stages and run_dir.is_complete(n)]
+    if skipped:
+        lines.append(f"# complete, would be skipped: {', '.join(skipped)}")
+    for name in stages:
+        stage = STAGES[name]
+        lines += ["", f"## {name}: {stage.summary} → {stage.produces}", "",
+                  to_toml(redacted({"run": asdict(cfg.run), name: asdict(cfg.section(name))}))]
+        n = stage.tasks(cfg)
+        if not n:
+            lines.append("runs in the driver (no array)")
+        elif cfg.run.executor != "slurm":
+            lines.append(f"{n} task(s) as {cfg.run.executor} processes, {cfg.run.workers} at once")
+        else:
+            preview = preview_submission(slurm_profile(cfg, name), job_name(name, run_dir.path),
+                                         run_dir.jobs_dir(name), n)
+            accepted &= preview.accepted
+            verdict = "not checked: no sbatch here" if preview.check is None else \
+                ("accepted" if preview.accepted else "REJECTED") + ":\n  " + preview.check.replace("\n", "\n  ")
+            lines += [f"sbatch --test-only: {verdict}", "", preview.script.rstrip()]
+    return "\n".join(lines) + "\n", accepted

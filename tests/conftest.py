@@ -88,6 +88,18 @@ def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("run dir 'quoted'; echo x")
 
 
+@pytest.fixture
+def where(request, tmp_path: Path, shared_tmp: Path) -> Path:
+    """For a test parametrized by executor `kind`: a folder its tasks can reach (the shared one for
+    Slurm jobs, which also requires the cluster)."""
+    if request.node.callspec.params["kind"] == "slurm":
+        request.getfixturevalue("slurm_cluster")
+        base = shared_tmp / request.node.name.replace("[", "-").replace("]", "")
+        base.mkdir()
+        return base
+    return tmp_path
+
+
 # ---- small synthetic runs for the model and attack stages ---------------------------------------
 
 DEMO = ROOT.parent / "shared" / "data" / "mimic3-demo"

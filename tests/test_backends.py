@@ -28,17 +28,6 @@ def spec(kind: str) -> ExecutorSpec:
     return ExecutorSpec(kind, workers=3, slurm_profile=PROFILE)
 
 
-@pytest.fixture
-def where(request, tmp_path, shared_tmp):
-    """A run directory the backend's tasks can reach (the shared folder for Slurm jobs)."""
-    if request.node.callspec.params["kind"] == "slurm":
-        request.getfixturevalue("slurm_cluster")
-        base = shared_tmp / request.node.name.replace("[", "-").replace("]", "")
-        base.mkdir()
-        return base
-    return tmp_path
-
-
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_all_tasks_succeed(kind, where):
     calls = [(i, 123) for i in range(4)]

@@ -66,16 +66,6 @@ def test_check_versions_names_each_mismatch_and_the_fix():
     assert "make container" in text and "profile's python" in text
 
 
-@pytest.fixture
-def where(request, tmp_path, shared_tmp):
-    if request.node.callspec.params["kind"] == "slurm":
-        request.getfixturevalue("slurm_cluster")
-        base = shared_tmp / request.node.name.replace("[", "-").replace("]", "")
-        base.mkdir()
-        return base
-    return tmp_path
-
-
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_a_task_of_the_drivers_versions_runs(kind, where):
     calls = [(i, 7) for i in range(2)]

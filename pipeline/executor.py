@@ -490,14 +490,46 @@ class SlurmExecutor(Executor):
 
 
 def _still_useful(job: submitit.Job) -> bool:
-    """A recorded task worth waiting for: finished with a result, or still pending / running."""
+    """A recorded task worth waiting for: finished with a result, or still pending / running.
+
+    Its state comes from squeue first: accounting (what submitit's ``job.state`` reads) can lag a
+    just-submitted array by seconds, which made a restarted driver resubmit tasks that were queued.
+    """
     if job.paths.result_pickle.exists():
         try:
             job.result()
             return True
         except Exception:  # it failed: resubmit it
             return False
-    return job.state.split()[0].rstrip("+") in ACTIVE
+    return slurm_states({job.job_id}).get(job.job_id) in ACTIVE
+
+
+def slurm_states(jobs: set[str]) -> dict[str, str]:
+    """{job id: state} of the `jobs` Slurm knows: squeue's (a cancelled task stays COMPLETING until its
+    processes are gone), then accounting's for those squeue has forgotten. A job neither knows: absent."""
+    states = _job_states(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(sorted(jobs))])  # -r: a task a line
+    forgotten = jobs - states.keys()
+    if forgotten:
+        states |= _job_states(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(sorted(forgotten))])
+    return states
+
+
+def _job_states(command: list[str]) -> dict[str, str]:
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("cannot ask Slurm about jobs: %s", e)
+        return {}
+    if out.returncode != 0:
+        if "Invalid job id" not in out.stderr:  # squeue's answer for a job it has forgotten
+            log.warning("cannot ask Slurm about jobs: %s", out.stderr.strip())
+        return {}
+    states = {}
+    for line in out.stdout.splitlines():  # a requeued job in sacct: its last record counts
+        job, _, state = line.partition("|")
+        if state.strip():
+            states[job.strip()] = state.split()[0].rstrip("+")
+    return states
 
 
 def make_executor(spec: ExecutorSpec, stage: str, jobs_dir: Path) -> Executor:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import time
 import warnings
 from collections.abc import Callable
@@ -139,34 +138,6 @@ def owner() -> dict[str, Any]:
             "restart": int(env.get("SLURM_RESTART_COUNT") or 0), "host": HOST, "pid": os.getpid()}
 
 
-def slurm_states(jobs: set[str]) -> dict[str, str]:
-    """{job id: state} of the `jobs` Slurm knows: squeue's (a cancelled task stays COMPLETING until its
-    processes are gone), then accounting's for those squeue has forgotten. A job neither knows: absent."""
-    states = _job_states(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(sorted(jobs))])
-    forgotten = jobs - states.keys()
-    if forgotten:
-        states |= _job_states(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(sorted(forgotten))])
-    return states
-
-
-def _job_states(command: list[str]) -> dict[str, str]:
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        log.warning("cannot ask Slurm about the owners of running trials: %s", e)
-        return {}
-    if out.returncode != 0:
-        if "Invalid job id" not in out.stderr:  # squeue's answer for a job it has forgotten
-            log.warning("cannot ask Slurm about the owners of running trials: %s", out.stderr.strip())
-        return {}
-    states = {}
-    for line in out.stdout.splitlines():  # a requeued job in sacct: its last record counts
-        job, _, state = line.partition("|")
-        if state.strip():
-            states[job.strip()] = state.split()[0].rstrip("+")
-    return states
-
-
 def _pid_ended(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -181,6 +152,8 @@ def orphaned(trials: list[optuna.trial.FrozenTrial], me: dict[str, Any]) -> list
     """The RUNNING `trials` whose owner is gone (:func:`gone`), as seen by the process `me`."""
     owned = [(t, t.user_attrs["owner"]) for t in trials if isinstance(t.user_attrs.get("owner"), dict)]
     jobs = {o["slurm_job"] for _, o in owned if o.get("slurm_job") and o["slurm_job"] != me["slurm_job"]}
+    from .executor import slurm_states
+
     states = slurm_states(jobs) if jobs else {}
     return [t for t, o in owned if gone(o, me, states)]
 

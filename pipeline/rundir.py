@@ -52,8 +52,13 @@ def _dead_owner(name: str) -> bool:
     host, _, pid = owner.rpartition("-")
     if host != HOST or not pid.isdigit():
         return False  # another machine's (a Slurm task's): it may be alive
+    return process_ended(int(pid))
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process `pid` of this host has ended (one we may not signal is alive)."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from .config import ConfigError
+from .rundir import HOST, process_ended
 
 log = logging.getLogger(__name__)
 
@@ -127,25 +127,12 @@ def describe(distribution: BaseDistribution) -> list | str:
 
 # ---- who runs a trial, and the journal's stale-trial rule --------------------------------------------
 
-HOST = socket.gethostname()
-
-
 def owner() -> dict[str, Any]:
     """This process as the owner of a trial: its Slurm task (if any, with its restart count), host, pid."""
     env = os.environ
     array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
     return {"slurm_job": f"{array}_{task}" if array and task else env.get("SLURM_JOB_ID", ""),
             "restart": int(env.get("SLURM_RESTART_COUNT") or 0), "host": HOST, "pid": os.getpid()}
-
-
-def _pid_ended(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def orphaned(trials: list[optuna.trial.FrozenTrial], me: dict[str, Any]) -> list[optuna.trial.FrozenTrial]:
@@ -177,7 +164,7 @@ def gone(o: dict[str, Any], me: dict[str, Any], states: dict[str, str]) -> bool:
         return job in states and states[job] not in ACTIVE
     if job and o.get("restart", 0) < me["restart"]:
         return True
-    return o.get("host") == me["host"] and _pid_ended(int(o.get("pid", 0)))
+    return o.get("host") == me["host"] and process_ended(int(o.get("pid", 0)))
 
 
 def fail_orphaned_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:

@@ -23,3 +23,17 @@ def copy_trained(trained_run: Path, where: Path) -> Path:
     shutil.copy(trained_run / "split.json", run / "split.json")
     shutil.copytree(trained_run / "model", run / "model")
     return run
+
+
+def worker_reports(run: Path, stage: str) -> dict[int, int]:
+    """{worker: finished trials in the study when it left}, from the tuning workers' task logs (local:
+    task-K.log; Slurm: <job>/<job>_0_log.err). Which worker ran which trial depends on timing; that
+    every worker took part and stayed until the study was full does not."""
+    import re
+
+    reports = {}
+    for log in [*(run / "jobs" / stage).glob("task-*.log"), *(run / "jobs" / stage).glob("*/*_log.err")]:
+        for worker, held in re.findall(r"worker (\d+) ran \d+ trial\(s\); study \S+ holds (\d+) finished",
+                                       log.read_text()):
+            reports[int(worker)] = int(held)
+    return reports

@@ -31,13 +31,16 @@ def fail_on(index: int, bad: int) -> int:
     return index
 
 
-def sum_of_squares(checkpoint: str, n_steps: int, step_s: float) -> dict:
+def sum_of_squares(checkpoint: str, n_steps: int, step_s: float, hold_after: int = -1) -> dict:
     """Adds i² for i < n_steps, one step at a time, saving progress after each step.
 
     A requeued call resumes from the saved step; `starts` lists the step each run began at and
-    `done` every step that was finished (a step finished twice would show up twice).
+    `done` every step that was finished (a step finished twice would show up twice). After finishing
+    step `hold_after` the task waits as long as the file ``<checkpoint>.hold`` exists: a test that
+    interrupts it there knows it has not finished.
     """
     path = Path(checkpoint)
+    hold = path.with_suffix(".hold")
     state = json.loads(path.read_text()) if path.exists() else {"next": 0, "total": 0, "done": [], "starts": []}
     state["starts"].append(state["next"])
     for step in range(state["next"], n_steps):
@@ -47,6 +50,8 @@ def sum_of_squares(checkpoint: str, n_steps: int, step_s: float) -> dict:
         state["next"] = step + 1
         state["pid"] = os.getpid()
         rundir.write_json(path, state)
+        while step == hold_after and hold.exists():
+            time.sleep(0.05)
     rundir.write_json(path, state)
     return state
 
@@ -57,14 +62,20 @@ def quadratic(trial: optuna.Trial) -> float:
     return -((x - 2.0) ** 2)
 
 
-def slow_quadratic(trial: optuna.Trial) -> float:
-    time.sleep(3.0)
+def quadratic_once_all_met(trial: optuna.Trial, workers: int) -> float:
+    """quadratic, but no trial ends before every one of `workers` workers has started a trial of the
+    study: each worker runs at least one, however late it starts (a barrier, not a slow objective)."""
+    deadline = time.monotonic() + 300
+    while len({t.user_attrs.get("worker") for t in trial.study.get_trials(deepcopy=False)} - {None}) < workers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not every one of {workers} workers started a trial within 300 s")
+        time.sleep(0.1)
     return quadratic(trial)
 
 
-def tuning_worker(url: str, run_dir: str, name: str, n_trials: int, worker: int, slow: bool = False) -> int:
-    objective = slow_quadratic if slow else quadratic
-    return study.run_worker(url, Path(run_dir), name, objective, n_trials, worker, poll_s=0.5)
+def tuning_worker(url: str, run_dir: str, name: str, n_trials: int, worker: int, workers: int) -> int:
+    return study.run_worker(url, Path(run_dir), name, lambda t: quadratic_once_all_met(t, workers), n_trials,
+                            worker, poll_s=0.5)
 
 
 def fail_on_after(index: int, bad: int, log_dir: str) -> int:
@@ -76,7 +87,8 @@ def fail_on_after(index: int, bad: int, log_dir: str) -> int:
     return index
 
 
-def sum_of_squares_or_interrupt(checkpoint: str, n_steps: int, step_s: float, interrupt_at: int) -> dict:
+def sum_of_squares_or_interrupt(checkpoint: str, n_steps: int, step_s: float, hold_after: int,
+                                interrupt_at: int) -> dict:
     """sum_of_squares that is interrupted (KeyboardInterrupt, as a debugger's Ctrl-C or a dying
     driver) after step `interrupt_at` the first time it runs; the checkpoint holds the progress."""
     path = Path(checkpoint)
@@ -90,4 +102,4 @@ def sum_of_squares_or_interrupt(checkpoint: str, n_steps: int, step_s: float, in
             rundir.write_json(path, state)
         flag.touch()
         raise KeyboardInterrupt(f"interrupted after step {interrupt_at}")
-    return sum_of_squares(checkpoint, n_steps, step_s)
+    return sum_of_squares(checkpoint, n_steps, step_s, hold_after)

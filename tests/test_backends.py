@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "slurm" / "profiles" / "test-cluster.toml"
 BACKENDS = ["debug", "local", pytest.param("slurm", marks=pytest.mark.slurm)]
 N_STEPS = 12
+HOLD_AFTER = 3  # task 0 waits there while the test kills it
 TOTAL = sum(i * i for i in range(N_STEPS))
 
 
@@ -48,24 +49,27 @@ def test_one_task_fails_after_the_others_ran_and_its_log_is_named(kind, where):
 
 def interrupt(kind: str, checkpoint: Path, calls: list[tuple], jobs_dir: Path) -> None:
     """Run the array until task 0 is interrupted mid-way (debug: KeyboardInterrupt in the task; local and
-    Slurm: its process killed), leaving its checkpoint behind."""
+    Slurm: its process killed while it waits after step HOLD_AFTER), leaving its checkpoint behind."""
     if kind == "debug":
-        interrupted = [(str(checkpoint), N_STEPS, 0.0, 4)] + calls[1:]
+        interrupted = [(*calls[0], 4)] + calls[1:]
         with pytest.raises(KeyboardInterrupt):
             run_tasks(CheckpointableTask(tasks.sum_of_squares_or_interrupt), interrupted, spec=spec(kind),
                       jobs_dir=jobs_dir, stage="r")
         return
+    hold = checkpoint.with_suffix(".hold")
+    hold.touch()  # task 0 cannot finish before the test has killed it
     outcome = []
     driver = threading.Thread(target=lambda: outcome.append(_try(run_tasks, CheckpointableTask(tasks.sum_of_squares),
                                                                  calls, spec=spec(kind), jobs_dir=jobs_dir, stage="r")))
     driver.start()
     deadline = time.time() + 120
-    while not (checkpoint.exists() and json.loads(checkpoint.read_text())["next"] >= 4):
-        assert time.time() < deadline, "task 0 never made progress"
+    while not (checkpoint.exists() and json.loads(checkpoint.read_text())["next"] == HOLD_AFTER + 1):
+        assert time.time() < deadline and driver.is_alive(), "task 0 never reached its hold"
         time.sleep(0.05)
     # killed as the OOM killer or a node failure would (the single-node test cluster runs its tasks here)
     os.kill(json.loads(checkpoint.read_text())["pid"], signal.SIGKILL)
     driver.join(timeout=300)
+    hold.unlink()
     assert isinstance(outcome[0], TaskFailed), outcome
 
 
@@ -79,7 +83,7 @@ def _try(fn, *args, **kwargs):
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_an_interrupted_task_resumes_from_its_checkpoint_when_the_stage_is_run_again(kind, where):
     checkpoints = [where / f"ckpt-{k}.json" for k in range(2)]
-    calls = [(str(c), N_STEPS, 0.3) for c in checkpoints]
+    calls = [(str(c), N_STEPS, 0.3, HOLD_AFTER) for c in checkpoints]
     jobs_dir = where / "jobs" / "r"
     interrupt(kind, checkpoints[0], calls, jobs_dir)
     stopped_at = json.loads(checkpoints[0].read_text())["next"]

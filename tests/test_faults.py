@@ -68,8 +68,9 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_driver_takes_its_local_workers_with_it(small_run, tmp_path):
     run = copy_run(small_run, tmp_path)
+    # folds that never end by themselves: the driver is killed while they train
     driver = subprocess.Popen(pipeline_cmd("cv", "--run-dir", str(run), "--executor", "local", "--workers", "2",
-                                           "cv.folds=2", "cv.epochs=500", *TINY),
+                                           "cv.folds=2", "cv.epochs=100000", *TINY),
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
     try:

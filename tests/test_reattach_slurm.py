@@ -53,7 +53,7 @@ def test_a_restarted_driver_waits_for_its_array_instead_of_submitting_another(sl
 
 def test_cancel_stops_one_run_and_leaves_the_other(slurm_cluster, small_run, shared_tmp):
     runs = [copy_run(small_run, shared_tmp / f"cancel-{k}") for k in range(2)]
-    drivers = [driver(run, "cv.epochs=40") for run in runs]
+    drivers = [driver(run, "cv.epochs=100000") for run in runs]  # neither array can end before its cancel
     for run in runs:
         wait_for(run / "jobs" / "cv" / "array.json")
     out = subprocess.run([sys.executable, "-m", "pipeline", "cancel", "--run-dir", str(runs[0])], cwd=ROOT,

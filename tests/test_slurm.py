@@ -1,5 +1,6 @@
 """The executor layer on the real Slurm test cluster (slurm/test-cluster.sh)."""
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -67,27 +68,29 @@ def test_failed_array_task_is_named_with_its_log(slurm_cluster, shared_tmp):
 
 
 def test_requeued_checkpointable_task_resumes_from_its_checkpoint(slurm_cluster, shared_tmp):
-    n_steps, step_s = 16, 0.5
+    n_steps, step_s, hold_after = 16, 0.2, 3
     checkpoints = [shared_tmp / f"ckpt-{k}.json" for k in range(2)]
-    calls = [(str(c), n_steps, step_s) for c in checkpoints]
+    calls = [(str(c), n_steps, step_s, hold_after) for c in checkpoints]
+    hold = checkpoints[0].with_suffix(".hold")
+    hold.touch()  # task 0 waits after step 3 until the test has preempted it
     executor = SlurmExecutor("requeue", shared_tmp / "jobs" / "requeue", 2, load_profile(PROFILE, "requeue"),
                              shared_tmp)
     executor.submit(CheckpointableTask(tasks.sum_of_squares), calls)
     jobs = executor.jobs
 
-    # wait until task 0 has finished a few steps, then preempt it (SIGTERM + USR2, as Slurm does)
+    # wait until task 0 holds after step 3, then preempt it (SIGTERM + USR2, as Slurm does)
     deadline = time.time() + 120
-    while not (checkpoints[0].exists() and '"next": 4' in checkpoints[0].read_text()):
-        assert time.time() < deadline, "task 0 never made progress"
+    while not (checkpoints[0].exists() and json.loads(checkpoints[0].read_text())["next"] == hold_after + 1):
+        assert time.time() < deadline, "task 0 never reached its hold"
         time.sleep(0.1)
-    jobs[0]._interrupt()
-
+    jobs[0]._interrupt()  # the requeued run resumes at step 4: it does not hold again
     executor.wait(progress=False)
+    hold.unlink()
     results = executor.results()
     expected_total = sum(i * i for i in range(n_steps))
     first, second = results
     assert first["total"] == second["total"] == expected_total
-    assert first["starts"][0] == 0 and len(first["starts"]) == 2 and first["starts"][1] >= 4, first["starts"]
+    assert first["starts"] == [0, hold_after + 1], "it resumed where it was preempted"
     assert first["done"] == list(range(n_steps)), "a finished step was redone or skipped"
     assert second["starts"] == [0]
     assert isinstance(jobs[0], submitit.Job)

@@ -31,7 +31,7 @@ def _check_study(url: str, run_dir: Path, name: str, n: int, worker_counts: list
 def test_two_local_workers_on_the_journal_file(tmp_path):
     n = 12
     study.create_study("", tmp_path, "toy", seed=1)
-    counts = run_tasks(tasks.tuning_worker, [("", str(tmp_path), "toy", n, w) for w in range(2)],
+    counts = run_tasks(tasks.tuning_worker, [("", str(tmp_path), "toy", n, w, 2) for w in range(2)],
                        spec=ExecutorSpec("local", workers=2), jobs_dir=tmp_path / "jobs", stage="tune")
     assert (tmp_path / "optuna.journal").is_file()
     _check_study("", tmp_path, "toy", n, counts)
@@ -40,9 +40,9 @@ def test_two_local_workers_on_the_journal_file(tmp_path):
 @pytest.mark.slurm
 @pytest.mark.postgres
 def test_two_slurm_array_workers_on_postgresql(slurm_cluster, fresh_pg_url, shared_tmp):
-    n = 6  # 3 s a trial: the second task starts long before the first could finish them all
+    n = 6
     study.create_study(fresh_pg_url, shared_tmp, "toy-pg", seed=1)
-    counts = run_tasks(tasks.tuning_worker, [(fresh_pg_url, str(shared_tmp), "toy-pg", n, w, True)
+    counts = run_tasks(tasks.tuning_worker, [(fresh_pg_url, str(shared_tmp), "toy-pg", n, w, 2)
                                              for w in range(2)],
                        spec=ExecutorSpec("slurm", workers=2, slurm_profile=PROFILE),
                        jobs_dir=shared_tmp / "jobs" / "tune", stage="tune")
@@ -81,7 +81,7 @@ def test_a_trial_whose_worker_process_ended_is_failed_and_retried_on_the_journal
     orphan.suggest_float("x", -5, 5)
     orphan.set_user_attr("owner", {**study.owner(), "pid": _ended_pid()})
     orphan.set_user_attr("worker", 7)
-    assert tasks.tuning_worker("", str(tmp_path), "toy", n, 0) > 0
+    assert tasks.tuning_worker("", str(tmp_path), "toy", n, 0, 1) > 0
 
     s = optuna.load_study(study_name="toy", storage=study.open_storage("", tmp_path))
     assert len(s.get_trials(states=study.DONE)) == n

@@ -22,6 +22,7 @@ import xarray as xr
 
 from . import cf, figures, report, rundir
 from .config import PipelineConfig
+from .realizable import imputed_share, record_edits, rederived_flips
 from .rundir import RunDir
 from .susceptibility import CLINICAL_ATTRS, DIRECTIONS, direction_of, norms, scores, to_clinical
 
@@ -44,11 +45,24 @@ def open_run(run_dir: Path) -> tuple[xr.Dataset, xr.Dataset]:
 
 
 def examples(attack: xr.Dataset) -> xr.Dataset:
-    """Per target and kind: direction, found, iteration and the L0/L1/L∞ of the example."""
+    """Per target and kind: direction, found, iteration and the L0/L1/L∞ of the example (of the change of
+    the model's input); for a record-space run also `edits`, the number of edited recorded values, and
+    `edit_l1`, the L1 of the edit (scaled units)."""
     out = norms(attack.perturbation).where(attack.found)
+    if "edit" in attack:
+        edit = norms(attack["edit"]).where(attack.found)
+        out["edits"], out["edit_l1"] = edit.l0, edit.l1
     out["found"] = attack.found
     out["iteration"] = attack.iteration
     return out.assign_coords(direction=("sample", direction_of(attack.pred).values)).compute()
+
+
+def realizability(attack: xr.Dataset, data: xr.Dataset, run_dir: Path) -> dict[str, np.ndarray]:
+    """Per kind, per target: the example re-derives from the edited record to a flipped prediction."""
+    if "value" not in data:  # a dataset.zarr made before the record was kept: nothing to re-derive from
+        return {}
+    model = RunDir(run_dir).model()
+    return {str(k): rederived_flips(attack, data, model, str(k)) for k in attack.kind.values}
 
 
 def compute(attack: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
@@ -57,6 +71,13 @@ def compute(attack: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
     for name in ("gmp", "gap", "ganzp"):
         sus[f"{name}_clinical"] = to_clinical(sus[name], data.p5, data.p95).compute()
         sus[f"{name}_clinical"].attrs = dict(CLINICAL_ATTRS[f"{name}_clinical"])
+    if "edit" in attack:  # record space: the same scores over the edits of the recorded values
+        edits = scores(attack["edit"], attack.found, direction_of(attack.pred)).compute()
+        for name in EDIT_SCORES:
+            sus[f"edit_{name}"] = edits[name]
+            sus[f"edit_{name}"].attrs = {**edits[name].attrs,
+                                         "long_name": edits[name].attrs["long_name"].replace("P", "δ")
+                                         + ", over the edits δ of the recorded values (by hour of recording)"}
     sus = sus.assign_coords(unit=("feature", data["unit"].values), time=("time", data.time.values))
     cf.annotate(sus, {"time": cf.TIME, "feature": cf.FEATURE, "unit": cf.UNIT, "kind": cf.KIND})
     sus.attrs = {**cf.GLOBAL, "seed": attack.attrs.get("seed"), "attack_config": attack.attrs.get("attack_config"),
@@ -64,6 +85,23 @@ def compute(attack: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
                  "targets": attack.attrs.get("targets"), "weights_sha256": attack.attrs.get("weights_sha256"),
                  "description": "susceptibility scores of Sun et al. 2018 (METHODS.md §6) over successful examples"}
     return sus
+
+
+EDIT_SCORES = ("gmp", "gap", "gpp", "s", "s_j", "ganzp", "sensitivity", "sensitivity_j")
+
+
+def edit_table(edits: pd.DataFrame, data: xr.Dataset, direction: str) -> pd.DataFrame:
+    """Per feature, over the edits of the best examples of `direction`: how many examples edit it, how
+    many values, and the median and max size of an edit in clinical units — most edited first."""
+    rows = edits[edits["direction"] == direction]
+    change = (rows["after"] - rows["before"]).abs()
+    table = pd.DataFrame({"feature": data.feature.values, "unit": data["unit"].values})
+    grouped = rows.assign(change=change).groupby("feature")
+    table["examples"] = table.feature.map(grouped["sample"].nunique()).fillna(0).astype(int)
+    table["edited_values"] = table.feature.map(grouped.size()).fillna(0).astype(int)
+    table["median_abs_edit"] = table.feature.map(grouped["change"].median())
+    table["max_abs_edit"] = table.feature.map(grouped["change"].max())
+    return table.sort_values(["examples", "edited_values"], ascending=False, kind="stable").reset_index(drop=True)
 
 
 def ranking_table(sus: xr.Dataset, direction: str) -> pd.DataFrame:
@@ -144,6 +182,11 @@ def draw(run_dir: Path, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[
     figures.score_heatmaps(sus.gpp, sus.n,
                            fig("gpp_heatmap.png", "GPP: share of successful examples that changed a cell"),
                            "GPP: how often each cell is perturbed", "GPP (share of successful examples)")
+    if "edit_gpp" in sus:
+        figures.score_heatmaps(sus.edit_gpp, sus.n,
+                               fig("edit_gpp_heatmap.png", "record space: share of successful examples that edit "
+                                                           "the value recorded at each hour"),
+                               "how often each recorded value is edited", "share of successful examples")
     figures.score_heatmaps(sus.s, sus.n, fig("s_heatmap.png", "S = GMP · GPP per cell"),
                            "susceptibility S = GMP · GPP per cell", "S (scaled units, 1 = p5…p95 range)")
     figures.score_heatmaps(sus.gap, sus.n,
@@ -182,12 +225,26 @@ def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
         top = ranked.iloc[0]
         log.info("analyze: %s, most susceptible feature %s (S_j %.3f, best examples)", d, top.feature, top.s_j_best)
     ex = examples(attack)
+    space = attack.attrs.get("space", "tensor")
     captions = draw(path, sus, ex, int(attack.attrs["attack_config"]["max_iter"]))
-    summary = report.summary(sus, ex)
+    realizable = realizability(attack, data, path)
+    imputed = {(d, str(k)): imputed_share(attack, data, str(k), d) for d in DIRECTIONS for k in attack.kind.values}
+    summary = report.summary(sus, ex, realizable, imputed if space == "tensor" else None)
     rundir.write_json(path / "tables" / "summary.json", summary)
+    for row in summary:
+        if row["kind"] == "best" and "realizable" in row:
+            log.info("analyze: %s, %d of %d best examples re-derive from the edited record to a flip", row["direction"],
+                     row["realizable"], row["successes"])
     changes = changed_cells(attack, data)
     rundir.write_text(path / "tables" / "changes_best.csv", changes.to_csv(index=False))
-    rundir.write_text(path / "report.md", report.render(path, data, attack, summary, tables, captions, changes))
+    edits = record_edits(attack, data) if space == "record" else None
+    if edits is not None:
+        rundir.write_text(path / "tables" / "edits_best.csv", edits.to_csv(index=False))
+        for d in DIRECTIONS:
+            tables[d]["edits"] = edit_table(edits, data, d)
+            rundir.write_text(path / "tables" / f"edits_{d}.csv", tables[d]["edits"].to_csv(index=False))
+    rundir.write_text(path / "report.md", report.render(path, data, attack, summary, tables, captions, changes,
+                                                        edits))
     log.info("analyze: report %s (%d figures)", path / "report.md", len(captions))
 
 

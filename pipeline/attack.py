@@ -29,10 +29,11 @@ from . import cf, rundir, training
 from .checkpoint import Checkpoint
 from .config import AttackConfig, ConfigError, PipelineConfig
 from .features import NAMES
-from .l1_attack import KINDS, L1Attack
+from .l1_attack import KINDS, L1Attack, RecordSpace
+from .record import width
 from .rundir import RunDir
 from .settings import run_array
-from .targets import select_targets
+from .targets import TargetInputs, select_targets
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,22 @@ def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: 
         return da.full(shape, fill, dtype=dtype, chunks=(rows, *shape[1:]))
 
     one = cf.DIMENSIONLESS
+    cells = ("sample", "kind", "time", "feature")
+    record = attrs["attack_config"].get("space") == "record"
+    edits = {
+        "edit": (cells, empty((n, 2, n_time, n_feat), np.float32, 0.0),
+                 {"long_name": "edit δ of the recorded values, scaled units (0: cell not edited)", "units": one,
+                  "description": "new − old recorded value in scaled units; × (p95 − p5) for clinical units"}),
+        "edit_clinical": (cells, empty((n, 2, n_time, n_feat), np.float32, 0.0),
+                          {"long_name": "edit of the recorded values, new − old, in the feature's clinical unit "
+                                        "(coordinate `unit`; 0: cell not edited)"}),
+    } if record else {}
+    effect = "the change of the model's input that the edit of the record causes, T(v + δ) − T(v)" if record \
+        else "adversarial perturbation P of the scaled input x"
     ds = xr.Dataset(
-        {"perturbation": (("sample", "kind", "time", "feature"), empty((n, 2, n_time, n_feat), np.float32, 0.0),
-                          {"long_name": "adversarial perturbation P of the scaled input x", "units": one,
+        {**edits,
+         "perturbation": (cells, empty((n, 2, n_time, n_feat), np.float32, 0.0),
+                          {"long_name": effect, "units": one,
                            "description": "P in scaled [0, 1] units; × (p95 − p5) for clinical units"}),
          "found": (("sample", "kind"), empty((n, 2), bool, False),
                    {"long_name": "an example of this kind was found (the prediction flipped)"}),
@@ -139,10 +153,9 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
         return progress
     device = training.device()
     model = RunDir(run).model(device)
-    attack = L1Attack(model, AttackConfig(**params))
-    ds = RunDir(run).dataset()
-    index = store["dataset_index"][start:stop]
-    x, mask = ds.x.values[index], ds["mask"].values[index]
+    config = AttackConfig(**params)
+    attack = L1Attack(model, config)
+    inputs = TargetInputs.load(RunDir(run), store["dataset_index"][start:stop], config.space)
     target = store["y"][start:stop].astype(np.int64)
     batches = [(b, min(b + batch_size, stop)) for b in range(start, stop, batch_size)]
     bar = tqdm(total=stop - start, desc=f"shard {shard}", unit="target", initial=sum(b1 - b0 for b0, b1 in batches
@@ -151,9 +164,15 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     for b0, b1 in batches:
         if b0 in progress["done"]:
             continue
-        lo, hi = b0 - start, b1 - start
-        result = attack.run(torch.from_numpy(x[lo:hi]), torch.from_numpy(target[lo:hi]), torch.from_numpy(mask[lo:hi]))
-        store["perturbation"][b0:b1] = result.perturbation.cpu().numpy()
+        space = inputs.space(config, device, slice(b0 - start, b1 - start))
+        result = attack.run(space, torch.from_numpy(target[b0 - start:b1 - start]))
+        if isinstance(space, RecordSpace):
+            edit = result.perturbation.cpu().numpy()
+            store["edit"][b0:b1] = edit
+            store["edit_clinical"][b0:b1] = edit * width(inputs.stats)
+            store["perturbation"][b0:b1] = effect(space, result.perturbation).cpu().numpy()
+        else:
+            store["perturbation"][b0:b1] = result.perturbation.cpu().numpy()
         store["found"][b0:b1] = result.found.cpu().numpy()
         store["iteration"][b0:b1] = result.iteration.cpu().numpy().astype(np.int32)
         for name in VARIABLES[3:]:
@@ -172,13 +191,23 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     return progress
 
 
+@torch.no_grad()
+def effect(space: RecordSpace, edit: torch.Tensor) -> torch.Tensor:
+    """(n, kind, time, feature): how each edit of the record changes the model's input, T(u + δ) − T(u)
+    (exactly 0 in every cell the edit does not reach)."""
+    clean = space.input(torch.zeros_like(space.lower))
+    return torch.stack([space.input(edit[:, k]) - clean for k in range(edit.shape[1])], dim=1)
+
+
 def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     a: AttackConfig = cfg.attack
     params, source = attack_params(cfg, run_dir)
     targets = select_targets(run_dir, a.targets)
     if targets.empty:
         raise ConfigError(f"[attack] targets = {a.targets!r}: no correctly classified sample to attack")
-    attrs = {"attack_config": algorithm(params), "params_source": source, "targets": a.targets,
+    if params.space == "record":
+        TargetInputs.load(run_dir, np.zeros(0, np.int64), "record")  # a store without the record: one line, now
+    attrs = {"attack_config": algorithm(params), "space": params.space, "params_source": source, "targets": a.targets,
              "batch_size": a.batch_size, "seed": cfg.run.seed, **run_dir.model_record(),
              "inputs": run_dir.fingerprints("dataset.zarr", "split.json")}  # a partial store resumes only if all match
     partial = run_dir.path / PARTIAL

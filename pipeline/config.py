@@ -87,6 +87,8 @@ class PrepareConfig:
     span_end_min_hours: float = option(47.0, "span rule: a sample's last kept event at t ≥ this", ge=0)
     lower_percentile: float = option(5.0, "winsorize / scale from this percentile of the window's events", ge=0, lt=100)
     upper_percentile: float = option(95.0, "… to this one", gt=0, le=100)
+    stats_from: str = option("", "take p5, median and p95 from this dataset.zarr (a trained model's) instead of "
+                                 "computing them: how a model scores a new cohort")
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,11 @@ class AttackConfig:
     shards: int = option(1, "array tasks, each a contiguous range of targets (boundaries on batch multiples)", ge=1)
     targets: str = option("test", "correctly classified samples of the test set or of all samples",
                           ("test", "all"))
+    space: str = option("record", "what the attack edits: record = the recorded values (the model sees the input "
+                        "prepare derives from the edited record); tensor = the model's input cell by cell "
+                        "(Sun et al.)", ("record", "tensor"))
     max_iter: int = option(1000, "proximal updates per target, over all λ-search runs (no early stop)", ge=1)
-    observed_only: bool = option(False, "perturb only cells that were really measured (mask)")
+    observed_only: bool = option(False, "tensor space: perturb only cells that were really measured (mask)")
     kappa: float = option(0.0, "confidence margin κ of the hinge max(Z_t − Z_o, −κ)", ge=0)
     lam: float = option(0.003, "λ, weight of the elementwise L1 norm (the first λ of the λ search)", gt=0)
     lr: float = option(0.1, "step size η of the gradient step on the hinge term (adam: about the move per step)", gt=0)
@@ -165,6 +170,9 @@ class AttackConfig:
         """What the types and choices cannot say about `[attack]`."""
         if not 1 <= self.lam_search <= self.max_iter:
             raise ConfigError(f"[attack] lam_search = {self.lam_search}: must be in 1…max_iter ({self.max_iter})")
+        if self.observed_only and self.space != "tensor":
+            raise ConfigError("[attack] observed_only = true is a tensor-space option: the record space edits "
+                              "recorded values only; set attack.space = \"tensor\" to use it")
         if self.batch_size % self.chunk_samples:
             raise ConfigError(f"[attack] batch_size = {self.batch_size} must be a multiple of chunk_samples = "
                               f"{self.chunk_samples} (shards must not share a chunk)")

@@ -60,9 +60,15 @@ def soft_threshold(p: torch.Tensor, threshold: float | torch.Tensor) -> torch.Te
     return torch.sign(p) * torch.clamp(p.abs() - threshold, min=0.0)
 
 
-def hinge(logits: torch.Tensor, target: torch.Tensor, kappa: float) -> torch.Tensor:
-    """max(Z_t − Z_o, −κ) per sample; negative once the prediction is flipped."""
-    return torch.clamp(-margin(logits, target), min=-kappa)
+def hinge(logits: torch.Tensor, target: torch.Tensor, kappa: float, offset: float = 0.0) -> torch.Tensor:
+    """max(Z_t − Z_o + offset, −κ) per sample; negative once the margin Z_o − Z_t exceeds `offset`."""
+    m = margin(logits, target)
+    return torch.clamp(-(m - offset) if offset else -m, min=-kappa)
+
+
+def min_margin(space) -> float:
+    """The margin Z_o − Z_t above which an iterate of `space` counts as flipped."""
+    return getattr(space, "MIN_MARGIN", 0.0)
 
 
 def margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -121,6 +127,58 @@ class GradientStep:
         return self.m / (1 - b1 ** self.t) / metric, metric
 
 
+class TensorSpace:
+    """Sun et al.'s attack: the variable P changes the model's input x itself, cell by cell
+    (`allowed`: only these cells, e.g. the recorded ones for ``observed_only``); x + P stays in [0, 1]."""
+
+    name = "tensor"
+
+    def __init__(self, x: torch.Tensor, allowed: torch.Tensor | None = None):
+        self.x, self.allowed = x, allowed
+        self.lower, self.upper = -x, 1.0 - x
+
+    def input(self, p: torch.Tensor) -> torch.Tensor:
+        return self.x + p
+
+    def project(self, p: torch.Tensor) -> torch.Tensor:
+        p = torch.minimum(torch.maximum(p, self.lower), self.upper)
+        return p * self.allowed if self.allowed is not None else p
+
+
+class RecordSpace:
+    """The variable δ edits the recorded values (in each feature's scaled units, so that λ weighs every
+    feature alike; recorded cells only). The model sees what `transform` derives from the edited record
+    v + δ·width (clinical units, float64). `lower` ≤ δ ≤ `upper` keeps every edited value plausible
+    (inside the feature's range filter, where `prepare` keeps it).
+
+    An example counts only with a margin above MIN_MARGIN: best examples sit at the decision boundary,
+    and one must stay flipped when its record is re-derived elsewhere (another batch size and LSTM
+    kernel, events re-read from CSV text)."""
+
+    name = "record"
+    MIN_MARGIN = 1e-3
+
+    def __init__(self, value: torch.Tensor, width: torch.Tensor, recorded: torch.Tensor, lower: torch.Tensor,
+                 upper: torch.Tensor, transform: torch.nn.Module):
+        self.value, self.width, self.transform = value, width, transform
+        self.allowed = recorded.to(lower.dtype)
+        self.lower, self.upper = lower * self.allowed, upper * self.allowed
+
+    def input(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.transform(self.value + delta.double() * self.width)
+
+    def project(self, delta: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(torch.maximum(delta, self.lower), self.upper) * self.allowed
+
+
+Space = TensorSpace | RecordSpace
+
+
+def tensor_space(x: torch.Tensor, mask: torch.Tensor | None, observed_only: bool) -> TensorSpace:
+    """The tensor space of input x (n, time, feature), restricted to `mask` with ``observed_only``."""
+    return TensorSpace(x, mask.to(x.device).float() if (observed_only and mask is not None) else None)
+
+
 ONEDNN_MAX_BATCH = 128  # on the CPU, batches from this size on run PyTorch's LSTM kernel
 
 
@@ -162,22 +220,30 @@ class L1Attack:
         self.params = params
         self.device = next(model.parameters()).device
 
-    def run(self, x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
-        """x (n, time, feature) in [0, 1]; target (n,) the correct class; mask (n, time, feature) bool.
+    def space(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> TensorSpace:
+        return tensor_space(x.to(self.device), mask, self.params.observed_only)
+
+    def run(self, x: torch.Tensor | Space, target: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
+        """x (n, time, feature) in [0, 1] — or a :class:`RecordSpace` (or any space) to search in;
+        target (n,) the correct class; mask (n, time, feature) bool, used by ``observed_only``.
 
         With ``lam_search`` = R > 1 the budget of ``max_iter`` updates is split over R runs from P = 0.
         After each run a sample's λ goes up if the run found an example for it and down if not (×/÷ 10
         until bracketed, then the geometric midpoint, as EAD searches its constant). First and best are
-        kept over all runs, and iterations count the whole budget.
+        kept over all runs, and iterations count the whole budget. Best: in tensor space the smallest
+        L1; in record space the fewest edited values, then the smallest L1.
         """
-        x, target = x.to(self.device), target.to(self.device).long()
-        book = _Book(len(x), x.shape[1:], self.device)
-        lam = torch.full((len(x),), self.params.lam, dtype=torch.float64, device=self.device)
+        space = x if isinstance(x, TensorSpace | RecordSpace) else self.space(x, mask)
+        target = target.to(self.device).long()
+        n = len(target)
+        book = _Book(n, space.lower.shape[1:], self.device, fewest_first=space.name == "record",
+                     min_margin=min_margin(space))
+        lam = torch.full((n,), self.params.lam, dtype=torch.float64, device=self.device)
         low, high = torch.zeros_like(lam), torch.full_like(lam, float("inf"))
         spent = 0
         for steps in split_budget(self.params.max_iter, self.params.lam_search):
-            succeeded = torch.zeros(len(x), dtype=torch.bool, device=self.device)
-            for it, pert, logits in self.iterates(x, target, mask, lam=lam, max_iter=steps):
+            succeeded = torch.zeros(n, dtype=torch.bool, device=self.device)
+            for it, pert, logits in self.iterates(space, target, lam=lam, max_iter=steps):
                 if it == 0 and spent > 0:
                     continue  # P = 0 again: evaluated by the first run already
                 succeeded |= book.record(spent + it, pert, logits, target, lam)
@@ -185,30 +251,32 @@ class L1Attack:
             lam, low, high = next_lambda(lam, low, high, succeeded)
         return book.result()
 
-    def iterates(self, x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+    def iterates(self, x: torch.Tensor | Space, target: torch.Tensor, mask: torch.Tensor | None = None,
                  lam: torch.Tensor | None = None, max_iter: int | None = None):
-        """Yield (k, P_k, Z(x + P_k)) for k = 0 … max_iter; P_0 = 0, P_k after k proximal updates.
+        """Yield (k, P_k, Z(input(P_k))) for k = 0 … max_iter; P_0 = 0, P_k after k proximal updates.
 
         `lam` (n,): a λ per sample instead of the configured one; `max_iter`: another number of updates.
         """
         p = self.params
+        space = x if isinstance(x, TensorSpace | RecordSpace) else self.space(x, mask)
         max_iter = p.max_iter if max_iter is None else max_iter
-        lam = torch.full((len(x),), p.lam, dtype=torch.float64) if lam is None else lam
-        lam_lr = (p.lr * lam).to(device=self.device, dtype=x.dtype)[:, None, None]  # η·λ per sample
-        x, target = x.to(self.device), target.to(self.device).long()
-        allowed = mask.to(self.device).float() if (p.observed_only and mask is not None) else None
-        pert = torch.zeros_like(x)  # the iterate P_k
+        n = len(target)
+        lam = torch.full((n,), p.lam, dtype=torch.float64) if lam is None else lam
+        like = space.lower
+        lam_lr = (p.lr * lam).to(device=self.device, dtype=like.dtype)[:, None, None]  # η·λ per sample
+        target = target.to(self.device).long()
+        pert = torch.zeros_like(like)  # the iterate P_k
         point = pert.clone().requires_grad_(True)  # where the gradient is taken (= P_k without FISTA)
-        gradient_step = GradientStep(p.optimizer, x)
+        gradient_step = GradientStep(p.optimizer, like)
         # oneDNN's fused LSTM is the faster CPU kernel for small batches, PyTorch's own for large ones
         # (benchmarks/README.md); both compute the same function
-        onednn = self.device.type != "cpu" or len(x) < ONEDNN_MAX_BATCH
+        onednn = self.device.type != "cpu" or n < ONEDNN_MAX_BATCH
         for it in range(max_iter + 1):
             with _onednn(onednn):
-                logits = self.model(x + point)
+                logits = self.model(space.input(point))
             if p.fista and it > 0:
                 with torch.no_grad(), _onednn(onednn):
-                    at_iterate = self.model(x + pert)
+                    at_iterate = self.model(space.input(pert))
                 yield it, pert, at_iterate
             else:
                 yield it, pert, logits.detach()
@@ -216,13 +284,11 @@ class L1Attack:
                 return
             with _onednn(onednn):
                 # sum: samples stay independent of their batch
-                (grad,) = torch.autograd.grad(hinge(logits, target, p.kappa).sum(), point)
+                loss = hinge(logits, target, p.kappa, min_margin(space))
+                (grad,) = torch.autograd.grad(loss.sum(), point)
             with torch.no_grad():
                 direction, metric = gradient_step.step(grad)
-                new = soft_threshold(point - p.lr * direction, lam_lr / metric)
-                new = torch.minimum(torch.maximum(new, -x), 1.0 - x)  # x + P in [0, 1]
-                if allowed is not None:
-                    new = new * allowed
+                new = space.project(soft_threshold(point - p.lr * direction, lam_lr / metric))
                 if p.fista:  # momentum: the next gradient is taken ahead of the new iterate
                     point.copy_(new + it / (it + 3) * (new - pert))
                 else:
@@ -231,9 +297,12 @@ class L1Attack:
 
 
 class _Book:
-    """Keeps the first and the best (smallest L1, ties: larger margin) flipped iterate of every sample."""
+    """Keeps the first and the best flipped iterate of every sample: the smallest L1 (ties: the larger
+    margin) or, with `fewest_first`, the fewest changed cells, then the smallest L1, then the margin."""
 
-    def __init__(self, n: int, shape: torch.Size, device: torch.device):
+    def __init__(self, n: int, shape: torch.Size, device: torch.device, fewest_first: bool = False,
+                 min_margin: float = 0.0):
+        self.min_margin = min_margin
         self.perturbation = torch.zeros((n, 2, *shape), device=device)
         self.found = torch.zeros((n, 2), dtype=torch.bool, device=device)
         self.iteration = torch.full((n, 2), -1, dtype=torch.long, device=device)
@@ -241,16 +310,23 @@ class _Book:
         self.lam = torch.full((n, 2), float("nan"), dtype=torch.float64, device=device)
         self.logits = torch.full((n, 2, 2), float("nan"), device=device)
         self.l1 = torch.full((n,), float("inf"), device=device)  # of the best so far
+        self.l0 = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=device) if fewest_first \
+            else None
 
     @torch.no_grad()
     def record(self, it: int, pert: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
                lam: torch.Tensor) -> torch.Tensor:
         """Take iterate `it` where it is a first or a better example; returns which samples it flipped."""
         m = margin(logits, target)
-        flipped = m > 0
+        flipped = m > self.min_margin
         l1 = pert.abs().sum(dim=(1, 2))
         first = flipped & ~self.found[:, FIRST]
-        better = flipped & ((l1 < self.l1) | ((l1 == self.l1) & (m > self.margin[:, BEST])))
+        smaller = (l1 < self.l1) | ((l1 == self.l1) & (m > self.margin[:, BEST]))
+        if self.l0 is not None:
+            l0 = (pert != 0).sum(dim=(1, 2))
+            smaller = (l0 < self.l0) | ((l0 == self.l0) & smaller)
+            self.l0 = torch.where(flipped & smaller, l0, self.l0)
+        better = flipped & smaller
         for kind, take in ((FIRST, first), (BEST, better)):
             self.perturbation[take, kind] = pert[take]
             self.found[take, kind] = True

@@ -24,7 +24,7 @@ import xarray as xr
 
 from . import cf, mimic, timeseries
 from .cohort import build_cohort
-from .config import PipelineConfig, PrepareConfig
+from .config import ConfigError, PipelineConfig, PrepareConfig
 from .errors import InputError
 from .features import CHART, FEATURES, LAB, NAMES
 from .rundir import RunDir, atomic_path, consolidated_zarr_v3, package_versions
@@ -41,6 +41,8 @@ def mimic_dir_of(cfg: PipelineConfig, run_dir: RunDir) -> Path:
 def prepare(cfg: PipelineConfig, run_dir: RunDir) -> None:
     """The stage: read the tables in the configured folder, write run_dir/dataset.zarr."""
     mimic_dir = mimic_dir_of(cfg, run_dir)
+    if cfg.prepare.stats_from:
+        frozen_stats(cfg.prepare)  # a mismatched store stops the stage before anything is read or written
     with atomic_path(run_dir / "dataset.zarr") as tmp:
         ds = build_dataset(mimic_dir, cfg.prepare, work_dir=run_dir.path, workers=cfg.run.workers,
                            seed=cfg.run.seed)
@@ -51,8 +53,11 @@ def prepare(cfg: PipelineConfig, run_dir: RunDir) -> None:
 
 def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = None, workers: int = 2,
                   seed: int = 0) -> xr.Dataset:
-    """The dataset of the tables in `mimic_dir`; filtered events are staged in a temp dir under `work_dir`."""
+    """The dataset of the tables in `mimic_dir`; filtered events are staged in a temp dir under `work_dir`.
+
+    With ``cfg.stats_from`` the feature statistics are that store's (checked first), not this cohort's."""
     mimic_dir = Path(mimic_dir)
+    frozen = frozen_stats(cfg) if cfg.stats_from else None
     paths = {name: mimic.find_table(mimic_dir, name) for name in (*SMALL_TABLES, LAB, CHART)}
     for warning in mimic.check_dictionaries(mimic_dir):
         log.warning("%s", warning)
@@ -87,13 +92,16 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
             per_cell, values = timeseries.window_cells(events, keep, cfg, len(FEATURES))
 
     cohort = cohort[keep].reset_index(drop=True)
-    stats = timeseries.feature_stats(values, len(FEATURES), cfg)
+    if frozen is None:
+        stats = timeseries.feature_stats(values, len(FEATURES), cfg)
+        unseen = [NAMES[k] for k in range(len(FEATURES)) if np.isnan(stats["median"][k])]
+        if unseen:
+            raise InputError(f"{mimic_dir}: no kept event inside any window for feature(s) {', '.join(unseen)}; "
+                             "cannot compute their percentiles")
+    else:
+        stats = frozen
     del values
-    unseen = [NAMES[k] for k in range(len(FEATURES)) if np.isnan(stats["median"][k])]
-    if unseen:
-        raise InputError(f"{mimic_dir}: no kept event inside any window for feature(s) {', '.join(unseen)}; "
-                         "cannot compute their percentiles")
-    x, mask = timeseries.build_tensor(per_cell, len(cohort), cfg.window_hours, len(FEATURES), stats)
+    record = timeseries.build_record(per_cell, len(cohort), cfg.window_hours, len(FEATURES), stats)
     attrs = {
         "description": "MIMIC-III in-hospital mortality: 19 features in 48 hourly bins from ICU intime",
         "mimic_dir": str(mimic_dir),
@@ -105,8 +113,9 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
         "versions": package_versions(),
         "seed": seed,
         "sample_order": "ascending hadm_id",
+        "stats_from": cfg.stats_from,
     }
-    return to_dataset(x, mask, cohort, stats, attrs)
+    return to_dataset(record, cohort, stats, attrs)
 
 
 def filter_both(paths: dict[str, Path], parquet: dict[str, Path], workers: int) -> list:
@@ -118,7 +127,32 @@ def filter_both(paths: dict[str, Path], parquet: dict[str, Path], workers: int) 
     return [f.result() for f in futures]
 
 
-def to_dataset(x: np.ndarray, mask: np.ndarray, cohort, stats: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
+def frozen_stats(cfg: PrepareConfig) -> dict[str, np.ndarray]:
+    """p5, median and p95 of the store `cfg.stats_from` (a trained model's dataset.zarr), after checking
+    that it was made with the same features, units and window settings (ConfigError otherwise)."""
+    where = f"[prepare] stats_from = {cfg.stats_from!r}"
+    try:
+        ds = xr.open_zarr(cfg.stats_from, consolidated=None)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{where}: not a dataset.zarr ({type(e).__name__}: {e})") from None
+    if [str(f) for f in ds.feature.values] != list(NAMES) or \
+            [str(u) for u in ds.unit.values] != [f.unit for f in FEATURES]:
+        raise ConfigError(f"{where}: its features or units differ from this version's ({', '.join(NAMES)})")
+    theirs = ds.attrs.get("cohort_config", {})
+    mine = dataclasses.asdict(cfg)
+    differ = [k for k in FROZEN_KEYS if theirs.get(k) != mine[k]]
+    if differ:
+        raise ConfigError(f"{where}: made with other window settings: "
+                          + ", ".join(f"{k} = {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ))
+    return {k: ds[k].values.astype(np.float64) for k in ("p5", "median", "p95")}
+
+
+# the settings that give x its meaning: the statistics of a store made with other ones do not apply
+FROZEN_KEYS = ("window_hours", "lower_percentile", "upper_percentile")
+
+
+def to_dataset(record: dict[str, np.ndarray], cohort, stats: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
+    x = record["x"]
     n, n_time, _ = x.shape
     units = np.array([f.unit for f in FEATURES], dtype=object)
     clinical = "in the feature's clinical unit (coordinate `unit`)"
@@ -127,9 +161,14 @@ def to_dataset(x: np.ndarray, mask: np.ndarray, cohort, stats: dict[str, np.ndar
             "x": (("sample", "time", "feature"), x,
                   {"long_name": "value scaled to the feature's p5…p95 range, winsorized to [0, 1]",
                    "units": cf.DIMENSIONLESS, "description": "scaled value, (v − p5)/(p95 − p5) in [0, 1]"}),
-            "mask": (("sample", "time", "feature"), mask,
+            "mask": (("sample", "time", "feature"), record["mask"],
                      {"long_name": "the cell holds a measurement (false: imputed)",
                       "description": "the cell had ≥ 1 measured event"}),
+            "value": (("sample", "time", "feature"), record["value"],
+                      {"long_name": f"recorded value: the mean of the cell's events, {clinical}; NaN where none",
+                       "description": "what the record says; x is derived from it (pipeline/record.py)"}),
+            "count": (("sample", "time", "feature"), record["count"],
+                      {"long_name": "number of recorded events in the cell", "units": cf.DIMENSIONLESS}),
             "y": ("sample", cohort["y"].to_numpy(np.int8),
                   {"long_name": "in-hospital mortality (hospital_expire_flag)", **cf.CLASSES,
                    "description": "in-hospital mortality"}),

@@ -21,9 +21,16 @@ SPARSE_CELLS = 10  # an example that changes at most this many cells reads as a 
 SHOWN_EXAMPLES = 5
 
 
-def summary(sus: xr.Dataset, ex: xr.Dataset) -> list[dict]:
+EDIT_COUNTS = (1, 3, 10)  # the report gives the share of targets flipped by at most this many edited values
+
+
+def summary(sus: xr.Dataset, ex: xr.Dataset, realizable: dict[str, np.ndarray] | None = None,
+            imputed: dict[tuple[str, str], float] | None = None) -> list[dict]:
     """Per direction and kind: targets, successes, success rate, median L0/L1/L∞ and iteration, and the
-    share of targets whose example changes at most SPARSE_CELLS cells."""
+    share of targets whose example changes at most SPARSE_CELLS cells. With `realizable` (per kind, per
+    target: re-derived to a flip) the count and share of such examples; for a record-space run the
+    median number of edited values and the share of targets flipped by ≤ 1, 3, 10 edits; with
+    `imputed` (tensor space, per direction and kind) the share of changed cells never recorded."""
     rows = []
     for d in DIRECTIONS:
         members = ex.direction == d
@@ -31,11 +38,21 @@ def summary(sus: xr.Dataset, ex: xr.Dataset) -> list[dict]:
             ok = (ex.found.sel(kind=k) & members).values
             row = {"direction": d, "kind": str(k), "targets": int(members.sum()), "successes": int(ok.sum()),
                    "success_rate": float(sus.success_rate.sel(direction=d, kind=k))}
-            for name in ("l0", "l1", "linf", "iteration"):
-                values = ex[name].sel(kind=k).values[ok]
-                row[f"median_{name}"] = float(np.median(values)) if values.size else float("nan")
+            for name in ("l0", "l1", "linf", "iteration", "edits", "edit_l1"):
+                if name in ex:
+                    values = ex[name].sel(kind=k).values[ok]
+                    row[f"median_{name}"] = float(np.median(values)) if values.size else float("nan")
             sparse = int((ex.l0.sel(kind=k).values[ok] <= SPARSE_CELLS).sum())
             row[f"share_l0_le_{SPARSE_CELLS}"] = sparse / row["targets"] if row["targets"] else float("nan")
+            if "edits" in ex:
+                for at_most in EDIT_COUNTS:
+                    flipped = int((ex.edits.sel(kind=k).values[ok] <= at_most).sum())
+                    row[f"share_edits_le_{at_most}"] = flipped / row["targets"] if row["targets"] else float("nan")
+            if realizable:
+                row["realizable"] = int((realizable[str(k)] & ok).sum())
+                row["realizable_share"] = row["realizable"] / row["successes"] if row["successes"] else float("nan")
+            if imputed is not None:
+                row["imputed_share"] = imputed[(d, str(k))]
             rows.append(row)
     return rows
 
@@ -92,13 +109,37 @@ def model_section(run_dir: Path) -> list[str]:
     return lines
 
 
-def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame) -> list[str]:
+SPACES = {
+    "record": (
+        "**What the attack changes: the record.** An adversarial example here is a set of edits of recorded "
+        "values — a lab result or a vital sign as it was entered, at the hour it was entered — such as a "
+        "data-entry error would make. The model does not read the record directly: `prepare` fills the hours "
+        "between two measurements by interpolation, carries the first and last measurement to the edges of "
+        "the 48 hours and uses the feature's median where it was never measured. An edited value therefore "
+        "also moves every hour filled from it, exactly as it would if the wrong value had been in the chart. "
+        "Edited values stay inside the range `prepare` accepts for the feature, and every example is checked "
+        "by deriving the model's input from the edited record again."),
+    "tensor": (
+        "**What the attack changes: the model's input (Sun et al.'s attack).** An example here changes cells "
+        "of the 48 × 19 input directly, including hours that no one measured and `prepare` filled in. Such a "
+        "change is not an edit anyone could make to the record; the share of changed cells that were never "
+        "recorded, and how many examples still flip when only their changes of recorded values are kept, "
+        "are given below. `attack.space = \"record\"` searches edits of the record instead."),
+}
+
+
+def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame,
+                   edits: pd.DataFrame | None = None) -> list[str]:
     cfg = attack.attrs.get("attack_config", {})
+    space = attack.attrs.get("space", "tensor")
+    record_lines = realizability_lines(rows, space)
     rows = pd.DataFrame(rows)
+    rows = rows.drop(columns=[c for c in rows.columns if c.startswith(("realizable", "imputed", "share_edits"))])
     rows["direction"] = rows["direction"].map(label)  # 0to1 → 0→1: the report is read, not typed
     for share in ("success_rate", f"share_l0_le_{SPARSE_CELLS}"):
         rows[share] = [f"{100 * v:.1f}%" if v == v else "–" for v in rows[share]]  # v != v: NaN
-    rows = rows.rename(columns={"median_l0": "median L0 (cells)", "median_l1": "median L1",
+    rows = rows.rename(columns={"median_edits": "median edited values", "median_edit_l1": "median L1 of the edit",
+                                "median_l0": "median L0 (cells)", "median_l1": "median L1",
                                 "median_linf": "median L∞", "median_iteration": "median iteration",
                                 "success_rate": "success rate",
                                 f"share_l0_le_{SPARSE_CELLS}": f"share of targets, ≤ {SPARSE_CELLS} cells"})
@@ -111,8 +152,61 @@ def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame) 
             "prediction, *best* the flipped iterate with the smallest L1 (over the whole budget and every run "
             "of the λ search). L0 counts the changed cells of the 48 × 19 = 912; L1 and L∞ in scaled units "
             "(1 = the feature's p5…p95 range). The last column is the share of all targets in the direction "
-            f"whose example changes at most {SPARSE_CELLS} cells.", "",
-            _table(rows), *sparsest_examples(changes)]
+            f"whose example changes at most {SPARSE_CELLS} cells."
+            + (" In record space *best* is the flipped iterate with the fewest edited values, then the smallest "
+               "L1 of the edit; L0, L1 and L∞ measure the change of the model's input that the edit causes."
+               if space == "record" else ""), "",
+            SPACES[space], "",
+            _table(rows), *record_lines,
+            *(sparsest_edits(edits) if edits is not None else sparsest_examples(changes))]
+
+
+def realizability_lines(rows: list[dict], space: str) -> list[str]:
+    """The edit counts, the realizability check and (tensor space) the share of imputed cells changed."""
+    lines = []
+    for row in rows:
+        if row["kind"] != "best":
+            continue
+        d = label(row["direction"])
+        parts = []
+        if "share_edits_le_1" in row:
+            parts.append(f"median {_fmt(row.get('median_edits'))} edited values; of the {row['targets']} targets, "
+                         + ", ".join(f"{100 * row[f'share_edits_le_{n}']:.1f}% flipped by ≤ {n}" for n in EDIT_COUNTS))
+        if "realizable" in row:
+            what = "re-derive from the edited record to a flipped prediction" if space == "record" else \
+                "still flip with only their changes of recorded values kept and the rest re-derived"
+            parts.append(f"{row['realizable']} of {row['successes']} examples {what}")
+        if "imputed_share" in row:
+            parts.append(f"{_pct(row['imputed_share'])} of the changed cells were never recorded (imputed)")
+        if parts:
+            lines.append(f"- {d}, best examples: " + "; ".join(parts) + ".")
+    return [*lines, ""] if lines else []
+
+
+def _pct(value: float) -> str:
+    return "–" if value != value else f"{100 * value:.1f}%"
+
+
+def sparsest_edits(edits: pd.DataFrame) -> list[str]:
+    """The best examples with the fewest edited values, each edit as it would read in the record."""
+    if edits.empty:
+        return []
+    counts = edits.groupby("sample").size().sort_values(kind="stable")
+    lines = [f"The {min(SHOWN_EXAMPLES, len(counts))} best examples with the fewest edited values (every edit of "
+             "every example: `tables/edits_best.csv`):", ""]
+    for sample in counts.index[:SHOWN_EXAMPLES]:
+        rows = edits[edits["sample"] == sample]
+        first = rows.iloc[0]
+        text = "; ".join(_edit_text(r) for r in rows.itertuples())
+        n = "1 edit" if len(rows) == 1 else f"{len(rows)} edits"
+        lines.append(f"- hadm_id {first.hadm_id} ({label(first.direction)}, {n}): {text}")
+    return lines + [""]
+
+
+def _edit_text(r) -> str:
+    """'lactate recorded at hour 31: 2.1 → 4.8 mmol/L (reaches hours 28–47)'."""
+    reach = f"hour {r.reaches_from}" if r.reaches_from == r.reaches_to else f"hours {r.reaches_from}–{r.reaches_to}"
+    return f"{r.feature} recorded at hour {r.hour}: {r.before:.4g} → {r.after:.4g} {r.unit} (reaches {reach})"
 
 
 def sparsest_examples(changes: pd.DataFrame) -> list[str]:
@@ -142,6 +236,13 @@ def susceptibility_section(tables: dict[str, dict]) -> list[str]:
         if t["successes"] == 0:
             lines += ["No successful example in this direction: no scores.", ""]
             continue
+        if "edits" in t:
+            lines += [f"Edits of the record by the best examples ({label(d)}), most edited feature first "
+                      f"(`tables/edits_{d}.csv`):", "",
+                      _table(t["edits"].rename(columns={"edited_values": "edited values",
+                                                        "median_abs_edit": "median abs. edit",
+                                                        "max_abs_edit": "max abs. edit"})), "",
+                      "The same scores over the change of the model's input that these edits cause:", ""]
         lines += [t["ranking"],
                   f"Perturbations of the best examples in clinical units ({label(d)}):", "",
                   _table(t["clinical"].drop(columns=["p5_to_p95_range"]).rename(columns={
@@ -151,16 +252,16 @@ def susceptibility_section(tables: dict[str, dict]) -> list[str]:
 
 
 def render(run_dir: Path, data: xr.Dataset, attack: xr.Dataset, rows: list[dict], tables: dict[str, dict],
-           captions: dict[str, str], changes: pd.DataFrame) -> str:
+           captions: dict[str, str], changes: pd.DataFrame, edits: pd.DataFrame | None = None) -> str:
     """The report; `rows` are :func:`summary`'s, `tables` per direction the ranking (Markdown), the
     clinical table and the number of successes, `captions` figure file name → caption, `changes` every
-    changed cell of the best examples in clinical units."""
+    changed cell of the best examples in clinical units, `edits` (record space) every edited recorded value."""
     lines = ["# Adversarial susceptibility of an in-hospital mortality LSTM", "",
              f"Run directory `{run_dir}`, seed {attack.attrs.get('seed')}, written "
              f"{time.strftime('%Y-%m-%d %H:%M')}.", ""]
     lines += data_section(data)
     lines += model_section(run_dir)
-    lines += attack_section(attack, rows, changes)
+    lines += attack_section(attack, rows, changes, edits)
     lines += susceptibility_section(tables)
     lines += ["## Figures", ""]
     for name, caption in captions.items():

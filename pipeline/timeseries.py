@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .config import PrepareConfig
+from .record import derive
 
 BLOCK = 1024  # samples per block in the dense steps
 
@@ -78,50 +79,29 @@ def feature_stats(values: pd.DataFrame, n_features: int, cfg: PrepareConfig) -> 
     return {"p5": stats[0], "median": stats[1], "p95": stats[2]}
 
 
-def interpolate(values: np.ndarray) -> np.ndarray:
-    """Linear interpolation along time between observed bins; nearest observed value at the edges.
+def build_record(per_cell: pd.DataFrame, n_samples: int, n_time: int, n_features: int,
+                 stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The record and the model's input, all (sample, time, feature), built block by block.
 
-    values: (sample, time, feature) with NaN where unobserved. A series with no observation stays NaN.
+    value: the mean of each cell's events in clinical units (float64, NaN where nothing was recorded);
+    count: the number of events (int32); mask: the cell was recorded; x: the model's input, derived from
+    the record by :func:`pipeline.record.derive` (interpolation, median fill, winsorizing, scaling).
     """
-    n_time = values.shape[1]
-    observed = ~np.isnan(values)
-    t = np.arange(n_time).reshape(1, -1, 1)
-    prev = np.maximum.accumulate(np.where(observed, t, -1), axis=1)
-    nxt = np.flip(np.minimum.accumulate(np.flip(np.where(observed, t, n_time), axis=1), axis=1), axis=1)
-    v_prev = np.take_along_axis(values, np.clip(prev, 0, n_time - 1), axis=1)
-    v_next = np.take_along_axis(values, np.clip(nxt, 0, n_time - 1), axis=1)
-    has_prev, has_next = prev >= 0, nxt < n_time
-    both = has_prev & has_next
-    gap = np.where(both & (nxt > prev), nxt - prev, 1)
-    weight = np.where(both, (t - prev) / gap, 0.0)
-    between = v_prev + (v_next - v_prev) * weight
-    return np.where(both, between, np.where(has_prev, v_prev, v_next))
-
-
-def build_tensor(per_cell: pd.DataFrame, n_samples: int, n_time: int, n_features: int,
-                 stats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """x (float32 in [0, 1]) and mask (bool), both (sample, time, feature), built block by block.
-
-    A cell's value is the mean of its events; then interpolation, the feature's median where a sample
-    never observed it, winsorizing to [p5, p95] and scaling (v − p5)/(p95 − p5). A constant feature
-    (p95 == p5) scales to 0.
-    """
-    lo, med, hi = stats["p5"], stats["median"], stats["p95"]
-    width = np.where(hi > lo, hi - lo, 1.0)
     cells = per_cell.index.to_numpy()
-    means = (per_cell["sum"] / per_cell["count"]).to_numpy()
-    x = np.empty((n_samples, n_time, n_features), dtype=np.float32)
-    mask = np.zeros((n_samples, n_time, n_features), dtype=bool)
+    sums, counts = per_cell["sum"].to_numpy(), per_cell["count"].to_numpy()
+    shape = (n_samples, n_time, n_features)
+    out = {"value": np.full(shape, np.nan), "count": np.zeros(shape, np.int32),
+           "mask": np.zeros(shape, bool), "x": np.empty(shape, np.float32)}
     per_sample = n_time * n_features
     for start in range(0, n_samples, BLOCK):
         stop = min(start + BLOCK, n_samples)
         a, b = np.searchsorted(cells, [start * per_sample, stop * per_sample])
-        block = np.full((stop - start) * per_sample, np.nan)
-        block[cells[a:b] - start * per_sample] = means[a:b]
-        block = block.reshape(stop - start, n_time, n_features)
-        mask[start:stop] = ~np.isnan(block)
-        block = interpolate(block)
-        block = np.where(np.isnan(block), med, block)
-        block = np.clip(block, lo, hi)
-        x[start:stop] = np.clip((block - lo) / width, 0.0, 1.0)
-    return x, mask
+        value = np.full((stop - start) * per_sample, np.nan)
+        count = np.zeros((stop - start) * per_sample, np.int32)
+        value[cells[a:b] - start * per_sample] = sums[a:b] / counts[a:b]
+        count[cells[a:b] - start * per_sample] = counts[a:b]
+        value, count = value.reshape(stop - start, n_time, n_features), count.reshape(stop - start, n_time, n_features)
+        mask = count > 0
+        out["value"][start:stop], out["count"][start:stop], out["mask"][start:stop] = value, count, mask
+        out["x"][start:stop] = derive(value, mask, stats)
+    return out

@@ -35,7 +35,7 @@ from . import rundir, study, training
 from .config import AttackConfig, ConfigError, PipelineConfig
 from .l1_attack import BEST, AttackResult, L1Attack
 from .rundir import RunDir
-from .targets import select_targets
+from .targets import TargetInputs, select_targets
 
 log = logging.getLogger(__name__)
 MAX_TARGETS = 1000
@@ -120,16 +120,17 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
     training.set_threads(settings["workers"])
     run = Path(run_dir)
     index = np.array(json.loads((run / "tune-attack" / "targets.json").read_text())["dataset_index"])
-    data = training.load_data(run)
-    mask = torch.from_numpy(RunDir(run).dataset()["mask"].values[index])
-    model = RunDir(run).model(training.device())
-    x, y = data.x[index], torch.from_numpy(data.y[index])
+    device = training.device()
+    model = RunDir(run).model(device)
     attack = AttackConfig(**settings["attack"])
+    inputs = TargetInputs.load(RunDir(run), index, attack.space)
+    space = inputs.space(attack, device)  # no tunable key changes the space
+    y = torch.from_numpy(RunDir(run).dataset().y.values[index].astype(np.int64))
 
     def objective(trial: optuna.Trial) -> float:
         params = trial_attack(trial, attack, settings["params"])
         trial.set_user_attr("attack", dataclasses.asdict(params))
-        result = L1Attack(model, params).run(x, y, mask)
+        result = L1Attack(model, params).run(space, y)
         for key, value in measures(result).items():
             trial.set_user_attr(key, value)
         value = score(result, settings["objective"])

@@ -116,6 +116,16 @@ def demo_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_run(demo_dir, tmp_path_factory) -> Path:
+    """A run directory holding dataset.zarr of the real demo (copy it before writing)."""
+    from pipeline.cli import main
+
+    run = tmp_path_factory.mktemp("demo")
+    assert main(["prepare", "--run-dir", str(run), "--mimic-dir", str(demo_dir)]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
 def small_run(tmp_path_factory) -> Path:
     """A run directory holding dataset.zarr of 300 synthetic admissions (copy it before writing)."""
     from pipeline.cli import main

@@ -119,7 +119,8 @@ def test_tune_attack_locally_then_attack_uses_its_best(trained_run, tmp_path):
     assert store.attrs["attack_config"]["lr"] == pytest.approx(best["params"]["lr"])
 
 
-def test_tune_attack_runs_the_attack_that_attack_runs(trained_run, tmp_path):
+@pytest.mark.parametrize("space", ["record", "tensor"])
+def test_tune_attack_runs_the_attack_that_attack_runs(space, trained_run, tmp_path):
     """[attack] fista, lam_search, max_iter, observed_only reach the trials; the trial's objective equals
     the one computed from attack.zarr made with the chosen parameters on the same targets."""
     import optuna
@@ -130,8 +131,9 @@ def test_tune_attack_runs_the_attack_that_attack_runs(trained_run, tmp_path):
     from pipeline.tune_attack import measures
 
     run = copy_trained(trained_run, tmp_path)
-    chosen = ["attack.fista=true", "attack.lam_search=5", "attack.observed_only=true", "attack.kappa=0.05",
-              "attack.max_iter=100"]
+    observed_only = space == "tensor"  # a tensor-space option
+    chosen = [f"attack.space={space}", "attack.fista=true", "attack.lam_search=5", "attack.kappa=0.05",
+              "attack.max_iter=100", f"attack.observed_only={str(observed_only).lower()}"]
     assert main(["tune-attack", "--run-dir", str(run), *ATTACK, *chosen, "--executor", "debug",
                  "tune-attack.trials=2", "tune-attack.targets=1000", "attack.targets=test"]) == 0
     best = json.loads((run / "tune-attack" / "best.json").read_text())
@@ -139,13 +141,14 @@ def test_tune_attack_runs_the_attack_that_attack_runs(trained_run, tmp_path):
     for trial in s.get_trials(states=study.DONE):
         used = trial.user_attrs["attack"]
         assert (used["fista"], used["lam_search"], used["max_iter"], used["observed_only"], used["kappa"]) == \
-            (True, 5, 100, True, 0.05)
+            (True, 5, 100, observed_only, 0.05)
         assert used["lr"] == trial.params["lr"] and used["lam"] == trial.params["lam"]
     store = run_attack(run, *chosen, "--executor", "debug", "attack.targets=test")
     assert store.attrs["attack_config"]["fista"] and store.attrs["attack_config"]["lam_search"] == 5
     assert sorted(store.dataset_index.values) == json.loads((run / "tune-attack" / "targets.json").read_text())[
         "dataset_index"]
-    p = torch.from_numpy(store.perturbation.values)
+    assert store.attrs["space"] == space
+    p = torch.from_numpy(store["edit" if space == "record" else "perturbation"].values)  # what the attack varies
     result = AttackResult(p, torch.from_numpy(store.found.values), None, None, None, None)
     again = measures(result)
     assert again["success_rate"] == best["success_rate"] > 0

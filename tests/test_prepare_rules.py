@@ -7,7 +7,7 @@ import pytest
 from pipeline.config import PrepareConfig
 from pipeline.features import NAMES
 from pipeline.prepare import build_dataset
-from pipeline.timeseries import interpolate
+from pipeline.record import derive
 from tests.mimic_tables import HR, Tables, baseline, filler_value
 
 CFG = PrepareConfig()
@@ -194,11 +194,12 @@ def test_span_rule_start_and_end(tmp_path):
 # ---- imputation and scaling ---------------------------------------------------------------------
 
 def test_interpolation_between_and_nearest_at_edges():
-    series = np.full((1, 8, 2), np.nan)
-    series[0, [2, 5], 0] = [10.0, 40.0]
-    out = interpolate(series)
-    assert out[0, :, 0].tolist() == [10, 10, 10, 20, 30, 40, 40, 40]
-    assert np.isnan(out[0, :, 1]).all()
+    value = np.full((1, 8, 2), np.nan)
+    value[0, [2, 5], 0] = [10.0, 40.0]
+    stats = {"p5": np.array([0.0, 0.0]), "median": np.array([50.0, 7.0]), "p95": np.array([100.0, 10.0])}
+    x = derive(value, ~np.isnan(value), stats)
+    assert (x[0, :, 0] * 100).tolist() == pytest.approx([10, 10, 10, 20, 30, 40, 40, 40])
+    assert x[0, :, 1].tolist() == pytest.approx([0.7] * 8), "never recorded: the median"
 
 
 def test_interpolation_and_median_fill_in_the_store(tmp_path):

@@ -117,7 +117,9 @@ def write_run(run: RunDir) -> None:
                            "subject_id": [1, 2, 3, 4]})
     p5 = np.arange(len(NAMES), dtype=float)
     stats = {"p5": p5, "median": p5 + 1, "p95": p5 + 2 + np.arange(len(NAMES))}  # range of feature j: 2 + j
-    ds = prepare.to_dataset(x, np.ones_like(x, bool), cohort, stats, {"counts": {"hand_made": 4}})
+    record = {"x": x, "mask": np.ones_like(x, bool), "value": np.zeros(x.shape), "count": np.ones(x.shape, np.int32)}
+    # as a store made before the record was kept (no model here to re-derive examples with)
+    ds = prepare.to_dataset(record, cohort, stats, {"counts": {"hand_made": 4}}).drop_vars(["value", "count"])
     prepare.write_store(ds, run / "dataset.zarr", chunk_samples=2)
     targets = pd.DataFrame({"dataset_index": np.arange(4), "y": PRED, "pred": PRED})
     attrs = {"attack_config": {"max_iter": 10}, "seed": 7, "targets": "test", "params_source": "hand-made"}

@@ -1,0 +1,140 @@
+"""Record-space examples are edits of the record: recorded cells only, plausible values, and — end to end
+on the real demo — raw tables edited accordingly and prepared again flip the model's prediction."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from pipeline.cli import main
+from pipeline.features import FEATURES
+from pipeline.l1_attack import margin
+from pipeline.model import load_model
+from tests.runs import TINY
+
+RECORD_ATTACK = ["--executor", "debug", "--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=200",
+                 "attack.batch_size=64", "attack.chunk_samples=32", "attack.lam=0.003", "attack.lr=0.05"]
+
+
+@pytest.fixture(scope="module")
+def demo_attacked(demo_run, tmp_path_factory):
+    """The demo, a tiny model trained on it and a record-space attack of every correctly classified sample."""
+    run = tmp_path_factory.mktemp("demo-attacked") / "run"
+    run.mkdir()
+    shutil.copytree(demo_run / "dataset.zarr", run / "dataset.zarr")
+    assert main(["train", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3",
+                 "train.epochs=30", *TINY, "model.hidden=16", "model.lr=0.01"]) == 0
+    assert main(["attack", "--run-dir", str(run), *RECORD_ATTACK]) == 0
+    return run
+
+
+def test_every_edit_is_of_a_recorded_value_and_stays_plausible(demo_attacked):
+    attack = xr.open_zarr(demo_attacked / "attack.zarr", consolidated=False).load()
+    data = xr.open_zarr(demo_attacked / "dataset.zarr", consolidated=False).load()
+    assert attack.attrs["space"] == "record" and attack.found.sel(kind="best").any()
+    index = attack.dataset_index.values
+    recorded = data["mask"].values[index][:, None]
+    edit = attack["edit"].values
+    assert not (edit[~np.broadcast_to(recorded, edit.shape)] != 0).any(), "an imputed cell was edited"
+    after = data["value"].values[index][:, None] + attack["edit_clinical"].values
+    lo, hi = np.array([f.lo for f in FEATURES]), np.array([f.hi for f in FEATURES])
+    edited = edit != 0
+    feature = np.broadcast_to(np.arange(len(FEATURES)), edit.shape)
+    assert ((after[edited] > lo[feature[edited]]) & (after[edited] <= hi[feature[edited]])).all()
+    # the change of the model's input is zero wherever no edit reaches
+    assert (attack.perturbation.values[~attack.found.values] == 0).all()
+
+
+def test_analyze_proves_every_record_space_example_realizable(demo_attacked, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(demo_attacked, run)
+    assert main(["analyze", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3"]) == 0
+    import json
+
+    rows = json.loads((run / "tables" / "summary.json").read_text())
+    assert any(r["successes"] for r in rows)
+    for r in rows:
+        assert r["realizable"] == r["successes"], r  # every found example re-derives to a flip
+        assert 0 <= r["share_edits_le_1"] <= r["share_edits_le_3"] <= r["share_edits_le_10"] <= 1
+    report = (run / "report.md").read_text()
+    assert "recorded at hour" in report and "re-derive from the edited record" in report
+    edits = pd.read_csv(run / "tables" / "edits_best.csv")
+    assert (edits.reaches_from <= edits.hour).all() and (edits.hour <= edits.reaches_to).all()
+
+
+def write_edited_tables(demo_dir, out, cells: pd.DataFrame) -> None:
+    """The demo's tables with every event of each cell in `cells` (hadm_id, icustay_id, intime, feature,
+    hour, after) set to `after`: the cell's mean becomes the edited value, as in an edited record."""
+    out.mkdir()
+    for f in demo_dir.glob("*.csv.gz"):
+        if not f.name.startswith(("LABEVENTS", "CHARTEVENTS")):
+            shutil.copy(f, out / f.name)
+    for table, key in (("LABEVENTS", "hadm_id"), ("CHARTEVENTS", "icustay_id")):
+        events = pd.read_csv(demo_dir / f"{table}.csv.gz", dtype=str, keep_default_na=False)  # written back as read
+        charttime = pd.to_datetime(events["charttime"])
+        valuenum = pd.to_numeric(events["valuenum"], errors="coerce")
+        itemid = pd.to_numeric(events["itemid"])
+        for c in cells[cells.table == table].itertuples():
+            feature = FEATURES[c.feature]
+            hours = (charttime - c.intime).dt.total_seconds() / 3600
+            rows = (events[key] == str(getattr(c, key))) & itemid.isin(feature.all_itemids) \
+                & valuenum.notna() & (hours >= c.hour) & (hours < c.hour + 1)
+            if table == "CHARTEVENTS":
+                rows &= events["error"] != "1"
+            assert rows.any(), f"no event behind cell {c}"
+            fahrenheit = itemid[rows].isin(feature.fahrenheit_itemids).to_numpy()
+            new = np.where(fahrenheit, c.after * 9 / 5 + 32, c.after)  # as the chart would hold it
+            events.loc[rows, "valuenum"] = [repr(float(v)) for v in new]
+            events.loc[rows, "value"] = [repr(float(v)) for v in new]
+        events.to_csv(out / f"{table}.csv", index=False)
+
+
+def test_edits_written_into_the_raw_tables_flip_the_re_prepared_sample(demo_dir, demo_attacked, tmp_path):
+    attack = xr.open_zarr(demo_attacked / "attack.zarr", consolidated=False).load()
+    data = xr.open_zarr(demo_attacked / "dataset.zarr", consolidated=False).load()
+    best = attack.sel(kind="best")
+    edits = (best["edit"] != 0).sum(("time", "feature")).values
+    found = np.flatnonzero(best.found.values)
+    chosen = found[np.argsort(edits[found], kind="stable")][:3]  # the three sparsest examples
+    assert len(chosen), "the attack found no example on the demo"
+    stays = pd.read_csv(demo_dir / "ICUSTAYS.csv.gz", parse_dates=["intime"]).set_index("icustay_id")
+    cells = []
+    for target in chosen:
+        sample = int(attack.dataset_index.values[target])
+        icustay = int(data.icustay_id.values[sample])
+        after = data["value"].values[sample] + best["edit_clinical"].values[target]
+        for hour, feature in zip(*np.nonzero(best["edit"].values[target]), strict=True):
+            cells.append({"table": FEATURES[feature].table, "hadm_id": int(data.hadm_id.values[sample]),
+                          "icustay_id": icustay, "intime": stays.loc[icustay, "intime"], "feature": int(feature),
+                          "hour": int(hour), "after": float(after[hour, feature])})
+    edited = tmp_path / "edited-mimic"
+    write_edited_tables(demo_dir, edited, pd.DataFrame(cells))
+
+    again = tmp_path / "again"
+    assert main(["prepare", "--run-dir", str(again), "--mimic-dir", str(edited),
+                 f"prepare.stats_from={demo_attacked / 'dataset.zarr'}"]) == 0
+    prepared = xr.open_zarr(again / "dataset.zarr", consolidated=False).load()
+    assert (prepared.hadm_id.values == data.hadm_id.values).all(), "the cohort is the same"
+    samples = attack.dataset_index.values[chosen]
+    model = load_model(demo_attacked)
+    with torch.no_grad():
+        before = model(torch.from_numpy(data.x.values[samples]))
+        after = model(torch.from_numpy(prepared.x.values[samples]))
+    target = torch.from_numpy(attack.y.values[chosen].astype(np.int64))
+    assert (margin(before, target) < 0).all(), "correctly classified before the edit"
+    assert (margin(after, target) > 0).all(), "flipped after the edit went through the raw tables and prepare"
+
+
+def test_record_space_on_a_store_without_the_record_says_to_prepare_again(demo_attacked, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(demo_attacked, run, ignore=shutil.ignore_patterns("attack.zarr", ".stages"))
+    old = xr.open_zarr(run / "dataset.zarr", consolidated=False).load().drop_vars(["value", "count"])
+    shutil.rmtree(run / "dataset.zarr")
+    old.to_zarr(run / "dataset.zarr", zarr_format=3, consolidated=False)
+    code = main(["attack", "--run-dir", str(run), *RECORD_ATTACK])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "prepare --force" in err[0], err
+    assert not (run / "attack.zarr").exists()

@@ -189,17 +189,29 @@ def _pct(value: float) -> str:
 
 def sparsest_edits(edits: pd.DataFrame) -> list[str]:
     """The best examples with the fewest edited values, each edit as it would read in the record."""
-    if edits.empty:
+    return _sparsest(edits, "with the fewest edited values", "edit", "every edit of every example: "
+                     "`tables/edits_best.csv`", _edit_text)
+
+
+def sparsest_examples(changes: pd.DataFrame) -> list[str]:
+    """The best examples that change the fewest cells, each change in clinical units."""
+    return _sparsest(changes, "that change the fewest cells", "cell", "every changed cell of every example, in "
+                     "clinical units: `tables/changes_best.csv`",
+                     lambda r: f"{r.feature} at hour {r.hour} {r.before:.4g} → {r.after:.4g} {r.unit}")
+
+
+def _sparsest(rows: pd.DataFrame, which: str, noun: str, where: str, spell) -> list[str]:
+    """Up to SHOWN_EXAMPLES examples with the fewest rows in `rows` (one row per changed value), spelled out."""
+    if rows.empty:
         return []
-    counts = edits.groupby("sample").size().sort_values(kind="stable")
-    lines = [f"The {min(SHOWN_EXAMPLES, len(counts))} best examples with the fewest edited values (every edit of "
-             "every example: `tables/edits_best.csv`):", ""]
+    counts = rows.groupby("sample").size().sort_values(kind="stable")
+    lines = [f"The {min(SHOWN_EXAMPLES, len(counts))} best examples {which} ({where}):", ""]
     for sample in counts.index[:SHOWN_EXAMPLES]:
-        rows = edits[edits["sample"] == sample]
-        first = rows.iloc[0]
-        text = "; ".join(_edit_text(r) for r in rows.itertuples())
-        n = "1 edit" if len(rows) == 1 else f"{len(rows)} edits"
-        lines.append(f"- hadm_id {first.hadm_id} ({label(first.direction)}, {n}): {text}")
+        mine = rows[rows["sample"] == sample]
+        first = mine.iloc[0]
+        n = f"1 {noun}" if len(mine) == 1 else f"{len(mine)} {noun}s"
+        lines.append(f"- hadm_id {first.hadm_id} ({label(first.direction)}, {n}): "
+                     + "; ".join(spell(r) for r in mine.itertuples()))
     return lines + [""]
 
 
@@ -207,23 +219,6 @@ def _edit_text(r) -> str:
     """'lactate recorded at hour 31: 2.1 → 4.8 mmol/L (reaches hours 28–47)'."""
     reach = f"hour {r.reaches_from}" if r.reaches_from == r.reaches_to else f"hours {r.reaches_from}–{r.reaches_to}"
     return f"{r.feature} recorded at hour {r.hour}: {r.before:.4g} → {r.after:.4g} {r.unit} (reaches {reach})"
-
-
-def sparsest_examples(changes: pd.DataFrame) -> list[str]:
-    """The best examples that change the fewest cells, each change in clinical units."""
-    if changes.empty:
-        return []
-    cells = changes.groupby("sample").size().sort_values(kind="stable")
-    lines = [f"The {min(SHOWN_EXAMPLES, len(cells))} best examples that change the fewest cells (every changed "
-             "cell of every example, in clinical units: `tables/changes_best.csv`):", ""]
-    for sample in cells.index[:SHOWN_EXAMPLES]:
-        rows = changes[changes["sample"] == sample]
-        first = rows.iloc[0]
-        edits = "; ".join(f"{r.feature} at hour {r.hour} {r.before:.4g} → {r.after:.4g} {r.unit}"
-                          for r in rows.itertuples())
-        cells_text = "1 cell" if len(rows) == 1 else f"{len(rows)} cells"
-        lines.append(f"- hadm_id {first.hadm_id} ({label(first.direction)}, {cells_text}): {edits}")
-    return lines + [""]
 
 
 def susceptibility_section(tables: dict[str, dict]) -> list[str]:

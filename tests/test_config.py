@@ -123,3 +123,17 @@ def test_every_numeric_key_declares_its_range():
         for f in dataclasses.fields(cls):
             if hints[f.name] in (int, float):
                 assert f.metadata.get("bounds"), f"{cls.__name__}.{f.name} has no declared range"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["attack.space=pixels"], "[attack] space: 'pixels' is not one of record, tensor"),
+    (["attack.observed_only=true"], "[attack] observed_only = true is a tensor-space option"),
+])
+def test_a_bad_attack_space_is_one_line_exit_2(overrides, message, trained_run, tmp_path, capsys):
+    from tests.runs import copy_trained
+
+    run = copy_trained(trained_run, tmp_path)
+    assert main(["attack", "--run-dir", str(run), "--executor", "debug", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (run / "attack.zarr").exists()

@@ -50,9 +50,9 @@ def run_fold(run_dir: str, fold: int, params: dict, epochs: int, seed: int, work
     train_idx, held_out = training.fold_indices(split, fold)
     trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)
     history: list[dict] = []
-    # the epoch count is not part of the key: training longer continues the same run
-    checkpoint = Checkpoint(folder / "checkpoint.pt", key={"fold": fold, "params": params, "seed": seed,
-                                                           "inputs": inputs})
+    # progress resumes only for exactly this work: a run of another length (even a longer one, whose
+    # first epochs would match) is not continued, so a fold never holds more epochs than asked for
+    checkpoint = Checkpoint(folder / "checkpoint.pt", key={"fold": fold, **work})
     if (saved := checkpoint.load()) is not None:
         trainer.load_state(saved["trainer"])
         history = saved["history"]

@@ -83,6 +83,10 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
     """
     stage = STAGES[name]
     wanted = stage_config(cfg, name)
+    missing = [o for o in stage.outputs if not (run_dir / o).exists()]
+    if run_dir.is_complete(name) and missing and not force:
+        log.warning("%s: marked complete but %s is gone; running it again", name, ", ".join(missing))
+        force = True
     if run_dir.is_complete(name) and not force:
         changed = run_dir.changed_inputs(name, stage.inputs)
         if changed:

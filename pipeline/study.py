@@ -16,6 +16,7 @@ first-time schema creation races. Workers call :func:`run_worker`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -27,10 +28,11 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import TrialState
 
 from .config import ConfigError
+from .errors import InputError
 from .rundir import HOST, process_ended
 
 log = logging.getLogger(__name__)
@@ -47,11 +49,43 @@ def open_storage(url: str, run_dir: Path, heartbeat_s: int = HEARTBEAT_S) -> opt
     if not url:
         path = Path(run_dir) / JOURNAL
         path.parent.mkdir(parents=True, exist_ok=True)
+        repair_journal(path)
         return JournalStorage(JournalFileBackend(str(path)))  # default lock: a symlink, NFS-safe
+
     check_driver(url)
     with warnings.catch_warnings():  # heartbeats are marked experimental; we rely on them knowingly
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return _rdb_storage(url, heartbeat_s, 3 * heartbeat_s)
+
+
+def repair_journal(path: Path) -> None:
+    """A journal whose last record was cut off (a full disk, a node lost mid-write) would glue the next
+    record onto it and break every later read. Holding the journal's own lock (so no worker is halfway
+    through a write), move a torn last record aside to ``optuna.journal.torn-<time>`` with a warning;
+    every complete record stays. A broken record before the last is not repairable: InputError."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1  # the end of the last complete record
+        for number, line in enumerate(data[:end].splitlines(), start=1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise InputError(f"{path}: record {number} is broken (a write was cut off and later records were "
+                                 "joined to it); move the file aside to start the tuning afresh") from None
+        if end == len(data):
+            return
+        aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        aside.write_bytes(data[end:])
+        with open(path, "r+b") as journal:
+            journal.truncate(end)
+        log.warning("%s: its last record was cut off (%d bytes); moved to %s, tuning goes on with the %d "
+                    "complete ones", path, len(data) - end, aside, data[:end].count(b"\n"))
+    finally:
+        lock.release()
 
 
 def check_driver(url: str) -> None:

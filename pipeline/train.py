@@ -34,7 +34,8 @@ def train_final(run_dir: str, params: dict, epochs: int, seed: int, workers: int
     train_idx, test_idx = training.non_test_indices(split), np.array(sorted(split["test"]))
     trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)
     inputs = RunDir(run).fingerprints("dataset.zarr", "split.json")
-    checkpoint = Checkpoint(run / "model-checkpoint.pt", key={"params": params, "seed": seed, "inputs": inputs})
+    checkpoint = Checkpoint(run / "model-checkpoint.pt", key={"params": params, "epochs": epochs, "seed": seed,
+                                                              "inputs": inputs})  # exactly this work, or afresh
     losses: list[float] = []
     if (saved := checkpoint.load()) is not None:
         trainer.load_state(saved["trainer"])

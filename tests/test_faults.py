@@ -194,6 +194,21 @@ def test_force_with_other_parameters_redoes_finished_folds(small_run, tmp_path):
         assert json.loads((run / "cv" / f"fold-{k}" / "done.json").read_text())["epochs"] == 2
 
 
+def test_force_with_fewer_epochs_does_not_reuse_the_longer_run(small_run, tmp_path):
+    """#19 item 2: a fold trained for 6 epochs is not the start of a 2-epoch fold."""
+    run = copy_run(small_run, tmp_path)
+    cv = ["cv", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=2", *TINY]
+    assert main([*cv, "cv.epochs=2"]) == 0
+    fresh = [pd.read_csv(run / "cv" / f"fold-{k}" / "metrics.csv") for k in range(2)]
+    assert main([*cv, "cv.epochs=6", "--force"]) == 0  # its folds keep their 6-epoch checkpoints
+    assert main([*cv, "cv.epochs=2", "--force"]) == 0
+    for k in range(2):
+        again = pd.read_csv(run / "cv" / f"fold-{k}" / "metrics.csv")
+        assert len(again) == 2
+        pd.testing.assert_frame_equal(again, fresh[k])  # what a fresh 2-epoch fold gives
+    assert json.loads((run / "cv" / "summary.json").read_text())["best_epoch"] <= 2
+
+
 # ---- item 8: full disk, read-only run directory, a skipped stage with another config ------------
 
 def test_a_full_disk_blames_the_output_not_the_input_table(demo_dir, tmp_path):
@@ -258,3 +273,18 @@ def test_a_read_only_run_directory_skips_a_complete_stage(trained_run, tmp_path,
     finally:
         for path in [run, *run.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o200)
+
+
+# ---- #19: restarts, forces and races -------------------------------------------------------------
+
+def test_a_deleted_output_is_made_again(trained_run, tmp_path, caplog):
+    """#19 item 6: a marker without its output is not complete: the stage runs again and says why."""
+    run = copy_trained(trained_run, tmp_path)
+    attack = ["attack", "--run-dir", str(run), "--executor", "debug", *ATTACK]
+    assert main(attack) == 0
+    before = xr.open_zarr(run / "attack.zarr", consolidated=False).load()
+    shutil.rmtree(run / "attack.zarr")
+    with caplog.at_level(logging.WARNING):
+        assert main(attack) == 0
+    assert "attack: marked complete but attack.zarr is gone; running it again" in caplog.text
+    xr.testing.assert_identical(xr.open_zarr(run / "attack.zarr", consolidated=False).load(), before)

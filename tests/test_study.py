@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import optuna
 import pytest
 
 from pipeline import study
+from pipeline.cli import main
 from pipeline.executor import ExecutorSpec, run_tasks
 from tests import tasks
 
@@ -166,3 +168,34 @@ def test_a_stage_redone_with_another_search_space_starts_a_study_of_its_own(smal
     assert len(new.trials) == 2 and len(new.get_trials(states=study.DONE)) == 2, "no trial of the old study"
     assert new.user_attrs["search_space"]["hidden"] == [32, 64]
     assert optuna.load_study(study_name=first, storage=storage).user_attrs["search_space"]["hidden"] == [32]
+
+
+def test_a_torn_last_record_of_the_journal_is_moved_aside_and_tuning_goes_on(tmp_path, caplog):
+    """#19 item 3: a full disk cut the last record off; the next opening keeps every complete record."""
+    n = 4
+    s = study.create_study("", tmp_path, "toy", seed=1)
+    for _ in range(2):
+        s.tell(s.ask({"x": optuna.distributions.FloatDistribution(-5, 5)}), 0.5)
+    journal = tmp_path / study.JOURNAL
+    complete = journal.read_bytes()
+    with open(journal, "a") as f:
+        f.write('{"op_code":5,"worker_id":"x","tri')
+    with caplog.at_level("WARNING"):
+        assert tasks.tuning_worker("", str(tmp_path), "toy", n, 0, 1) > 0
+    assert f"{journal}: its last record was cut off (33 bytes)" in caplog.text
+    (aside,) = tmp_path.glob("optuna.journal.torn-*")
+    assert aside.read_text() == '{"op_code":5,"worker_id":"x","tri'
+    assert journal.read_bytes().startswith(complete)
+    s = optuna.load_study(study_name="toy", storage=study.open_storage("", tmp_path))
+    assert len(s.get_trials(states=study.DONE)) == n
+
+
+def test_a_journal_broken_before_its_last_record_is_one_line_naming_it(small_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(small_run / "dataset.zarr", run / "dataset.zarr")
+    (run / study.JOURNAL).write_text('{"op_code":0,"worker_id":"x","study_name":"s","directions":[1]}\n'
+                                     '{"op_code":5,"worker_id":"x","tri{"op_code":4}\n')
+    code = main(["tune-model", "--run-dir", str(run), "--executor", "debug", "tune-model.trials=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and f"{run / study.JOURNAL}: record 2 is broken" in err[0], err

@@ -4,6 +4,7 @@ Tiny settings: these tests check that every stage hands the next what it needs a
 is complete, not the quality of the model.
 """
 
+import json
 import shutil
 
 import numpy as np
@@ -21,7 +22,7 @@ TINY_CHAIN = [
     "attack.max_iter=20", "attack.batch_size=16", "attack.chunk_samples=8",
 ]
 FIGURES = {"gpp_heatmap.png", "s_heatmap.png", "gap_heatmap.png", "s_j_ranking.png", "norms.png",
-           "iteration_cdf.png", "cv_roc_pr.png"}
+           "iteration_cdf.png", "cv_roc_pr.png", "edit_gpp_heatmap.png"}  # the last: record space (the default)
 
 
 def assert_complete(run):
@@ -34,6 +35,8 @@ def assert_complete(run):
         assert section in report
     sus = xr.open_zarr(run / "susceptibility.zarr")
     assert sus.s.dims == ("direction", "kind", "time", "feature")
+    for row in json.loads((run / "tables" / "summary.json").read_text()):
+        assert row["realizable"] == row["successes"], row  # every example re-derives from its edited record
     assert int(sus.targets.sum()) == xr.open_zarr(run / "attack.zarr").sizes["sample"]
     return sus
 

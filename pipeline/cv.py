@@ -106,7 +106,8 @@ def summarize(run_dir: Path, folds: int) -> dict:
 
 def cv(cfg: PipelineConfig, run_dir: RunDir) -> None:
     data = training.load_data(run_dir.path)
-    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed)
+    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed,
+                          remake=run_dir.forced)
     params, source = chosen_params(cfg, run_dir)
     log.info("cv: %d folds, %d epochs, parameters from %s", cfg.cv.folds, cfg.cv.epochs, source)
     seed = stage_seed(cfg, "cv")

@@ -175,6 +175,7 @@ class RunDir:
 
     def __init__(self, path: Path | str):
         self.path = Path(path).resolve()
+        self.forced = False  # the stage running now was asked to redo its work (--force)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -345,11 +346,13 @@ class RunDir:
         return json.loads(self.marker(stage).read_text()).get("config")
 
     def mark_complete(self, stage: str, *, config: dict[str, Any], seed: int, started: float,
-                      executor: str, inputs: tuple[str, ...] = (), extra: dict[str, Any] | None = None) -> None:
-        """The marker records the config, the seed and the sha256 of every input the stage read."""
+                      executor: str, inputs: dict[str, str | None] | None = None,
+                      extra: dict[str, Any] | None = None) -> None:
+        """The marker records the config, the seed and the sha256 of every input the stage read
+        (`inputs`, fingerprinted before the stage read them)."""
         record = {
             "config": config,
-            "inputs": self.fingerprints(*inputs),
+            "inputs": inputs or {},
             "seed": seed,
             "executor": executor,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

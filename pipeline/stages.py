@@ -31,6 +31,7 @@ class Stage:
     inputs: tuple[str, ...] = ()  # artifacts of earlier stages it reads (hashed into its marker)
     outputs: tuple[str, ...] = ()  # what its driver writes in one piece (a killed run's temporaries: cleaned)
     scratch: tuple[str, ...] = ()  # globs of its driver's scratch space, stale whenever the stage is not running
+    makes: tuple[str, ...] = ()  # inputs it makes itself when absent or stale (split.json): theirs to change
     array: str = ""  # the config key that sets how many array tasks it runs ("" = none: all in the driver)
 
     def tasks(self, cfg: PipelineConfig) -> int:
@@ -51,12 +52,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
           "dataset.zarr", "pipeline.prepare:prepare", outputs=("dataset.zarr",), scratch=("prepare-events-*",)),
     Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study",
-          "pipeline.tune_model:tune_model", ("dataset.zarr", "split.json"), array="run.workers"),
+          "pipeline.tune_model:tune_model", ("dataset.zarr", "split.json"), array="run.workers", makes=("split.json",)),
     Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", "pipeline.cv:cv",
-          ("dataset.zarr", "split.json", "tune-model/best.json"), array="cv.folds"),
+          ("dataset.zarr", "split.json", "tune-model/best.json"), array="cv.folds", makes=("split.json",)),
     Stage("train", "final model on all non-test data, evaluated once on the test set", "model/",
           "pipeline.train:train", ("dataset.zarr", "split.json", "tune-model/best.json", "cv/summary.json"),
-          outputs=("model",), array="1"),
+          outputs=("model",), array="1", makes=("split.json",)),
     Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study",
           "pipeline.tune_attack:tune_attack", ("dataset.zarr", "split.json", "model"), array="run.workers"),
     Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr",
@@ -97,16 +98,31 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
             log.warning("%s: complete with a different config; kept (use --force to redo)", name)
         log.info("%s: complete, skipped (%s)", name, run_dir.marker(name))
         return False
+    run_dir.forced = force
     with run_dir.stage_lock(name):
         run_dir.open(redacted(cfg.to_dict()), cfg.run.seed)  # no password is ever written
         remove_leftovers(stage, run_dir)
         log.info("%s: %s → %s", name, stage.summary, stage.produces)
         started = time.time()
+        read = run_dir.fingerprints(*stage.inputs)  # what the stage is about to read
         stage.load()(cfg, run_dir)
         run_dir.mark_complete(name, config=wanted, seed=cfg.run.seed, started=started,
-                              executor=cfg.run.executor, inputs=stage.inputs)
+                              executor=cfg.run.executor, inputs=inputs_read(name, stage, run_dir, read))
     log.info("%s: done in %.1f s", name, time.time() - started)
     return True
+
+
+def inputs_read(name: str, stage: Stage, run_dir: RunDir, read: dict[str, str | None]) -> dict[str, str | None]:
+    """The fingerprints to record in the marker: those taken before the stage read its inputs. An input
+    that changed while the stage ran (a stage before it redone meanwhile) is an InputError: the result
+    may mix the old input and the new. An input the stage makes itself (`Stage.makes`: split.json) is
+    recorded as it made it."""
+    now = run_dir.fingerprints(*stage.inputs)
+    changed = [n for n in stage.inputs if read[n] is not None and now[n] != read[n] and n not in stage.makes]
+    if changed:
+        raise InputError(f"{name}: its input {', '.join(changed)} changed while it ran (a stage before it was redone "
+                         f"meanwhile); nothing was marked complete: run `python -m pipeline {name} --force` again")
+    return {n: now[n] if (read[n] is None or n in stage.makes) else read[n] for n in stage.inputs}
 
 
 def remove_leftovers(stage: Stage, run_dir: RunDir) -> None:

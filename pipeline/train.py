@@ -72,7 +72,8 @@ def final_epochs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[int, str]:
 
 def train(cfg: PipelineConfig, run_dir: RunDir) -> None:
     data = training.load_data(run_dir.path)
-    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed)
+    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed,
+                          remake=run_dir.forced)
     params, params_source = chosen_params(cfg, run_dir)
     epochs, epochs_source = final_epochs(cfg, run_dir)
     log.info("train: %d epochs (from %s), parameters from %s", epochs, epochs_source, params_source)

@@ -54,21 +54,37 @@ def make_split(y: np.ndarray, test_fraction: float, folds: int, seed: int) -> di
             "fold": [np.flatnonzero(fold_of == k).tolist() for k in range(folds)]}
 
 
-def ensure_split(run_dir: Path, y: np.ndarray, test_fraction: float, folds: int, seed: int) -> dict:
-    """The run's split, made once and saved; a later stage with other settings is an error."""
+def ensure_split(run_dir: Path, y: np.ndarray, test_fraction: float, folds: int, seed: int,
+                 remake: bool = False) -> dict:
+    """The run's split, made once and saved. A later stage with other settings or another cohort is an
+    error naming the difference — unless it was forced (`remake`): then the split is made again, and the
+    stages after it see their input changed."""
     path = Path(run_dir) / "split.json"
     if path.exists():
         split = json.loads(path.read_text())
-        saved = (split["seed"], split["test_fraction"], split["folds"])
-        if saved != (seed, test_fraction, folds) or sum(map(len, split["fold"])) + len(split["test"]) != len(y):
-            raise ConfigError(f"{path}: made with (seed, test_fraction, folds) = {saved}, the config asks for "
-                              f"{(seed, test_fraction, folds)}; use a new run directory")
-        return split
+        differ = split_differences(split, len(y), seed, test_fraction, folds)
+        if not differ:
+            return split
+        if not remake:
+            raise ConfigError(f"{path}: {'; '.join(differ)}; redo the split and every stage after it with "
+                              "`python -m pipeline run --force`, or use a new run directory")
+        log.warning("%s: %s; made again (forced)", path, "; ".join(differ))
     if min(np.bincount(y)) < folds + 1:
         raise ConfigError(f"[cv] folds = {folds}: the smaller class has only {min(np.bincount(y))} samples")
     split = make_split(y, test_fraction, folds, seed)
     rundir.write_json(path, split)
     return split
+
+
+def split_differences(split: dict, samples: int, seed: int, test_fraction: float, folds: int) -> list[str]:
+    """How a saved split differs from the one asked for, in words (empty: it is the same)."""
+    made_for = sum(map(len, split["fold"])) + len(split["test"])
+    differ = [f"made for {made_for} samples, dataset.zarr holds {samples} (the cohort changed)"] \
+        if made_for != samples else []
+    for key, wanted in (("seed", seed), ("test_fraction", test_fraction), ("folds", folds)):
+        if split[key] != wanted:
+            differ.append(f"made with {key} = {split[key]!r}, the config asks for {wanted!r}")
+    return differ
 
 
 def fold_indices(split: dict, fold: int) -> tuple[np.ndarray, np.ndarray]:

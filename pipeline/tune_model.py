@@ -101,7 +101,8 @@ def tune_model(cfg: PipelineConfig, run_dir: RunDir) -> None:
     check_space(tm)
     study.check_driver(cfg.run.storage)
     data = training.load_data(run_dir.path)
-    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed)
+    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed,
+                          remake=run_dir.forced)
     settings = {"tune": dataclasses.asdict(tm)}
     space = {name: study.describe(d) for name, d in search_space(tm).items()}
     name = study.run_study(cfg, run_dir, "tune-model", tuning_worker, tm.trials, settings,

@@ -288,3 +288,56 @@ def test_a_deleted_output_is_made_again(trained_run, tmp_path, caplog):
         assert main(attack) == 0
     assert "attack: marked complete but attack.zarr is gone; running it again" in caplog.text
     xr.testing.assert_identical(xr.open_zarr(run / "attack.zarr", consolidated=False).load(), before)
+
+
+def test_an_input_that_changed_while_the_stage_ran_is_an_error_not_a_marker(trained_run, tmp_path, monkeypatch,
+                                                                           capsys):
+    """#19 item 4: `train --force` finishing while `attack` runs. The stage's own work is real; the change
+    of its input is made at a known point (when the attack is done) instead of racing a second process."""
+    import pipeline.attack
+
+    run = copy_trained(trained_run, tmp_path)
+    real = pipeline.attack.attack
+
+    def attack_while_the_model_is_replaced(cfg, run_dir):
+        real(cfg, run_dir)
+        record = run / "model" / "model.json"
+        record.write_text(record.read_text() + " ")  # another model, as far as the fingerprint goes
+
+    monkeypatch.setattr(pipeline.attack, "attack", attack_while_the_model_is_replaced)
+    assert main(["attack", "--run-dir", str(run), "--executor", "debug", *ATTACK]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: attack: its input model changed while it ran"), err
+    assert not (run / ".stages" / "attack.json").exists(), "marked complete with the wrong model's fingerprint"
+    monkeypatch.setattr(pipeline.attack, "attack", real)
+    assert main(["attack", "--run-dir", str(run), "--executor", "debug", *ATTACK]) == 0  # redone with the new one
+    marker = json.loads((run / ".stages" / "attack.json").read_text())
+    assert marker["inputs"]["model"] == RunDir(run).fingerprint("model")
+
+
+def test_after_a_cohort_change_the_refusal_names_it_and_its_advice_works(small_run, tmp_path, capsys):
+    """#19 item 5: the split was made for another cohort; the message says so, and `--force` redoes it."""
+    run = copy_run(small_run, tmp_path)
+    cv = ["cv", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=2", "cv.epochs=1", *TINY]
+    assert main(cv) == 0
+    before = json.loads((run / "split.json").read_text())
+    assert main(["prepare", "--run-dir", str(run), "--mimic-dir", str(small_run / "raw"), "--force",
+                 "prepare.min_icu_hours=40"]) == 0
+    samples = xr.open_zarr(run / "dataset.zarr", consolidated=False).sizes["sample"]
+    made_for = len(before["test"]) + sum(map(len, before["fold"]))
+    assert samples < made_for
+    capsys.readouterr()
+    assert main(cv) == 1  # complete, but its input changed: redo it with --force
+    assert main([*cv, "--force"]) == 0  # the advice: redo it, and the split with it
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["test"]) + sum(map(len, split["fold"])) == samples
+
+
+def test_a_split_for_another_cohort_is_one_line_naming_the_difference(small_run, tmp_path, capsys):
+    run = copy_run(small_run, tmp_path)
+    split = {"seed": 5, "test_fraction": 0.15, "folds": 3, "test": [0, 1], "fold": [[2], [3], [4]]}
+    (run / "split.json").write_text(json.dumps(split))
+    assert main(["cv", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=2", *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "made for 5 samples, dataset.zarr holds" in err and "made with folds = 3, the config asks for 2" in err
+    assert "python -m pipeline run --force" in err

@@ -222,8 +222,12 @@ def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
         rundir.write_text(path / "tables" / f"susceptibility_{d}.md", markdown)
         rundir.write_text(path / "tables" / f"clinical_{d}.csv", clinical.to_csv(index=False))
         tables[d] = {"ranking": markdown, "clinical": clinical, "successes": int(sus.n.sel(direction=d).max())}
-        top = ranked.iloc[0]
-        log.info("analyze: %s, most susceptible feature %s (S_j %.3f, best examples)", d, top.feature, top.s_j_best)
+        if tables[d]["successes"]:
+            top = ranked.iloc[0]
+            log.info("analyze: %s, most susceptible feature %s (S_j %.3f, best examples)", d, top.feature,
+                     top.s_j_best)
+        else:  # no scores to rank (they are NaN): say so rather than name the first feature
+            log.info("analyze: %s, no successful example: no susceptibility scores", d)
     ex = examples(attack)
     space = attack.attrs.get("space", "tensor")
     captions = draw(path, sus, ex, int(attack.attrs["attack_config"]["max_iter"]))

@@ -222,7 +222,10 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     log.info("attack: %d targets (%s set, correctly classified), %d shard(s), %d iterations, parameters from %s",
              len(targets), a.targets, a.shards, params.max_iter, source)
     calls = [(str(run_dir.path), k, lo, hi, dataclasses.asdict(params), a.batch_size, cfg.run.workers)
-             for k, (lo, hi) in enumerate(ranges)]
+             for k, (lo, hi) in enumerate(ranges) if hi > lo]  # a shard without targets is not submitted
+    if len(calls) < a.shards:
+        log.info("attack: %d target(s) fill %d batch(es) of %d: %d shard(s) run, not %d", len(targets),
+                 -(-len(targets) // a.batch_size), a.batch_size, len(calls), a.shards)
     shards = run_array(cfg, run_dir, "attack", attack_shard, calls)
     written = sorted(tuple(w) for shard in shards for w in shard["writes"])
     covered = [i for b0, b1 in written for i in range(b0, b1)]

@@ -124,9 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "cancel":
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        cancelled = cancel_run(args.run_dir)
+        try:
+            cancelled = cancel_run(args.run_dir)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         print(f"cancelled Slurm job(s) {', '.join(cancelled)}" if cancelled
-              else f"{args.run_dir}: no Slurm array recorded")
+              else f"{args.run_dir}: no Slurm array of this run is pending or running")
         return 0
     args.overrides = [*args.overrides, *extra]
     try:

@@ -49,6 +49,8 @@ import submitit
 from tqdm.auto import tqdm
 
 from .config import ConfigError, build_section, option, read_toml
+from .errors import InputError
+from .stages import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,10 @@ def load_profile(path: Path, stage: str) -> SlurmProfile:
     unknown = set(data) - {"default", "stages"}
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {sorted(unknown)} (expected [default], [stages.*])")
+    misspelled = sorted(set(data.get("stages", {})) - set(STAGES))  # would silently give the stage the defaults
+    if misspelled:
+        raise ConfigError(f"{path}: unknown stage table(s) {', '.join(f'[stages.{s}]' for s in misspelled)}; "
+                          f"the stages are {', '.join(STAGES)}")
     values = dict(data.get("default", {}))
     values.update(data.get("stages", {}).get(stage, {}))
     profile = build_section(SlurmProfile, values, f"{path}: [stages.{stage}]")
@@ -565,9 +571,18 @@ def make_slurm_executor(profile: SlurmProfile, jobs_dir: Path, name: str) -> sub
 
 
 def cancel_run(run_dir: Path) -> list[str]:
-    """scancel every array a run recorded (``jobs/*/array.json``); returns the job ids cancelled."""
-    ids = sorted({task.split("_")[0] for record in Path(run_dir).glob("jobs/*/array.json")
-                  for task in json.loads(record.read_text())["tasks"]})
+    """scancel the arrays a run recorded (``jobs/*/array.json``) that Slurm still shows pending or running;
+    returns their job ids. InputError (one line) when scancel is missing or fails."""
+    tasks = {task for record in Path(run_dir).glob("jobs/*/array.json")
+             for task in json.loads(record.read_text())["tasks"]}
+    if not tasks:
+        return []
+    if shutil.which("scancel") is None:
+        raise InputError("scancel: not found on PATH (run `pipeline cancel` where Slurm's commands are)")
+    states = slurm_states(tasks)
+    ids = sorted({t.split("_")[0] for t in tasks if states.get(t) in ACTIVE})
     if ids:
-        subprocess.run(["scancel", *ids], check=True)
+        done = subprocess.run(["scancel", *ids], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise InputError(f"scancel {' '.join(ids)}: {done.stderr.strip() or f'exit {done.returncode}'}")
     return ids

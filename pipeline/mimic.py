@@ -67,6 +67,9 @@ def find_table(mimic_dir: Path, name: str, required: bool = True) -> Path | None
     hits = sorted(p for p in mimic_dir.iterdir() if p.name.lower() in wanted)
     if not hits and required:
         raise InputError(f"{mimic_dir}: table {name} not found (expected {name}.csv.gz or {name}.csv, any case)")
+    if len(hits) > 1:  # which one is the table is not ours to guess: they may differ
+        raise InputError(f"{mimic_dir}: table {name} is there more than once ({', '.join(p.name for p in hits)}); "
+                         "keep one")
     return hits[0] if hits else None
 
 

@@ -78,6 +78,9 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
         for table, c in event_counts.items():
             log.info("%s: %d rows → %d feature events kept", table, c.rows, c.in_range - c.duplicates)
             duplicates[table] = c.duplicates
+            if c.in_range - c.duplicates == 0:  # every feature of the table would be missing: name the file
+                raise InputError(f"{paths[table]}: no event of the features kept ({c.rows} rows read; "
+                                 f"counts rule by rule: {vars(c)})")
         log.info("exact duplicate rows dropped: %s", ", ".join(f"{k} {v}" for k, v in duplicates.items()))
         with dask.config.set(scheduler="threads", num_workers=max(1, workers)):
             events = dd.concat([  # one partition per Parquet row group: streamed, never whole

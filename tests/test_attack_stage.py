@@ -212,3 +212,14 @@ def test_a_remade_dataset_is_caught_by_the_next_stages_marker(trained_run, tmp_p
     assert "attack: complete, but its input dataset.zarr changed" in capsys.readouterr().err
     assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug", "--force"]) == 0
     assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug"]) == 0  # consistent again
+
+
+def test_a_shard_without_targets_is_not_submitted(trained_run, tmp_path, caplog):
+    """#19 item 8: more shards than batches of targets submitted empty shards."""
+    run = copy_trained(trained_run, tmp_path)
+    with caplog.at_level("INFO"):
+        store = run_attack(run, "--executor", "debug", "attack.shards=4", "attack.batch_size=256",
+                           "attack.chunk_samples=8")
+    assert store.found.sizes["sample"] <= 256
+    assert "1 shard(s) run, not 4" in caplog.text
+    assert len(list((run / "attack-shards").iterdir())) == 1, "one shard ran"

@@ -49,6 +49,9 @@ def test_profile_stage_table_overrides_default():
     ("[default]\ngpus = 1\n", r"p\.toml: \[stages\.cv\]: unknown key 'gpus'"),
     ("[stages.cv]\nmem_gb = 'lots'\n", r"p\.toml: \[stages\.cv\] mem_gb: expected float"),
     ("[defaults]\n", r"p\.toml: unknown table"),
+    # #19 item 7: a misspelled stage table used to be ignored (the stage silently got the defaults)
+    ("[stages.atack]\ngpus = 1\n", r"p\.toml: unknown stage table\(s\) \[stages\.atack\]; the stages are synth, "),
+    ("[stages.tune_model]\n", r"unknown stage table\(s\) \[stages\.tune_model\]; .*tune-model"),
 ])
 def test_bad_profile_is_named(tmp_path, text, message):
     (tmp_path / "p.toml").write_text(text)

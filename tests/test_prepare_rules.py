@@ -1,10 +1,13 @@
 """Each rule of DATASET.md, on small hand-written tables: the rule bites where it should."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from pipeline.config import PrepareConfig
+from pipeline.errors import InputError
 from pipeline.features import NAMES
 from pipeline.prepare import build_dataset
 from pipeline.record import derive
@@ -238,3 +241,23 @@ def test_lower_case_plain_csv_tables_are_read(tmp_path):
     t.admission(100002)
     ds = build_dataset(t.write(tmp_path / "lower", upper=False, gz=False), CFG)
     assert kept(ds) == {100001, 100002}
+
+
+def test_a_table_there_twice_is_an_error_naming_both(tmp_path):
+    """#19 item 8: with PATIENTS.csv and PATIENTS.csv.gz both present the .csv was used silently."""
+    t = baseline()
+    folder = t.write(tmp_path / "mimic")
+    plain = t.write(tmp_path / "plain", gz=False)
+    shutil.copy(plain / "PATIENTS.csv", folder / "PATIENTS.csv")
+    with pytest.raises(InputError, match=r"PATIENTS is there more than once \(PATIENTS\.csv, PATIENTS\.csv\.gz\)"):
+        build_dataset(folder, CFG)
+
+
+def test_a_header_only_chartevents_is_named(tmp_path):
+    """#19 item 8: an empty CHARTEVENTS named the folder ("the cohort is empty after rule 'span_rule'")."""
+    t = baseline()
+    folder = t.write(tmp_path / "mimic", gz=False)
+    header = (folder / "CHARTEVENTS.csv").read_text().splitlines()[0]
+    (folder / "CHARTEVENTS.csv").write_text(header + "\n")
+    with pytest.raises(InputError, match=r"CHARTEVENTS\.csv: no event of the features kept \(0 rows read"):
+        build_dataset(folder, CFG)

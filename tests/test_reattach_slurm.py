@@ -68,3 +68,23 @@ def test_cancel_stops_one_run_and_leaves_the_other(slurm_cluster, small_run, sha
     assert others and not any(state.startswith("CANCELLED") for _, state in others)
     os.killpg(drivers[1].pid, signal.SIGKILL)
     subprocess.run([sys.executable, "-m", "pipeline", "cancel", "--run-dir", str(runs[1])], cwd=ROOT, check=True)
+
+
+def test_cancel_of_a_job_slurm_does_not_know_cancels_nothing(slurm_cluster, tmp_path):
+    """#19 item 8: it printed "cancelled 99999" for a job Slurm never had."""
+    record = tmp_path / "run" / "jobs" / "cv" / "array.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"calls_sha256": "x", "name": "pipeline-cv-x", "tasks": ["99999_0", "99999_1"]}))
+    out = subprocess.run([sys.executable, "-m", "pipeline", "cancel", "--run-dir", str(tmp_path / "run")], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "no Slurm array of this run is pending or running" in out.stdout, out
+
+
+def test_cancel_without_scancel_is_one_line(tmp_path):
+    record = tmp_path / "run" / "jobs" / "cv" / "array.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"calls_sha256": "x", "name": "pipeline-cv-x", "tasks": ["7_0"]}))
+    out = subprocess.run([sys.executable, "-m", "pipeline", "cancel", "--run-dir", str(tmp_path / "run")], cwd=ROOT,
+                         capture_output=True, text=True, env={**os.environ, "PATH": str(tmp_path)})
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        "error: scancel: not found on PATH (run `pipeline cancel` where Slurm's commands are)"], out

@@ -11,12 +11,15 @@ submitit would submit (validated by ``sbatch --test-only``), and submits nothing
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
+import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
+from . import __version__
 from .config import ConfigError, PipelineConfig, redacted, to_toml
 from .executor import IMAGES, SlurmProfile, job_name, load_profile, preview_submission
 from .rundir import RunDir
@@ -43,12 +46,28 @@ def preflight(cfg: PipelineConfig, run_dir: RunDir, stages: list[str], submittin
     if cfg.run.executor == "slurm":
         for name in stages:
             if STAGES[name].tasks(cfg):
-                check_profile(slurm_profile(cfg, name), name)
+                check_profile(slurm_profile(cfg, name), name, probe=submitting)
         if submitting and shutil.which("sbatch") is None:
             raise ConfigError("executor slurm: sbatch is not on PATH (run the driver on a Slurm login node, or "
                               "use --executor local)")
+        if submitting:
+            for name in stages:
+                check_accepted(cfg, run_dir, name)
     if cfg.run.storage and any(n in ("tune-model", "tune-attack") for n in stages):
         check_storage(cfg.run.storage)
+
+
+def check_accepted(cfg: PipelineConfig, run_dir: RunDir, name: str) -> None:
+    """Slurm accepts the stage's array as the profile asks for it (``sbatch --test-only``: a partition,
+    account or QoS it does not know, limits it would refuse), before anything is submitted."""
+    n = STAGES[name].tasks(cfg)
+    if not n:
+        return
+    preview = preview_submission(slurm_profile(cfg, name), job_name(name, run_dir.path), run_dir.jobs_dir(name), n)
+    if not preview.accepted:
+        reason = (preview.check or "").strip().splitlines()
+        raise ConfigError(f"slurm profile [stages.{name}]: sbatch --test-only rejects the stage's array: "
+                          f"{reason[-1] if reason else 'no reason given'}")
 
 
 def slurm_profile(cfg: PipelineConfig, stage: str) -> SlurmProfile:
@@ -68,8 +87,9 @@ def check_writable(path: Path) -> None:
         raise ConfigError(f"run directory {path}: {existing} is not a writable folder")
 
 
-def check_profile(profile: SlurmProfile, stage: str) -> None:
-    """The job's Python command exists (as far as the login node can tell) and sees the GPUs it asks for."""
+def check_profile(profile: SlurmProfile, stage: str, probe: bool = True) -> None:
+    """The job's Python command exists (as far as the login node can tell), sees the GPUs it asks for and
+    (`probe`) imports this package at the driver's version."""
     where = f"slurm profile [stages.{stage}] python"
     words = shlex.split(profile.python) if profile.python else []
     if not words:
@@ -83,6 +103,35 @@ def check_profile(profile: SlurmProfile, stage: str) -> None:
     if Path(program).name in CONTAINER_RUNNERS and profile.gpus_per_node and "--nv" not in words:
         raise ConfigError(f"{where}: the stage requests {profile.gpus_per_node} GPU(s) but runs "
                           f"{Path(program).name} without --nv, so the container would not see them")
+    if probe:
+        check_imports(tuple(words), where)
+
+
+def check_imports(words: tuple[str, ...], where: str) -> None:
+    """The job's Python imports this package at the driver's version (else every task would fail minutes
+    later, e.g. "No module named 'submitit'"). Run here, on the login node, as the task would run it."""
+    problem = _probe(words)
+    if problem:
+        raise ConfigError(f"{where}: {shlex.join(words)} {problem}")
+
+
+@functools.cache  # one probe per distinct command (several stages share one)
+def _probe(words: tuple[str, ...]) -> str | None:
+    try:
+        done = subprocess.run([*words, "-c", "import submitit, torch, pipeline; print(pipeline.__version__)"],
+                              capture_output=True, text=True, timeout=PROBE_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"cannot be run here ({e})"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        return f"cannot run the pipeline's tasks ({last})"
+    if done.stdout.strip() != __version__:
+        return (f"has pipeline {done.stdout.strip()}, this driver {__version__}: install the same version there "
+                "(or rebuild the container)")
+    return None
+
+
+PROBE_S = 120  # a container's first start on a login node can take a while
 
 
 def check_storage(url: str) -> None:

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import time
+import venv
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,29 @@ def test_a_broken_profile_fails_in_preflight_before_synth_runs(tmp_path, capsys,
     assert main(["run", "--run-dir", str(run), "--executor", "slurm", f"run.slurm_profile={path}"]) == 2
     assert re.search(message, one_line_error(capsys))
     assert not run.exists(), "nothing ran, nothing was written"
+
+
+def test_a_profile_python_without_the_pipeline_fails_in_preflight(tmp_path, capsys):
+    """#19 item 7: it passed preflight and failed 19 s later in every task ("No module named 'submitit'")."""
+    bare = tmp_path / "bare"
+    venv.create(bare, with_pip=False)  # a Python without this package or its dependencies
+    (tmp_path / "p.toml").write_text(f"[default]\npython = '{bare / 'bin' / 'python'}'\n")
+    run = tmp_path / "run"
+    assert main(["cv", "--run-dir", str(run), "--executor", "slurm", f"run.slurm_profile={tmp_path / 'p.toml'}"]) == 2
+    assert re.search(r"\[stages\.cv\] python: .*bare/bin/python cannot run the pipeline's tasks \(ModuleNotFoundError: "
+                     r"No module named '(submitit|torch|pipeline)'\)", one_line_error(capsys))
+    assert not run.exists()
+
+
+@pytest.mark.slurm
+def test_a_partition_slurm_does_not_know_fails_in_preflight(slurm_cluster, tmp_path, capsys):
+    """#19 item 7: it passed preflight and failed at submission with submitit's traceback."""
+    (tmp_path / "p.toml").write_text("[default]\npartition = 'nosuchpartition'\n")
+    run = tmp_path / "run"
+    assert main(["cv", "--run-dir", str(run), "--executor", "slurm", f"run.slurm_profile={tmp_path / 'p.toml'}"]) == 2
+    error = one_line_error(capsys)
+    assert "[stages.cv]: sbatch --test-only rejects the stage's array" in error and "partition" in error.lower()
+    assert not run.exists(), "no pickles in jobs/, nothing written"
 
 
 def test_a_profile_resolves_its_paths_against_its_own_folder(tmp_path, monkeypatch, capsys):

@@ -55,8 +55,10 @@ class TargetInputs:
                    ds["value"].values[index] if space == "record" else None,
                    {k: ds[k].values.astype(np.float64) for k in ("p5", "median", "p95")})
 
-    def space(self, params: AttackConfig, device: torch.device, rows: slice = slice(None)) -> Space:
-        """The attack's search space for samples `rows`: tensor (Sun et al.) or record (edits of recorded values)."""
+    def space(self, params: AttackConfig, device: torch.device, rows: slice | None = None) -> Space:
+        """The attack's search space for samples `rows` (default: all): tensor (Sun et al.) or record (edits of
+        recorded values)."""
+        rows = slice(None) if rows is None else rows
         mask = self.mask[rows]
         if params.space == "tensor":
             return tensor_space(torch.from_numpy(self.x[rows]).to(device), torch.from_numpy(mask),

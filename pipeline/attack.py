@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 from . import cf, rundir, training
 from .checkpoint import Checkpoint
 from .config import AttackConfig, ConfigError, PipelineConfig
+from .errors import blaming
 from .features import NAMES
-from .l1_attack import KINDS, L1Attack, RecordSpace
+from .l1_attack import KINDS, AttackResult, L1Attack, RecordSpace, TensorSpace
 from .record import width
 from .rundir import RunDir
 from .settings import run_array
@@ -166,29 +167,38 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
             continue
         space = inputs.space(config, device, slice(b0 - start, b1 - start))
         result = attack.run(space, torch.from_numpy(target[b0 - start:b1 - start]))
-        if isinstance(space, RecordSpace):
-            edit = result.perturbation.cpu().numpy()
-            store["edit"][b0:b1] = edit
-            store["edit_clinical"][b0:b1] = edit * width(inputs.stats)
-            store["perturbation"][b0:b1] = effect(space, result.perturbation).cpu().numpy()
-        else:
-            store["perturbation"][b0:b1] = result.perturbation.cpu().numpy()
-        store["found"][b0:b1] = result.found.cpu().numpy()
-        store["iteration"][b0:b1] = result.iteration.cpu().numpy().astype(np.int32)
-        for name in VARIABLES[3:]:
-            store[name][b0:b1] = getattr(result, name).cpu().numpy()
+        with blaming(run / PARTIAL):
+            write_batch(store, space, inputs, result, b0, b1)
         successes += int(result.found[:, 0].sum())
         progress["done"].append(b0)
         progress["writes"].append([b0, b1])
         progress["successes"] = successes
-        checkpoint.save(progress)
+        with blaming(checkpoint.path):
+            checkpoint.save(progress)
         bar.update(b1 - b0)
         bar.set_postfix(successes=successes)
         log.info("shard %d: targets %d–%d done, %d successes so far", shard, b0, b1 - 1, successes)
     bar.close()
     progress["complete"] = True
-    checkpoint.save(progress)
+    with blaming(checkpoint.path):
+        checkpoint.save(progress)
     return progress
+
+
+def write_batch(store: zarr.Group, space: RecordSpace | TensorSpace, inputs: TargetInputs, result: AttackResult,
+                b0: int, b1: int) -> None:
+    """One batch's examples into rows b0…b1 of the store in the making."""
+    if isinstance(space, RecordSpace):
+        edit = result.perturbation.cpu().numpy()
+        store["edit"][b0:b1] = edit
+        store["edit_clinical"][b0:b1] = edit * width(inputs.stats)
+        store["perturbation"][b0:b1] = effect(space, result.perturbation).cpu().numpy()
+    else:
+        store["perturbation"][b0:b1] = result.perturbation.cpu().numpy()
+    store["found"][b0:b1] = result.found.cpu().numpy()
+    store["iteration"][b0:b1] = result.iteration.cpu().numpy().astype(np.int32)
+    for name in VARIABLES[3:]:
+        store[name][b0:b1] = getattr(result, name).cpu().numpy()
 
 
 @torch.no_grad()

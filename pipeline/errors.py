@@ -1,6 +1,9 @@
 """Errors a user can act on: the message names the file, column, rule or option."""
 
+import contextlib
 import errno
+import re
+from collections.abc import Iterator
 
 
 class InputError(RuntimeError):
@@ -27,3 +30,23 @@ def write_failure(err: BaseException, path: object) -> InputError | None:
         return None
     return InputError(f"{path}: cannot write ({WRITE_ERRNOS[code]}: {getattr(err, 'strerror', None) or err}); "
                       "free space or choose another run directory, then run the stage again")
+
+
+@contextlib.contextmanager
+def blaming(path: object) -> Iterator[None]:
+    """A failed write inside (a full disk, a quota) becomes an InputError naming the file it was writing, or
+    `path` (what the block writes) where the OS did not say: ``write()`` errors carry no file name."""
+    try:
+        yield
+    except OSError as e:
+        error = write_failure(e, e.filename or path)
+        if error is None:
+            raise
+        raise error from e
+
+
+def reported_reason(text: str) -> str | None:
+    """The message of the last error of this package's own kind in a traceback's text (a Slurm task's
+    failure comes back as text only), or None."""
+    found = re.findall(r"^pipeline\.errors\.\w+: (.+)$", text, re.MULTILINE)
+    return found[-1] if found else None

@@ -12,7 +12,11 @@ results, cancel) with the same rules everywhere:
 
 On Slurm the array's task ids are recorded in ``jobs/<stage>/array.json`` until every task has
 succeeded: a driver that restarts while the array is pending or running waits for it instead of
-submitting a second one, and resubmits only the tasks that failed or vanished. Job names carry the
+submitting a second one, and resubmits only the tasks that failed or vanished. Never do two arrays of
+one stage write one run directory: a driver that finds an array of the stage with *other* work (another
+config) still pending or running — or local workers a driver left alive (``jobs/<stage>/workers.json``)
+— stops with one line (:class:`ArrayBusy`), or with ``--force`` cancels them and waits until they have
+ended before it starts its own. Job names carry the
 run (``pipeline-<stage>-<tag>``, the tag a hash of the run directory), so ``pipeline cancel
 --run-dir D`` cancels exactly one run.
 A stage's sbatch parameters come from a profile file (``slurm/``): a ``[default]`` table,
@@ -49,7 +53,8 @@ import submitit
 from tqdm.auto import tqdm
 
 from .config import ConfigError, build_section, option, read_toml
-from .errors import InputError
+from .errors import InputError, StageBusy, reported_reason
+from .rundir import HOST, write_json
 from .stages import STAGES
 
 log = logging.getLogger(__name__)
@@ -57,6 +62,10 @@ log = logging.getLogger(__name__)
 
 class TaskFailed(RuntimeError):
     """A task of a stage raised or its job died; the message says which and where its log is."""
+
+
+class ArrayBusy(StageBusy):
+    """An earlier array (or local workers) of the stage, doing other work, still runs in this run directory."""
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -324,6 +333,12 @@ class Outcome:
     result: Any = None
     error: str | None = None
     log: Path | None = None
+    reason: str | None = None  # the one line of an InputError the task raised (a full disk, a bad input)
+
+
+def failure(error: BaseException, log_file: Path) -> Outcome:
+    """The outcome of a task that raised `error`."""
+    return Outcome(error=repr(error), log=log_file, reason=str(error) if isinstance(error, InputError) else None)
 
 
 class Executor:
@@ -331,9 +346,31 @@ class Executor:
 
     kind = ""
 
-    def __init__(self, stage: str, jobs_dir: Path, workers: int = 1):
+    def __init__(self, stage: str, jobs_dir: Path, workers: int = 1, force: bool = False):
         self.stage, self.jobs_dir, self.workers = stage, Path(jobs_dir), max(1, workers)
+        self.force = force  # cancel what still runs of an earlier array of the stage (--force)
         self.calls: list[tuple] = []
+
+    def claim(self, keep: set[str] = frozenset(), name: str = "") -> None:
+        """Make sure nothing else writes this stage's outputs: Slurm tasks of an earlier array (recorded in
+        ``array.json``, or by job `name`) other than those in `keep` (reattached), and local workers a
+        driver left (``workers.json``). Found: ArrayBusy, or with `force` they are stopped and awaited."""
+        slurm = sorted(earlier_tasks(self.jobs_dir / "array.json", name) - set(keep))
+        local = live_workers(self.jobs_dir / "workers.json")
+        if not slurm and not local:
+            return
+        what = ", ".join(filter(None, [f"Slurm array {', '.join(arrays_of(slurm))}" if slurm else "",
+                                        f"local worker pid {', '.join(map(str, local))}" if local else ""]))
+        if not self.force:
+            raise ArrayBusy(f"{self.stage}: {what} of an earlier run of this stage, with other work, still runs "
+                            f"in {self.jobs_dir.parent.parent}; wait for it, stop it with `python -m pipeline "
+                            f"cancel --run-dir {self.jobs_dir.parent.parent}`, or run with --force to stop it first")
+        log.warning("%s: --force: stopping %s of an earlier run of this stage, and waiting until it has ended",
+                    self.stage, what)
+        if slurm:
+            end_slurm_tasks(slurm, self.stage)
+        if local:
+            end_local_workers(local, self.stage)
 
     def task_log(self, index: int) -> Path:
         return self.jobs_dir / f"task-{index}.log"
@@ -356,9 +393,14 @@ class Executor:
         failed = [i for i, o in enumerate(outcomes) if o.error is not None]
         if failed:
             i = failed[0]
+            first = outcomes[i]
             more = f" ({len(failed) - 1} more failed)" if len(failed) > 1 else ""
-            raise TaskFailed(f"{self.stage}: task {i} {self.calls[i]!r} failed{more}; log: {outcomes[i].log}\n"
-                             f"{outcomes[i].error}")
+            empty = not (first.log and first.log.exists() and first.log.stat().st_size)
+            log_file = f"{first.log}{' (empty)' if empty else ''}"
+            if first.reason:  # the task said what is wrong in one line: that line, not a traceback
+                raise TaskFailed(f"{self.stage}: task {i} failed{more}: {first.reason}; log: {log_file}")
+            raise TaskFailed(f"{self.stage}: task {i} {self.calls[i]!r} failed{more}; log: {log_file}\n"
+                             f"{first.error}")
         return [o.result for o in outcomes]
 
     def run(self, fn: Callable[..., Any], calls: Sequence[tuple], progress: bool = True) -> list[Any]:
@@ -378,6 +420,7 @@ class DebugExecutor(Executor):
     kind = "debug"
 
     def submit(self, fn: Callable[..., Any], calls: Sequence[tuple]) -> None:
+        self.claim()
         self.fn, self.calls, self._outcomes = fn, [tuple(c) for c in calls], []
 
     def wait(self, progress: bool = True) -> None:
@@ -385,7 +428,7 @@ class DebugExecutor(Executor):
             try:
                 self._outcomes.append(Outcome(LoggedTask(self.fn, self.task_log(i))(*args), log=self.task_log(i)))
             except Exception as e:  # the failure rule: the other tasks still run
-                self._outcomes.append(Outcome(error=repr(e), log=self.task_log(i)))
+                self._outcomes.append(failure(e, self.task_log(i)))
 
     def outcomes(self) -> list[Outcome]:
         return self._outcomes
@@ -397,6 +440,7 @@ class LocalExecutor(Executor):
     kind = "local"
 
     def submit(self, fn: Callable[..., Any], calls: Sequence[tuple]) -> None:
+        self.claim()
         self.calls = [tuple(c) for c in calls]
         # spawn, not fork: a forked child of a process holding torch/OpenMP threads can deadlock
         self._pool = ProcessPoolExecutor(max_workers=min(self.workers, len(self.calls)),
@@ -404,11 +448,16 @@ class LocalExecutor(Executor):
                                          initializer=start_worker, initargs=(os.getpid(),))
         self._futures: list[Future] = [self._pool.submit(LoggedTask(fn, self.task_log(i)), *args)
                                        for i, args in enumerate(self.calls)]
+        # who works for this stage now: a later driver waits for them (they die with this driver, but a
+        # process's death takes a moment, and elsewhere than Linux only a poll notices it)
+        write_json(self.jobs_dir / "workers.json", {"host": HOST, "workers": [
+            [w.pid, process_start(w.pid)] for w in multiprocessing.active_children()]})
 
     def wait(self, progress: bool = True) -> None:
         for _ in tqdm(as_completed(self._futures), total=len(self._futures), desc=self.stage, disable=not progress):
             pass
         self._pool.shutdown()
+        (self.jobs_dir / "workers.json").unlink(missing_ok=True)
 
     def outcomes(self) -> list[Outcome]:
         outcomes = []
@@ -416,7 +465,7 @@ class LocalExecutor(Executor):
             if future.cancelled():
                 outcomes.append(Outcome(error="cancelled", log=self.task_log(i)))
             elif future.exception() is not None:
-                outcomes.append(Outcome(error=repr(future.exception()), log=self.task_log(i)))
+                outcomes.append(failure(future.exception(), self.task_log(i)))
             else:
                 outcomes.append(Outcome(future.result(), log=self.task_log(i)))
         return outcomes
@@ -437,8 +486,9 @@ class SlurmExecutor(Executor):
 
     kind = "slurm"
 
-    def __init__(self, stage: str, jobs_dir: Path, workers: int, profile: SlurmProfile, run_dir: Path):
-        super().__init__(stage, jobs_dir, workers)
+    def __init__(self, stage: str, jobs_dir: Path, workers: int, profile: SlurmProfile, run_dir: Path,
+                 force: bool = False):
+        super().__init__(stage, jobs_dir, workers, force)
         self.profile, self.name = profile, job_name(stage, run_dir)
         self.record = self.jobs_dir / "array.json"
 
@@ -454,6 +504,7 @@ class SlurmExecutor(Executor):
                     jobs[i] = job
             log.info("%s: reattached to %d task(s) of array %s", self.stage, sum(j is not None for j in jobs),
                      json.loads(self.record.read_text())["tasks"][0].split("_")[0])
+        self.claim(keep={job.job_id for job in jobs if job is not None}, name=self.name)
         missing = [i for i, job in enumerate(jobs) if job is None]
         if missing:
             executor = make_slurm_executor(self.profile, self.jobs_dir, self.name)
@@ -465,8 +516,6 @@ class SlurmExecutor(Executor):
                      submitted[0].job_id.split("_")[0], len(submitted), self.jobs_dir)
         self.jobs = jobs
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        from .rundir import write_json
-
         write_json(self.record, {"calls_sha256": digest, "name": self.name, "tasks": [j.job_id for j in jobs]})
 
     def wait(self, progress: bool = True) -> None:
@@ -479,8 +528,9 @@ class SlurmExecutor(Executor):
         for job in self.jobs:
             try:
                 outcomes.append(Outcome(job.result(), log=Path(str(job.paths.stderr))))
-            except Exception as e:  # reported by results()
-                outcomes.append(Outcome(error=f"(Slurm job {job.job_id}) {e}", log=Path(str(job.paths.stderr))))
+            except Exception as e:  # reported by results(); a remote error comes back as its traceback's text
+                outcomes.append(Outcome(error=f"(Slurm job {job.job_id}) {e}", log=Path(str(job.paths.stderr)),
+                                        reason=reported_reason(str(e))))
         return outcomes
 
     def results(self) -> list[Any]:
@@ -508,6 +558,79 @@ def _still_useful(job: submitit.Job) -> bool:
         except Exception:  # it failed: resubmit it
             return False
     return slurm_states({job.job_id}).get(job.job_id) in ACTIVE
+
+
+def earlier_tasks(record: Path, name: str = "") -> set[str]:
+    """Slurm tasks still pending or running of the array `record` (``array.json``) holds, and of any
+    job named `name` (an array whose driver was killed before it could record it)."""
+    if not (shutil.which("squeue") or shutil.which("sacct")):
+        return set()  # no Slurm here (a run directory copied off the cluster): nothing of it runs here
+    tasks = set(json.loads(record.read_text())["tasks"]) if record.exists() else set()
+    states = slurm_states(tasks) if tasks else {}
+    if name and shutil.which("squeue"):
+        states |= _job_states(["squeue", "-h", "-r", "-n", name, "-o", "%i|%T"])
+    return {task for task, state in states.items() if state in ACTIVE}
+
+
+def arrays_of(tasks: Sequence[str]) -> list[str]:
+    return sorted({t.split("_")[0] for t in tasks})
+
+
+END_WAIT_S = 900  # Slurm's KillWait and epilogs take seconds; a node that does not answer, minutes
+
+
+def end_slurm_tasks(tasks: Sequence[str], stage: str) -> None:
+    """scancel the arrays of `tasks` and return once Slurm reports none of them pending or running."""
+    done = subprocess.run(["scancel", *arrays_of(tasks)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise InputError(f"scancel {' '.join(arrays_of(tasks))}: {done.stderr.strip() or f'exit {done.returncode}'}")
+    deadline = time.monotonic() + END_WAIT_S
+    while active := sorted(t for t, s in slurm_states(set(tasks)).items() if s in ACTIVE):
+        if time.monotonic() > deadline:
+            raise ArrayBusy(f"{stage}: Slurm task(s) {', '.join(active)} still not ended {END_WAIT_S} s after "
+                            "scancel; run again once squeue no longer shows them")
+        time.sleep(1.0)
+    log.info("%s: Slurm array %s has ended", stage, ", ".join(arrays_of(tasks)))
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc): with the pid, it names one process
+    (a pid is reused once its process has ended). None where /proc has no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def live_workers(record: Path) -> list[int]:
+    """The local workers in `record` (``workers.json``) that are still alive on this host."""
+    if not record.exists():
+        return []
+    data = json.loads(record.read_text())
+    if data.get("host") != HOST:
+        return []  # another machine's workers die with their driver there
+    return [pid for pid, start in data["workers"] if process_start(pid) is not None and process_start(pid) == start]
+
+
+def end_local_workers(pids: Sequence[int], stage: str) -> None:
+    """SIGKILL local workers a driver left, and return once they have ended."""
+    starts = {pid: process_start(pid) for pid in pids}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + END_WAIT_S
+    while alive := [pid for pid in pids if starts[pid] is not None and process_start(pid) == starts[pid]
+                    and _process_state(pid) != "Z"]:
+        if time.monotonic() > deadline:
+            raise ArrayBusy(f"{stage}: local worker pid {', '.join(map(str, alive))} still alive after SIGKILL")
+        time.sleep(0.1)
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def slurm_states(jobs: set[str]) -> dict[str, str]:
@@ -538,28 +661,29 @@ def _job_states(command: list[str]) -> dict[str, str]:
     return states
 
 
-def make_executor(spec: ExecutorSpec, stage: str, jobs_dir: Path) -> Executor:
-    """The backend of `spec` for one stage; the run directory is the parent of ``jobs/<stage>``."""
+def make_executor(spec: ExecutorSpec, stage: str, jobs_dir: Path, force: bool = False) -> Executor:
+    """The backend of `spec` for one stage; the run directory is the parent of ``jobs/<stage>``. With
+    `force` it stops what an earlier array of the stage still runs instead of refusing to start."""
     if spec.kind == "debug":
-        return DebugExecutor(stage, jobs_dir)
+        return DebugExecutor(stage, jobs_dir, force=force)
     if spec.kind == "local":
-        return LocalExecutor(stage, jobs_dir, spec.workers)
+        return LocalExecutor(stage, jobs_dir, spec.workers, force)
     if spec.kind == "slurm":
         if spec.slurm_profile is None:
             raise ConfigError("executor slurm needs run.slurm_profile")
         return SlurmExecutor(stage, jobs_dir, spec.workers, load_profile(spec.slurm_profile, stage),
-                             Path(jobs_dir).parent.parent)
+                             Path(jobs_dir).parent.parent, force)
     raise ConfigError(f"unknown executor {spec.kind!r} (known: debug, local, slurm)")
 
 
 def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, spec: ExecutorSpec, jobs_dir: Path,
-              stage: str, progress: bool = True) -> list[Any]:
+              stage: str, progress: bool = True, force: bool = False) -> list[Any]:
     """Call ``fn(*args)`` for every tuple in `calls` on the backend of `spec`; the results in call order."""
     calls = [tuple(c) for c in calls]
     if not calls:
         return []
     log.info("%s: %d task(s) on %s executor", stage, len(calls), spec.kind)
-    return make_executor(spec, stage, jobs_dir).run(fn, calls, progress)
+    return make_executor(spec, stage, jobs_dir, force).run(fn, calls, progress)
 
 
 def make_slurm_executor(profile: SlurmProfile, jobs_dir: Path, name: str) -> submitit.SlurmExecutor:

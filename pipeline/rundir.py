@@ -39,6 +39,7 @@ def _remove(path: Path) -> None:
 
 
 HOST = socket.gethostname()
+PROBE_RETRIES = 20  # × 50 ms: how long a stage's lock is tried before it is reported busy
 
 
 def owner_tag() -> str:
@@ -314,11 +315,18 @@ class RunDir:
         An flock: the kernel releases it when its process dies, however it dies, so a killed run
         never leaves a stale lock. The file holds who has it, for the message.
         """
-        path = self.path / ".stages" / f"{stage}.lock"
+        path = self.lock_path(stage)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for attempt in range(PROBE_RETRIES):  # another stage's probe (running()) holds it for microseconds
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == PROBE_RETRIES - 1:
+                        raise
+                    time.sleep(0.05)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
@@ -335,6 +343,22 @@ class RunDir:
         finally:
             handle.truncate(0)
             handle.close()
+
+    def lock_path(self, stage: str) -> Path:
+        return self.path / ".stages" / f"{stage}.lock"
+
+    def running(self, stage: str) -> str | None:
+        """Who runs `stage` in this run directory now (its lock's holder, as the lock file says), or None."""
+        path = self.lock_path(stage)
+        if not path.exists():
+            return None
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return handle.read().strip() or "another process"
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
     # ---- stage completion -----------------------------------------------------------------
     def is_complete(self, stage: str) -> bool:

@@ -17,9 +17,10 @@ from .rundir import RunDir
 
 def run_array(cfg: PipelineConfig, run_dir: RunDir, stage: str, task: Callable[..., Any],
               calls: list[tuple]) -> list[Any]:
-    """A stage's tasks as one array on the run's executor; each keeps its progress on disk and resumes."""
+    """A stage's tasks as one array on the run's executor; each keeps its progress on disk and resumes.
+    A forced stage stops what an earlier array of it still runs (other work) instead of refusing."""
     return run_tasks(CheckpointableTask(task), calls, spec=executor_spec(cfg), jobs_dir=run_dir.jobs_dir(stage),
-                     stage=stage)
+                     stage=stage, force=run_dir.forced)
 
 
 def executor_spec(cfg: PipelineConfig) -> ExecutorSpec:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .config import PipelineConfig, redacted
-from .errors import InputError
+from .errors import InputError, StageBusy
 from .rundir import RunDir, recover_replaced, remove_dead_temporaries
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,27 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
 CHAIN = list(STAGES)
 
 
+def writers(artifact: str) -> list[str]:
+    """The stages that write `artifact` (an input name as in :attr:`Stage.inputs`)."""
+    return [s.name for s in STAGES.values()
+            if artifact in s.outputs + s.makes or artifact.startswith(f"{s.name}/")]
+
+
+def related(name: str) -> dict[str, str]:
+    """{stage: why} for the stages that must not run beside `name` in one run directory: those that write
+    what it reads, and those that read what it writes (a store swapped under a reader gave mixed data)."""
+    found = {}
+    for artifact in STAGES[name].inputs:
+        for other in writers(artifact):
+            if other != name:
+                found.setdefault(other, f"writes {artifact}, which {name} reads")
+    for other in STAGES.values():
+        for artifact in other.inputs:
+            if other.name != name and name in writers(artifact):
+                found.setdefault(other.name, f"reads {artifact}, which {name} writes")
+    return found
+
+
 def stage_config(cfg: PipelineConfig, name: str) -> dict:
     """What a stage's result depends on: its own table and the shared [run] table (passwords redacted)."""
     return redacted({"run": asdict(cfg.run), name: asdict(cfg.section(name))})
@@ -100,6 +121,10 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
         return False
     run_dir.forced = force
     with run_dir.stage_lock(name):
+        for other, why in related(name).items():  # holding our lock: of two starting at once, one sees the other
+            if (holder := run_dir.running(other)) is not None:
+                raise StageBusy(f"{name}: `{other}` is running in {run_dir.path} ({holder}) and {why}; run {name} "
+                                f"once it has ended")
         run_dir.open(redacted(cfg.to_dict()), cfg.run.seed)  # no password is ever written
         remove_leftovers(stage, run_dir)
         log.info("%s: %s → %s", name, stage.summary, stage.produces)

@@ -31,6 +31,25 @@ def fail_on(index: int, bad: int) -> int:
     return index
 
 
+def write_past_the_limit(path: str, limit: int) -> None:
+    """Writes `limit` + 1 bytes to `path` with the file size limit at `limit`: the write fails as on a full
+    disk (EFBIG), and the task says which file in one line."""
+    import resource
+    import signal
+
+    from pipeline.errors import blaming
+
+    before, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, before[1]))
+    try:  # the debug executor runs it in the test's own process: the limit is undone
+        with blaming(path), open(path, "wb", buffering=0) as f:
+            f.write(b"x" * (limit + 1))
+            f.write(b"x")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
 def sum_of_squares(checkpoint: str, n_steps: int, step_s: float, hold_after: int = -1) -> dict:
     """Adds i² for i < n_steps, one step at a time, saving progress after each step.
 

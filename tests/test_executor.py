@@ -2,12 +2,13 @@
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.executor import ExecutorSpec, job_name, load_profile, preview_submission, run_tasks
+from pipeline.executor import ExecutorSpec, TaskFailed, job_name, load_profile, preview_submission, run_tasks
 from tests import tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,3 +78,51 @@ def test_generated_sbatch_script_matches_golden_file(tmp_path):
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.write_text(script)
     assert script == golden.read_text()
+
+
+@pytest.mark.parametrize("kind", ["debug", "local"])
+def test_a_worker_a_driver_left_alive_stops_the_next_driver_or_is_ended_with_force(tmp_path, kind):
+    """#19 item 1, the rule for local workers: a second array never writes beside the first's survivors.
+    A real process stands for a worker that outlived its driver (recorded in workers.json, as
+    LocalExecutor records its pool)."""
+    from pipeline.executor import HOST, ArrayBusy, process_start
+
+    survivor = subprocess.Popen(["sleep", "600"])
+    try:
+        (tmp_path / "workers.json").write_text(json.dumps(
+            {"host": HOST, "workers": [[survivor.pid, process_start(survivor.pid)]]}))
+        with pytest.raises(ArrayBusy, match=rf"local worker pid {survivor.pid} of an earlier run .* still runs"
+                                            r".*pipeline cancel.*--force"):
+            run_tasks(tasks.noisy_sum, CALLS, spec=ExecutorSpec(kind, workers=2), jobs_dir=tmp_path, stage="t")
+        assert survivor.poll() is None  # refused: nothing was stopped
+        results = run_tasks(tasks.noisy_sum, CALLS, spec=ExecutorSpec(kind, workers=2), jobs_dir=tmp_path,
+                            stage="t", force=True)
+        assert survivor.wait(timeout=5) == -9 and len(results) == len(CALLS)
+    finally:
+        survivor.kill()
+        survivor.wait()
+
+
+def test_workers_of_an_ended_driver_and_a_reused_pid_do_not_stop_a_driver(tmp_path):
+    from pipeline.executor import HOST
+
+    alive_but_other = subprocess.Popen(["sleep", "600"])  # its pid with another start time: a reused pid
+    try:
+        (tmp_path / "workers.json").write_text(json.dumps(
+            {"host": HOST, "workers": [[alive_but_other.pid, "1"], [2 ** 22 + 7, "5"]]}))
+        assert len(run_tasks(tasks.noisy_sum, CALLS, spec=ExecutorSpec("local", 2), jobs_dir=tmp_path,
+                             stage="t")) == len(CALLS)
+        assert alive_but_other.poll() is None and not (tmp_path / "workers.json").exists()
+    finally:
+        alive_but_other.kill()
+        alive_but_other.wait()
+
+
+@pytest.mark.parametrize("kind", ["debug", "local"])
+def test_a_task_that_cannot_write_is_one_line_naming_the_file(tmp_path, kind):
+    target = tmp_path / "big.bin"
+    with pytest.raises(TaskFailed) as e:
+        run_tasks(tasks.write_past_the_limit, [(str(target), 1000)], spec=ExecutorSpec(kind, 1), jobs_dir=tmp_path,
+                  stage="write")
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"write: task 0 failed: {target}: cannot write (file size limit reached"), e.value

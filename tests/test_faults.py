@@ -117,6 +117,36 @@ def test_a_second_run_of_a_running_stage_names_the_holder_and_exits_1(trained_ru
     assert main(["attack", "--run-dir", str(run), *ATTACK]) == 0
 
 
+def test_a_stage_does_not_start_beside_one_that_writes_what_it_reads_or_reads_what_it_writes(trained_run, tmp_path,
+                                                                                             capsys):
+    """#19 item 8: `analyze` started while `attack --force` swapped attack.zarr crashed with a reshape
+    ValueError. A real `attack --force` runs (its iterations never end in the test's time); the test
+    waits until it holds its lock."""
+    run = copy_trained(trained_run, tmp_path)
+    assert main(["attack", "--run-dir", str(run), *ATTACK]) == 0
+    forced = subprocess.Popen(pipeline_cmd("attack", "--run-dir", str(run), "--force",
+                                           *[a if a != "attack.max_iter=30" else "attack.max_iter=100000000"
+                                             for a in ATTACK]),
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / ".stages" / "attack.lock").read_text().startswith(f"pid {forced.pid} "):
+            assert time.time() < deadline and forced.poll() is None, "attack --force never took its lock"
+            time.sleep(0.1)
+        capsys.readouterr()
+        assert main(["analyze", "--run-dir", str(run), *ATTACK]) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"error: analyze: `attack` is running in {run} (pid {forced.pid} on {HOST} since ")
+        assert error.endswith(") and writes attack.zarr, which analyze reads; run analyze once it has ended"), error
+        assert main(["train", "--run-dir", str(run), "--force", *ATTACK, *TINY]) == 1  # attack reads its model
+        assert "train: `attack` is running" in capsys.readouterr().err
+        assert not (run / "susceptibility.zarr").exists()
+    finally:
+        os.killpg(forced.pid, signal.SIGKILL)
+        forced.wait()
+    assert main(["analyze", "--run-dir", str(run), *ATTACK]) == 0  # the first attack's store, untouched
+
+
 def test_what_killed_runs_left_is_cleaned_or_resumed(small_run, tmp_path):
     run = copy_run(small_run, tmp_path)
     shutil.copytree(small_run / "raw", run / "raw")
@@ -224,6 +254,23 @@ def test_a_full_disk_blames_the_output_not_the_input_table(demo_dir, tmp_path):
     assert error.startswith(f"error: {run}/prepare-events-") and "cannot write (file size limit reached" in error
     assert "LABEVENTS" not in error.split(": cannot write")[0].rsplit("/", 1)[0], error  # not the input's path
     assert not (run / "dataset.zarr").exists() and not list(run.glob("prepare-events-*"))
+
+
+def test_a_full_disk_inside_an_attack_task_is_one_line_naming_the_store(trained_run, tmp_path):
+    """#19 item 8: the task's OSError(27/28, …) came back without the file, and pointed at an empty log."""
+    def small_files():  # the driver and its local worker: writes past 30 kB fail, as on a full disk (the
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # driver's files are smaller, a chunk of 32 targets larger)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+    run = copy_trained(trained_run, tmp_path)
+    args = [{"debug": "local", "attack.chunk_samples=8": "attack.chunk_samples=32"}.get(a, a) for a in ATTACK]
+    done = subprocess.run(pipeline_cmd("attack", "--run-dir", str(run), *args), cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, preexec_fn=small_files)
+    assert done.returncode == 1
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: attack: task 0 failed: ") and "cannot write (file size limit reached" in error
+    assert f"{run}/.attack.zarr.partial" in error or f"{run}/attack-shards/shard-0.json" in error, error
+    assert "; log: " in error and not (run / "attack.zarr").exists()
 
 
 def test_a_complete_stage_writes_nothing_when_skipped(trained_run, tmp_path, caplog):

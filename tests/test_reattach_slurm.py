@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
 from pipeline.executor import job_name
@@ -49,6 +50,44 @@ def test_a_restarted_driver_waits_for_its_array_instead_of_submitting_another(sl
     arrays = {job.split("_")[0] for job, _ in jobs_named(job_name("cv", run))}
     assert len(arrays) == 1, f"a second array was submitted: {arrays}"
     assert len(json.loads((run / "cv" / "summary.json").read_text())["per_fold"]) == 3
+
+
+def sacct_times(name):
+    """{job id: (state, start, end)} of the tasks named `name`, times as Slurm's ISO strings."""
+    out = subprocess.run(["sacct", "--name", name, "-X", "-n", "-P", "-o", "JobID,State,Start,End"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    return {job: (state, start, end) for job, state, start, end in (line.split("|") for line in out if line)}
+
+
+def test_a_restarted_driver_with_other_work_stops_and_with_force_ends_the_old_array_first(slurm_cluster, small_run,
+                                                                                          shared_tmp):
+    """#19 item 1: the old array kept writing into the new run's output (46 of 198 attack targets differed)."""
+    run = copy_run(small_run, shared_tmp / "other-work")
+    first = driver(run, "cv.epochs=100000")  # cannot end by itself
+    wait_for(run / "jobs" / "cv" / "array.json")
+    old = set(json.loads((run / "jobs" / "cv" / "array.json").read_text())["tasks"])
+    os.killpg(first.pid, signal.SIGKILL)  # the driver dies; its array keeps running
+    first.wait()
+
+    refused = driver(run, "cv.epochs=2")
+    assert refused.wait(timeout=300) == 1
+    line = refused.stderr.read().strip().splitlines()[-1]
+    array = next(iter(old)).split("_")[0]
+    assert f"Slurm array {array} of an earlier run" in line and "pipeline cancel --run-dir" in line, line
+    assert json.loads((run / "jobs" / "cv" / "array.json").read_text())["tasks"] == sorted(old, key=lambda t:
+                                                                                              int(t.split("_")[1]))
+    assert not (run / "cv" / "summary.json").exists()
+
+    forced = driver(run, "cv.epochs=2", "--force")
+    assert forced.wait(timeout=600) == 0, forced.stderr.read()
+    times = sacct_times(job_name("cv", run))
+    assert all(times[t][0].startswith("CANCELLED") for t in old), times
+    new = set(times) - old
+    assert len(new) == 3, times
+    ended = max(times[t][2] for t in old)
+    assert all(times[t][1] >= ended for t in new), f"a new task started before the old array ended: {times}"
+    for fold in range(3):  # only the new work's epochs
+        assert len(pd.read_csv(run / "cv" / f"fold-{fold}" / "metrics.csv")) == 2
 
 
 def test_cancel_stops_one_run_and_leaves_the_other(slurm_cluster, small_run, shared_tmp):

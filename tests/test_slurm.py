@@ -67,6 +67,17 @@ def test_failed_array_task_is_named_with_its_log(slurm_cluster, shared_tmp):
     assert "told to fail" in str(e.value)
 
 
+def test_a_task_that_cannot_write_is_one_line_naming_the_file(slurm_cluster, shared_tmp):
+    """#19 item 8: a Slurm task's failure comes back as its traceback's text; the driver finds the task's
+    own one-line message in it."""
+    target = shared_tmp / "big.bin"
+    with pytest.raises(TaskFailed) as e:
+        run_tasks(tasks.write_past_the_limit, [(str(target), 1000)], spec=slurm_spec(), jobs_dir=shared_tmp / "w",
+                  stage="write")
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"write: task 0 failed: {target}: cannot write (file size limit reached"), e.value
+
+
 def test_requeued_checkpointable_task_resumes_from_its_checkpoint(slurm_cluster, shared_tmp):
     n_steps, step_s, hold_after = 16, 0.2, 3
     checkpoints = [shared_tmp / f"ckpt-{k}.json" for k in range(2)]

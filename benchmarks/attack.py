@@ -16,8 +16,8 @@ import time
 
 import torch
 
+from pipeline.attack.l1 import L1Attack
 from pipeline.config import AttackConfig, ModelParams
-from pipeline.l1_attack import L1Attack
 from pipeline.model import MortalityLSTM
 
 FULL_TARGETS, FULL_ITERATIONS = 37_832, 1_000

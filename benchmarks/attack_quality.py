@@ -32,8 +32,8 @@ import numpy as np
 import torch
 import zarr
 
+from pipeline.attack.l1 import BEST, L1Attack, frozen
 from pipeline.config import AttackConfig
-from pipeline.l1_attack import BEST, L1Attack, frozen
 from pipeline.model import load_model
 
 

@@ -16,7 +16,7 @@ import time
 import torch
 
 from pipeline.config import ModelParams
-from pipeline.model import MortalityLSTM, make_optimizer
+from pipeline.model.lstm import MortalityLSTM, make_optimizer
 
 
 def throughput(device: torch.device, params: ModelParams, batches: int) -> tuple[float, float]:

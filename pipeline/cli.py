@@ -14,14 +14,14 @@ import sys
 import typing
 from pathlib import Path
 
-from . import __version__
-from . import config as config_mod
-from .config import EXECUTORS, ConfigError, PipelineConfig
-from .errors import InputError, write_failure
-from .executor import LOG_FORMAT, TaskFailed, cancel_run
-from .preflight import dry_run, planned, preflight
-from .rundir import RunDir
-from .stages import CHAIN, STAGES, run_chain, run_stage
+from pipeline import __version__
+from pipeline import config as config_mod
+from pipeline.config import EXECUTORS, ConfigError, PipelineConfig
+from pipeline.errors import InputError, write_failure
+from pipeline.infra.executor import LOG_FORMAT, TaskFailed, cancel_run
+from pipeline.infra.rundir import RunDir
+from pipeline.infra.stages import CHAIN, STAGES, run_chain, run_stage
+from pipeline.preflight import dry_run, planned, preflight
 
 log = logging.getLogger("pipeline")
 

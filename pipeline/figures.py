@@ -13,9 +13,9 @@ import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .metrics import auprc, auroc, pr_curve, roc_curve  # noqa: E402
-from .rundir import atomic_path  # noqa: E402
-from .susceptibility import label as direction_label  # noqa: E402
+from pipeline.infra.rundir import atomic_path  # noqa: E402
+from pipeline.model.metrics import auprc, auroc, pr_curve, roc_curve  # noqa: E402
+from pipeline.susceptibility.scores import label as direction_label  # noqa: E402
 
 
 def save(fig: plt.Figure, path: Path) -> None:

@@ -19,11 +19,11 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
-from . import __version__
-from .config import ConfigError, PipelineConfig, redacted, to_toml
-from .executor import IMAGES, SlurmProfile, job_name, load_profile, preview_submission
-from .rundir import RunDir
-from .stages import CHAIN, STAGES
+from pipeline import __version__
+from pipeline.config import ConfigError, PipelineConfig, redacted, to_toml
+from pipeline.infra.executor import IMAGES, SlurmProfile, job_name, load_profile, preview_submission
+from pipeline.infra.rundir import RunDir
+from pipeline.infra.stages import CHAIN, STAGES
 
 CONTAINER_RUNNERS = ("apptainer", "singularity")
 
@@ -138,7 +138,7 @@ def check_storage(url: str) -> None:
     """Connect once to the Optuna storage; the error names the URL without its password."""
     import sqlalchemy
 
-    from .study import check_driver
+    from pipeline.infra.study import check_driver
 
     check_driver(url)  # the [postgres] extra: its own message
     try:

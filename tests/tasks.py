@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from pipeline import rundir, study
+from pipeline.infra import rundir, study
 
 
 def noisy_sum(index: int, seed: int) -> dict:

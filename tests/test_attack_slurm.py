@@ -80,7 +80,7 @@ def test_a_requeued_shard_resumes_and_writes_each_batch_once(slurm_cluster, trai
 def test_tune_attack_with_two_array_workers_on_postgresql(slurm_cluster, fresh_pg_url, trained_run, tmp_path):
     import optuna
 
-    from pipeline import study
+    from pipeline.infra import study
 
     run = copy_trained(trained_run, tmp_path)
     assert main(["tune-attack", "--run-dir", str(run), *ATTACK, "--executor", "slurm", "--workers", "2",

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline import training
-from pipeline.attack import shard_ranges
+from pipeline.attack.shards import shard_ranges
+from pipeline.attack.targets import select_targets
 from pipeline.cli import main
-from pipeline.model import load_model
-from pipeline.rundir import RunDir
-from pipeline.targets import select_targets
+from pipeline.infra.rundir import RunDir
+from pipeline.model import load_model, training
 from tests.runs import copy_trained
 
 ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=30", "attack.batch_size=32",
@@ -69,7 +68,7 @@ def test_a_shard_resumes_without_redoing_batches(trained_run, tmp_path):
     full = run_attack(copy_trained(trained_run, tmp_path / "full"), "--executor", "debug", "attack.shards=2")
     run = copy_trained(trained_run, tmp_path / "cut")
     # a first attempt that stops after the first batch of shard 0: simulate with a failing second batch
-    from pipeline import attack as attack_stage
+    from pipeline.attack import shards as attack_stage
 
     original = attack_stage.L1Attack.run
     calls = {"n": 0}
@@ -99,7 +98,7 @@ def test_a_shard_resumes_without_redoing_batches(trained_run, tmp_path):
 def test_tune_attack_locally_then_attack_uses_its_best(trained_run, tmp_path):
     import optuna
 
-    from pipeline import study
+    from pipeline.infra import study
 
     run = copy_trained(trained_run, tmp_path)
     assert main(["tune-attack", "--run-dir", str(run), *ATTACK, "--executor", "local", "--workers", "2",
@@ -126,9 +125,9 @@ def test_tune_attack_runs_the_attack_that_attack_runs(space, trained_run, tmp_pa
     import optuna
     import torch
 
-    from pipeline import study
-    from pipeline.l1_attack import AttackResult
-    from pipeline.tune_attack import measures
+    from pipeline.attack.l1 import AttackResult
+    from pipeline.attack.tune_attack import measures
+    from pipeline.infra import study
 
     run = copy_trained(trained_run, tmp_path)
     observed_only = space == "tensor"  # a tensor-space option
@@ -159,8 +158,8 @@ def test_tune_attack_runs_the_attack_that_attack_runs(space, trained_run, tmp_pa
 def test_objectives_on_a_known_result():
     import torch
 
-    from pipeline.l1_attack import AttackResult
-    from pipeline.tune_attack import score
+    from pipeline.attack.l1 import AttackResult
+    from pipeline.attack.tune_attack import score
 
     p = torch.zeros(3, 2, 48, 19)
     p[0, 1, 0, 0], p[0, 1, 5, 3] = 0.2, -0.4      # L0 2, L1 0.6, L∞ 0.4

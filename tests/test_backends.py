@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.executor import CheckpointableTask, ExecutorSpec, TaskFailed, run_tasks
+from pipeline.infra.executor import CheckpointableTask, ExecutorSpec, TaskFailed, run_tasks
 from tests import tasks
 
 ROOT = Path(__file__).resolve().parent.parent

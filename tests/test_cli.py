@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pipeline.cli import main
-from pipeline.stages import CHAIN
+from pipeline.infra.stages import CHAIN
 
 ALL = CHAIN + ["run"]
 

@@ -116,7 +116,7 @@ def test_every_numeric_key_declares_its_range():
     import typing
 
     from pipeline.config import section_types
-    from pipeline.executor import SlurmProfile
+    from pipeline.infra.executor import SlurmProfile
 
     for cls in [*section_types().values(), SlurmProfile]:
         hints = typing.get_type_hints(cls)

@@ -98,7 +98,7 @@ def test_labels_help_and_environment_carry_the_commit():
     for needed in ("apptainer run", "apptainer exec", "make container", "PYTHONNOUSERSITE"):
         assert needed in s["help"], needed
     # the version check of each task reads it where the source is no git checkout (inside the image)
-    probe = ("import pipeline.versions as v; v.source_commit = lambda: None; "
+    probe = ("import pipeline.infra.versions as v; v.source_commit = lambda: None; "
              "print(v.runtime_versions()['commit'])")
     out = host_shell(f"python -c {shlex.quote(probe)}")
     assert out.returncode == 0, out.stderr

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import mimic
 from pipeline.cli import main
 from pipeline.config import PrepareConfig
+from pipeline.data import mimic
+from pipeline.data.prepare import build_dataset
 from pipeline.errors import InputError
-from pipeline.prepare import build_dataset
-from pipeline.report import data_section
+from pipeline.susceptibility.report import data_section
 
 CFG = PrepareConfig()
 SODIUM, HEARTRATE = "50983", "220045"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.executor import ExecutorSpec, TaskFailed, job_name, load_profile, preview_submission, run_tasks
+from pipeline.infra.executor import ExecutorSpec, TaskFailed, job_name, load_profile, preview_submission, run_tasks
 from tests import tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ def test_a_worker_a_driver_left_alive_stops_the_next_driver_or_is_ended_with_for
     """#19 item 1, the rule for local workers: a second array never writes beside the first's survivors.
     A real process stands for a worker that outlived its driver (recorded in workers.json, as
     LocalExecutor records its pool)."""
-    from pipeline.executor import HOST, ArrayBusy, process_start
+    from pipeline.infra.executor import HOST, ArrayBusy, process_start
 
     survivor = subprocess.Popen(["sleep", "600"])
     try:
@@ -104,7 +104,7 @@ def test_a_worker_a_driver_left_alive_stops_the_next_driver_or_is_ended_with_for
 
 
 def test_workers_of_an_ended_driver_and_a_reused_pid_do_not_stop_a_driver(tmp_path):
-    from pipeline.executor import HOST
+    from pipeline.infra.executor import HOST
 
     alive_but_other = subprocess.Popen(["sleep", "600"])  # its pid with another start time: a reused pid
     try:

@@ -20,7 +20,7 @@ import pytest
 import xarray as xr
 
 from pipeline.cli import main
-from pipeline.rundir import HOST, RunDir, recover_replaced
+from pipeline.infra.rundir import HOST, RunDir, recover_replaced
 from tests.runs import TINY, copy_run, copy_trained
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +100,7 @@ def test_a_killed_driver_takes_its_local_workers_with_it(small_run, tmp_path):
 def test_a_second_run_of_a_running_stage_names_the_holder_and_exits_1(trained_run, tmp_path, capsys):
     run = copy_trained(trained_run, tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pipeline.rundir import RunDir\n"
+        [sys.executable, "-c", "import sys, time; from pipeline.infra.rundir import RunDir\n"
                                "with RunDir(sys.argv[1]).stage_lock('attack'):\n"
                                "    print('locked', flush=True); time.sleep(600)", str(run)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -192,7 +192,7 @@ def test_a_replace_killed_between_its_two_renames_is_finished(tmp_path):
 
 
 def test_a_failed_force_keeps_the_complete_stage(trained_run, tmp_path, capsys, caplog):
-    from pipeline import attack as attack_stage
+    from pipeline.attack import shards as attack_stage
 
     caplog.set_level(logging.INFO)
     run = copy_trained(trained_run, tmp_path)
@@ -341,22 +341,22 @@ def test_an_input_that_changed_while_the_stage_ran_is_an_error_not_a_marker(trai
                                                                            capsys):
     """#19 item 4: `train --force` finishing while `attack` runs. The stage's own work is real; the change
     of its input is made at a known point (when the attack is done) instead of racing a second process."""
-    import pipeline.attack
+    import pipeline.attack.shards
 
     run = copy_trained(trained_run, tmp_path)
-    real = pipeline.attack.attack
+    real = pipeline.attack.shards.attack
 
     def attack_while_the_model_is_replaced(cfg, run_dir):
         real(cfg, run_dir)
         record = run / "model" / "model.json"
         record.write_text(record.read_text() + " ")  # another model, as far as the fingerprint goes
 
-    monkeypatch.setattr(pipeline.attack, "attack", attack_while_the_model_is_replaced)
+    monkeypatch.setattr(pipeline.attack.shards, "attack", attack_while_the_model_is_replaced)
     assert main(["attack", "--run-dir", str(run), "--executor", "debug", *ATTACK]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: attack: its input model changed while it ran"), err
     assert not (run / ".stages" / "attack.json").exists(), "marked complete with the wrong model's fingerprint"
-    monkeypatch.setattr(pipeline.attack, "attack", real)
+    monkeypatch.setattr(pipeline.attack.shards, "attack", real)
     assert main(["attack", "--run-dir", str(run), "--executor", "debug", *ATTACK]) == 0  # redone with the new one
     marker = json.loads((run / ".stages" / "attack.json").read_text())
     assert marker["inputs"]["model"] == RunDir(run).fingerprint("model")

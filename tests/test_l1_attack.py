@@ -1,12 +1,12 @@
-"""The L1 proximal attack (pipeline/l1_attack.py) on a small model, on the CPU."""
+"""The L1 proximal attack (pipeline/attack/l1.py) on a small model, on the CPU."""
 
 from dataclasses import replace
 
 import pytest
 import torch
 
+from pipeline.attack.l1 import BEST, FIRST, L1Attack, hinge, margin, next_lambda, soft_threshold, split_budget
 from pipeline.config import AttackConfig, ModelParams
-from pipeline.l1_attack import BEST, FIRST, L1Attack, hinge, margin, next_lambda, soft_threshold, split_budget
 from pipeline.model import MortalityLSTM
 
 

@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from pipeline.versions import lock_mismatches
+from pipeline.infra.versions import lock_mismatches
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU, CUDA = ROOT / "requirements" / "cpu.txt", ROOT / "requirements" / "cuda.txt"

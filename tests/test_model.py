@@ -11,10 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import metrics, training
 from pipeline.cli import main
 from pipeline.config import ModelParams
-from pipeline.model import MortalityLSTM, load_model
+from pipeline.model import MortalityLSTM, load_model, metrics, training
 from tests.runs import TEST_PROFILE, TINY, copy_run, worker_reports
 
 # ---- model ------------------------------------------------------------------------------------------
@@ -191,7 +190,7 @@ def test_tune_model_with_two_local_workers_on_the_journal_file(small_run, tmp_pa
                  "cv.folds=3", "tune-model.trials=4", "tune-model.max_epochs=2", "tune-model.epochs_per_report=1",
                  "tune-model.folds_used=2"]) == 0
     best = json.loads((run / "tune-model" / "best.json").read_text())
-    from pipeline import study
+    from pipeline.infra import study
 
     s = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run))
     done = s.get_trials(states=study.DONE)
@@ -223,7 +222,7 @@ def test_the_trials_stay_inside_the_configured_space(small_run, tmp_path):
     assert main(["tune-model", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3",
                  "tune-model.trials=3", "tune-model.max_epochs=1", "tune-model.epochs_per_report=1",
                  "tune-model.max_hidden=32", "tune-model.min_lr=0.01"]) == 0
-    from pipeline import study
+    from pipeline.infra import study
 
     best = json.loads((run / "tune-model" / "best.json").read_text())
     s = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run))

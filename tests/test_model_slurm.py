@@ -9,8 +9,8 @@ import time
 import optuna
 import pytest
 
-from pipeline import study
 from pipeline.cli import main
+from pipeline.infra import study
 from tests.runs import TEST_PROFILE, TINY, copy_run, worker_reports
 from tests.slurm_control import process_state, resume, suspend, wait_until
 

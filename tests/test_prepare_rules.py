@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from pipeline.config import PrepareConfig
+from pipeline.data.prepare import build_dataset
+from pipeline.data.record import derive
 from pipeline.errors import InputError
 from pipeline.features import NAMES
-from pipeline.prepare import build_dataset
-from pipeline.record import derive
 from tests.mimic_tables import HR, Tables, baseline, filler_value
 
 CFG = PrepareConfig()

@@ -9,9 +9,9 @@ import pytest
 import torch
 import xarray as xr
 
+from pipeline.attack.l1 import margin
 from pipeline.cli import main
 from pipeline.features import FEATURES
-from pipeline.l1_attack import margin
 from pipeline.model import load_model
 from tests.runs import TINY
 

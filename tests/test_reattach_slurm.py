@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import pytest
 
-from pipeline.executor import job_name
+from pipeline.infra.executor import job_name
 from tests.runs import ROOT, TEST_PROFILE, TINY, copy_run
 
 pytestmark = pytest.mark.slurm

@@ -6,8 +6,8 @@ import torch
 import xarray as xr
 
 from pipeline.cli import main
+from pipeline.data.record import Transform, derive
 from pipeline.features import FEATURES
-from pipeline.record import Transform, derive
 
 
 def stats_of(ds: xr.Dataset) -> dict[str, np.ndarray]:

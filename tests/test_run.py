@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 from pipeline.cli import main
-from pipeline.stages import CHAIN
+from pipeline.infra.stages import CHAIN
 from tests.runs import TEST_PROFILE
 
 TINY_CHAIN = [

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from pipeline import rundir, stages
 from pipeline.config import PipelineConfig, apply_overrides
-from pipeline.rundir import RunDir, atomic_path
+from pipeline.infra import rundir, stages
+from pipeline.infra.rundir import RunDir, atomic_path
 
 
 def test_atomic_file_write_leaves_nothing_on_error(tmp_path):

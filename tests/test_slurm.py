@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import submitit
 
-from pipeline.executor import (
+from pipeline.infra.executor import (
     CheckpointableTask,
     ExecutorSpec,
     SlurmExecutor,

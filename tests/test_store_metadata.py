@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from pipeline import cf
-from pipeline.attack import allocate, resumable
+from pipeline.attack.shards import allocate, resumable
 from pipeline.cli import main
+from pipeline.infra import cf
 from tests.runs import copy_trained
 
 STORES = ("dataset.zarr", "attack.zarr", "susceptibility.zarr")

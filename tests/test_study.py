@@ -11,9 +11,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from pipeline import study
 from pipeline.cli import main
-from pipeline.executor import ExecutorSpec, run_tasks
+from pipeline.infra import study
+from pipeline.infra.executor import ExecutorSpec, run_tasks
 from tests import tasks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,8 +139,8 @@ def test_a_postgresql_url_without_psycopg2_names_the_extra(monkeypatch, tmp_path
 # ---- study names: readable, one per run directory and per what the trials depend on ------------------
 
 def test_a_study_name_reads_run_and_stage_and_tells_configs_apart(tmp_path):
-    from pipeline.rundir import RunDir
-    from pipeline.settings import study_name
+    from pipeline.infra.launch import study_name
+    from pipeline.infra.rundir import RunDir
 
     name = study_name(RunDir(tmp_path / "a" / "run1"), "tune-model", {"trials": 8})
     assert re.fullmatch(r"run1-tune-model-[0-9a-f]{8}", name)

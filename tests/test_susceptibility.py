@@ -20,13 +20,14 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline import analyze, prepare
-from pipeline.attack import allocate
+from pipeline.attack.shards import allocate
 from pipeline.config import PipelineConfig
+from pipeline.data import prepare
 from pipeline.features import NAMES
-from pipeline.rundir import RunDir, consolidated_zarr_v3
-from pipeline.stages import run_stage
-from pipeline.susceptibility import norms, scores
+from pipeline.infra.rundir import RunDir, consolidated_zarr_v3
+from pipeline.infra.stages import run_stage
+from pipeline.susceptibility import analyze
+from pipeline.susceptibility.scores import norms, scores
 from tests.runs import ROOT
 
 K, NA, GLC = NAMES.index("potassium"), NAMES.index("sodium"), NAMES.index("glucose")

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import synth as synth_module
 from pipeline.config import from_dict
+from pipeline.data import synth as synth_module
+from pipeline.data.synth import generate, synth
 from pipeline.features import FAHRENHEIT_ITEMIDS, FEATURES, itemid_to_feature
-from pipeline.metrics import auroc
-from pipeline.rundir import RunDir
-from pipeline.synth import generate, synth
+from pipeline.infra.rundir import RunDir
+from pipeline.model.metrics import auroc
 
 N, SEED = 300, 0
 HOUR = np.timedelta64(3600, "s")
@@ -408,7 +408,7 @@ def test_tiny_and_bad_sizes(tmp_path):
 def test_stage_writes_raw_atomically(tmp_path, caplog):
     cfg = from_dict({"run": {"seed": 4}, "synth": {"admissions": 40}})
     run = RunDir(tmp_path / "run")
-    caplog.set_level("INFO", logger="pipeline.synth")
+    caplog.set_level("INFO", logger="pipeline.data.synth")
     synth(cfg, run)
     assert sorted(p.name for p in run.path.iterdir()) == ["raw"]  # no temporary left behind
     summary = json.loads((run / "raw" / "synth.json").read_text())

@@ -1,4 +1,4 @@
-"""A task checks at its start that it runs the driver's versions (pipeline/versions.py)."""
+"""A task checks at its start that it runs the driver's versions (pipeline/infra/versions.py)."""
 
 import platform
 import re
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import versions
-from pipeline.executor import CheckpointableTask, ExecutorSpec, TaskFailed, run_tasks
-from pipeline.versions import VersionMismatch, check_versions, mismatches, runtime_versions
+from pipeline.infra import versions
+from pipeline.infra.executor import CheckpointableTask, ExecutorSpec, TaskFailed, run_tasks
+from pipeline.infra.versions import VersionMismatch, check_versions, mismatches, runtime_versions
 from tests import tasks
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import PipelineConfig
-from .executor import CheckpointableTask, ExecutorSpec, run_tasks
-from .rundir import RunDir
+from pipeline.config import PipelineConfig
+from pipeline.infra.executor import CheckpointableTask, ExecutorSpec, run_tasks
+from pipeline.infra.rundir import RunDir
 
 
 def run_array(cfg: PipelineConfig, run_dir: RunDir, stage: str, task: Callable[..., Any],

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from .config import PipelineConfig, redacted
-from .errors import InputError, StageBusy
-from .rundir import RunDir, recover_replaced, remove_dead_temporaries
+from pipeline.config import PipelineConfig, redacted
+from pipeline.errors import InputError, StageBusy
+from pipeline.infra.rundir import RunDir, recover_replaced, remove_dead_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +48,23 @@ class Stage:
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("synth", "write synthetic MIMIC-III tables (CSV.gz) and each admission's true risk",
-          "raw/", "pipeline.synth:synth", outputs=("raw",)),
+          "raw/", "pipeline.data.synth:synth", outputs=("raw",)),
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
-          "dataset.zarr", "pipeline.prepare:prepare", outputs=("dataset.zarr",), scratch=("prepare-events-*",)),
+          "dataset.zarr", "pipeline.data.prepare:prepare", outputs=("dataset.zarr",), scratch=("prepare-events-*",)),
     Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study",
-          "pipeline.tune_model:tune_model", ("dataset.zarr", "split.json"), array="run.workers", makes=("split.json",)),
-    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", "pipeline.cv:cv",
+          "pipeline.model.tune_model:tune_model", ("dataset.zarr", "split.json"), array="run.workers", makes=("split.json",)),
+    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", "pipeline.model.cv:cv",
           ("dataset.zarr", "split.json", "tune-model/best.json"), array="cv.folds", makes=("split.json",)),
     Stage("train", "final model on all non-test data, evaluated once on the test set", "model/",
-          "pipeline.train:train", ("dataset.zarr", "split.json", "tune-model/best.json", "cv/summary.json"),
+          "pipeline.model.train:train", ("dataset.zarr", "split.json", "tune-model/best.json", "cv/summary.json"),
           outputs=("model",), array="1", makes=("split.json",)),
     Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study",
-          "pipeline.tune_attack:tune_attack", ("dataset.zarr", "split.json", "model"), array="run.workers"),
+          "pipeline.attack.tune_attack:tune_attack", ("dataset.zarr", "split.json", "model"), array="run.workers"),
     Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr",
-          "pipeline.attack:attack", ("dataset.zarr", "split.json", "model", "tune-attack/best.json"),
+          "pipeline.attack.shards:attack", ("dataset.zarr", "split.json", "model", "tune-attack/best.json"),
           outputs=("attack.zarr",), array="attack.shards"),
     Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
-          "susceptibility.zarr, tables/, figures/, report.md", "pipeline.analyze:analyze",
+          "susceptibility.zarr, tables/, figures/, report.md", "pipeline.susceptibility.analyze:analyze",
           ("dataset.zarr", "attack.zarr", "model", "cv/summary.json"), outputs=("susceptibility.zarr",)),
 ]}
 CHAIN = list(STAGES)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import AttackConfig
+from pipeline.config import AttackConfig
 
 FIRST, BEST = 0, 1
 KINDS = ("first", "best")

@@ -3,13 +3,13 @@
 A Slurm array task runs the Python of the profile (``python = "apptainer exec … pipeline.sif
 python"``, a module, another venv), which need not be the driver's: an image built months ago, a
 user's ``~/.local`` packages, another torch. Its results would silently differ from what the
-driver and the tests assume. :class:`pipeline.executor.CheckpointableTask` therefore records
+driver and the tests assume. :class:`pipeline.infra.executor.CheckpointableTask` therefore records
 :func:`runtime_versions` when the driver creates it and calls :func:`check_versions` first thing in
 the task, which fails with every difference listed.
 
 What must match: Python's major.minor, the pipeline package's version and its source commit (when
 both sides know it: a git checkout, or ``PIPELINE_SOURCE_COMMIT`` set by the container from its
-build), and the libraries of :data:`pipeline.rundir.PACKAGES` (torch, numpy, pandas, pyarrow, dask,
+build), and the libraries of :data:`pipeline.infra.rundir.PACKAGES` (torch, numpy, pandas, pyarrow, dask,
 xarray, zarr, optuna, submitit). Local version labels are ignored: ``2.13.0+cpu`` on a login node
 equals ``2.13.0`` (the CUDA build) in the container.
 """
@@ -24,7 +24,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from .rundir import package_versions, source_commit
+from pipeline.infra.rundir import package_versions, source_commit
 
 # the container sets it from its build argument (containers/pipeline.def, make container)
 COMMIT_ENV = "PIPELINE_SOURCE_COMMIT"
@@ -108,8 +108,8 @@ def lock_mismatches(lock: Path | str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m pipeline.versions``: print the versions a task must share with its driver;
-    ``python -m pipeline.versions check-lock FILE``: exit 1 unless every pin of FILE is installed."""
+    """``python -m pipeline.infra.versions``: print the versions a task must share with its driver;
+    ``python -m pipeline.infra.versions check-lock FILE``: exit 1 unless every pin of FILE is installed."""
     if argv[:1] == ["check-lock"] and len(argv) == 2:
         diff = lock_mismatches(argv[1])
         if diff:
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
         print(f"every package as locked in {argv[1]}")
         return 0
     if argv:
-        print("usage: python -m pipeline.versions [check-lock LOCKFILE]", file=sys.stderr)
+        print("usage: python -m pipeline.infra.versions [check-lock LOCKFILE]", file=sys.stderr)
         return 2
     print(json.dumps(runtime_versions(), indent=2, sort_keys=True))
     return 0

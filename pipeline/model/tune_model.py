@@ -17,9 +17,10 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from . import metrics, rundir, study, training
-from .config import ConfigError, ModelParams, PipelineConfig, TuneModelConfig
-from .rundir import RunDir
+from pipeline.config import ConfigError, ModelParams, PipelineConfig, TuneModelConfig
+from pipeline.infra import rundir, study
+from pipeline.infra.rundir import RunDir
+from pipeline.model import metrics, training
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import TrialState
 
-from .config import ConfigError
-from .errors import InputError
-from .rundir import HOST, process_ended
+from pipeline.config import ConfigError
+from pipeline.errors import InputError
+from pipeline.infra.rundir import HOST, process_ended
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def orphaned(trials: list[optuna.trial.FrozenTrial], me: dict[str, Any]) -> list
     """The RUNNING `trials` whose owner is gone (:func:`gone`), as seen by the process `me`."""
     owned = [(t, t.user_attrs["owner"]) for t in trials if isinstance(t.user_attrs.get("owner"), dict)]
     jobs = {o["slurm_job"] for _, o in owned if o.get("slurm_job") and o["slurm_job"] != me["slurm_job"]}
-    from .executor import slurm_states
+    from pipeline.infra.executor import slurm_states
 
     states = slurm_states(jobs) if jobs else {}
     return [t for t, o in owned if gone(o, me, states)]
@@ -191,7 +191,7 @@ def gone(o: dict[str, Any], me: dict[str, Any], states: dict[str, str]) -> bool:
     Process ids are compared only outside Slurm or within one allocation: array tasks may run in
     containers with PID namespaces of their own.
     """
-    from .executor import ACTIVE
+    from pipeline.infra.executor import ACTIVE
 
     job = o.get("slurm_job", "")
     if job and job != me["slurm_job"]:
@@ -301,10 +301,10 @@ def run_study(cfg, run_dir, stage: str, worker: Callable[..., int], trials: int,
     """
     from dataclasses import asdict
 
-    from .config import without_password
-    from .executor import TaskFailed
-    from .settings import run_array, stage_seed, study_name
-    from .stages import STAGES
+    from pipeline.config import without_password
+    from pipeline.infra.executor import TaskFailed
+    from pipeline.infra.launch import run_array, stage_seed, study_name
+    from pipeline.infra.stages import STAGES
 
     seed = stage_seed(cfg, stage)
     config = asdict(cfg.section(stage))

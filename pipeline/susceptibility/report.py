@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .rundir import RunDir
-from .susceptibility import DIRECTIONS, label
+from pipeline.infra.rundir import RunDir
+from pipeline.susceptibility.scores import DIRECTIONS, label
 
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "accuracy")
 SPARSE_CELLS = 10  # an example that changes at most this many cells reads as a few data-entry errors

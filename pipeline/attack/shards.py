@@ -25,16 +25,17 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
-from . import cf, rundir, training
-from .checkpoint import Checkpoint
-from .config import AttackConfig, ConfigError, PipelineConfig
-from .errors import blaming
-from .features import NAMES
-from .l1_attack import KINDS, AttackResult, L1Attack, RecordSpace, TensorSpace
-from .record import width
-from .rundir import RunDir
-from .settings import run_array
-from .targets import TargetInputs, select_targets
+from pipeline.attack.l1 import KINDS, AttackResult, L1Attack, RecordSpace, TensorSpace
+from pipeline.attack.targets import TargetInputs, select_targets
+from pipeline.config import AttackConfig, ConfigError, PipelineConfig
+from pipeline.data.record import width
+from pipeline.errors import blaming
+from pipeline.features import NAMES
+from pipeline.infra import cf, rundir
+from pipeline.infra.checkpoint import Checkpoint
+from pipeline.infra.launch import run_array
+from pipeline.infra.rundir import RunDir
+from pipeline.model import training
 
 log = logging.getLogger(__name__)
 

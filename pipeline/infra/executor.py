@@ -52,10 +52,10 @@ from typing import Any
 import submitit
 from tqdm.auto import tqdm
 
-from .config import ConfigError, build_section, option, read_toml
-from .errors import InputError, StageBusy, reported_reason
-from .rundir import HOST, write_json
-from .stages import STAGES
+from pipeline.config import ConfigError, build_section, option, read_toml
+from pipeline.errors import InputError, StageBusy, reported_reason
+from pipeline.infra.rundir import HOST, write_json
+from pipeline.infra.stages import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -131,18 +131,18 @@ class CheckpointableTask(submitit.helpers.Checkpointable):
     submitit calls :meth:`checkpoint` on preemption / time-out; the default resubmits this same
     call with the same arguments, and the function picks up from what it saved.
 
-    It also records the driver's versions (:mod:`pipeline.versions`) when created, and a task
+    It also records the driver's versions (:mod:`pipeline.infra.versions`) when created, and a task
     whose Python, packages or source commit differ from them fails at its start, naming each one.
     """
 
     def __init__(self, fn: Callable[..., Any]):
-        from .versions import runtime_versions
+        from pipeline.infra.versions import runtime_versions
 
         self.fn = fn
         self.driver_versions = runtime_versions()
 
     def __call__(self, *args: Any) -> Any:
-        from .versions import check_versions
+        from pipeline.infra.versions import check_versions
 
         ensure_logging()
         if getattr(self, "driver_versions", None) is not None:  # None: pickled before versions were recorded

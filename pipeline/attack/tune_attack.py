@@ -31,11 +31,12 @@ import optuna
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
-from . import rundir, study, training
-from .config import AttackConfig, ConfigError, PipelineConfig
-from .l1_attack import BEST, AttackResult, L1Attack
-from .rundir import RunDir
-from .targets import TargetInputs, select_targets
+from pipeline.attack.l1 import BEST, AttackResult, L1Attack
+from pipeline.attack.targets import TargetInputs, select_targets
+from pipeline.config import AttackConfig, ConfigError, PipelineConfig
+from pipeline.infra import rundir, study
+from pipeline.infra.rundir import RunDir
+from pipeline.model import training
 
 log = logging.getLogger(__name__)
 MAX_TARGETS = 1000

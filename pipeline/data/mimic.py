@@ -28,8 +28,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .errors import InputError, write_failure
-from .features import CHART, FAHRENHEIT_ITEMIDS, FEATURES, LAB, itemid_to_feature
+from pipeline.errors import InputError, write_failure
+from pipeline.features import CHART, FAHRENHEIT_ITEMIDS, FEATURES, LAB, itemid_to_feature
 
 # columns read from each table (lower-case); everything else is ignored
 COLUMNS = {

@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import training
-from .config import AttackConfig
-from .errors import InputError
-from .features import FEATURES
-from .l1_attack import RecordSpace, Space, tensor_space
-from .record import Transform, width
-from .rundir import RunDir
+from pipeline.attack.l1 import RecordSpace, Space, tensor_space
+from pipeline.config import AttackConfig
+from pipeline.data.record import Transform, width
+from pipeline.errors import InputError
+from pipeline.features import FEATURES
+from pipeline.infra.rundir import RunDir
+from pipeline.model import training
 
 
 def select_targets(run_dir: RunDir, scope: str) -> pd.DataFrame:

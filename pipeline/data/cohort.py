@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .config import PrepareConfig
-from .errors import InputError
+from pipeline.config import PrepareConfig
+from pipeline.errors import InputError
 
 DAYS_PER_YEAR = 365.2425
 HOUR = pd.Timedelta(hours=1)

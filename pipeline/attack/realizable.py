@@ -1,7 +1,7 @@
 """Adversarial examples as edits of the record, and the proof that they are edits someone could make.
 
 An example is realizable when writing its edit into the record — the recorded values only — and deriving
-the model's input with the transform `prepare` uses (pipeline/record.py, the run's statistics) still flips
+the model's input with the transform `prepare` uses (pipeline/data/record.py, the run's statistics) still flips
 the prediction. For a record-space run that is the example itself, re-derived in numpy; for a
 tensor-space run it keeps only the changes of recorded cells (a change of an imputed cell is no edit of
 the record) and lets the imputed cells follow, as `prepare` would.
@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from .l1_attack import margin
-from .record import derive, plan, width
-from .susceptibility import direction_of
+from pipeline.attack.l1 import margin
+from pipeline.data.record import derive, plan, width
+from pipeline.susceptibility.scores import direction_of
 
 BATCH = 1024
 
@@ -38,7 +38,7 @@ def edited_values(attack: xr.Dataset, data: xr.Dataset, kind: str, rows: np.ndar
 
 def rederived_flips(attack: xr.Dataset, data: xr.Dataset, model: torch.nn.Module, kind: str) -> np.ndarray:
     """Per target (bool): its example of `kind` was found and still flips the prediction once its record
-    edit is re-derived into the model's input by :func:`pipeline.record.derive`."""
+    edit is re-derived into the model's input by :func:`pipeline.data.record.derive`."""
     found = attack.found.sel(kind=kind).values
     rows = np.flatnonzero(found)
     stats = {k: data[k].values.astype(np.float64) for k in ("p5", "median", "p95")}

@@ -20,11 +20,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import cf, figures, report, rundir
-from .config import PipelineConfig
-from .realizable import imputed_share, record_edits, rederived_flips
-from .rundir import RunDir
-from .susceptibility import CLINICAL_ATTRS, DIRECTIONS, direction_of, norms, scores, to_clinical
+from pipeline import figures
+from pipeline.attack.realizable import imputed_share, record_edits, rederived_flips
+from pipeline.config import PipelineConfig
+from pipeline.infra import cf, rundir
+from pipeline.infra.rundir import RunDir
+from pipeline.susceptibility import report, scores
+from pipeline.susceptibility.scores import CLINICAL_ATTRS, DIRECTIONS, direction_of, norms, to_clinical
 
 log = logging.getLogger(__name__)
 

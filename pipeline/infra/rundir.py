@@ -24,8 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .config import redacted
-from .errors import MissingArtifact, StageBusy
+from pipeline.config import redacted
+from pipeline.errors import MissingArtifact, StageBusy
 
 PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "dask", "xarray", "zarr", "optuna", "submitit",
             "mimic-adversarial-pipeline")
@@ -242,7 +242,7 @@ class RunDir:
 
     def model(self, device: str = "cpu"):
         """The final model (stage `train`) in eval mode: float32 (n, 48, 19) → logits (n, 2)."""
-        from .model import load_model
+        from pipeline.model.lstm import load_model
 
         return load_model(self.path, device)
 

@@ -13,8 +13,8 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from .config import PrepareConfig
-from .record import derive
+from pipeline.config import PrepareConfig
+from pipeline.data.record import derive
 
 BLOCK = 1024  # samples per block in the dense steps
 
@@ -85,7 +85,7 @@ def build_record(per_cell: pd.DataFrame, n_samples: int, n_time: int, n_features
 
     value: the mean of each cell's events in clinical units (float64, NaN where nothing was recorded);
     count: the number of events (int32); mask: the cell was recorded; x: the model's input, derived from
-    the record by :func:`pipeline.record.derive` (interpolation, median fill, winsorizing, scaling).
+    the record by :func:`pipeline.data.record.derive` (interpolation, median fill, winsorizing, scaling).
     """
     cells = per_cell.index.to_numpy()
     sums, counts = per_cell["sum"].to_numpy(), per_cell["count"].to_numpy()

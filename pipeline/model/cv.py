@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import figures, metrics, rundir, training
-from .checkpoint import Checkpoint
-from .config import PipelineConfig
-from .model import params_from_dict
-from .rundir import RunDir
-from .settings import chosen_params, run_array, stage_seed
+from pipeline import figures
+from pipeline.config import PipelineConfig
+from pipeline.infra import rundir
+from pipeline.infra.checkpoint import Checkpoint
+from pipeline.infra.launch import chosen_params, run_array, stage_seed
+from pipeline.infra.rundir import RunDir
+from pipeline.model import metrics, training
+from pipeline.model.lstm import params_from_dict
 
 log = logging.getLogger(__name__)
 

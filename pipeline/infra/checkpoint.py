@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from . import rundir
+from pipeline.infra import rundir
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from . import metrics, rundir
-from .config import ConfigError, ModelParams
-from .model import MortalityLSTM, make_optimizer
+from pipeline.config import ConfigError, ModelParams
+from pipeline.infra import rundir
+from pipeline.model import metrics
+from pipeline.model.lstm import MortalityLSTM, make_optimizer
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,13 @@ import dask.dataframe as dd
 import numpy as np
 import xarray as xr
 
-from . import cf, mimic, timeseries
-from .cohort import build_cohort
-from .config import ConfigError, PipelineConfig, PrepareConfig
-from .errors import InputError
-from .features import CHART, FEATURES, LAB, NAMES
-from .rundir import RunDir, atomic_path, consolidated_zarr_v3, package_versions
+from pipeline.config import ConfigError, PipelineConfig, PrepareConfig
+from pipeline.data import mimic, timeseries
+from pipeline.data.cohort import build_cohort
+from pipeline.errors import InputError
+from pipeline.features import CHART, FEATURES, LAB, NAMES
+from pipeline.infra import cf
+from pipeline.infra.rundir import RunDir, atomic_path, consolidated_zarr_v3, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def to_dataset(record: dict[str, np.ndarray], cohort, stats: dict[str, np.ndarra
                       "description": "the cell had ≥ 1 measured event"}),
             "value": (("sample", "time", "feature"), record["value"],
                       {"long_name": f"recorded value: the mean of the cell's events, {clinical}; NaN where none",
-                       "description": "what the record says; x is derived from it (pipeline/record.py)"}),
+                       "description": "what the record says; x is derived from it (pipeline/data/record.py)"}),
             "count": (("sample", "time", "feature"), record["count"],
                       {"long_name": "number of recorded events in the cell", "units": cf.DIMENSIONLESS}),
             "y": ("sample", cohort["y"].to_numpy(np.int8),

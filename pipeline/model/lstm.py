@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ModelParams
-from .errors import MissingArtifact
+from pipeline.config import ModelParams
+from pipeline.errors import MissingArtifact
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 OPTIMIZERS = ("adam", "rmsprop", "sgd")

@@ -35,10 +35,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from tqdm import tqdm
 
-from .config import PipelineConfig
-from .features import CHART, FEATURES, LAB, itemid_to_feature
-from .metrics import auroc
-from .rundir import RunDir, atomic_path
+from pipeline.config import PipelineConfig
+from pipeline.features import CHART, FEATURES, LAB, itemid_to_feature
+from pipeline.infra.rundir import RunDir, atomic_path
+from pipeline.model.metrics import auroc
 
 log = logging.getLogger(__name__)
 

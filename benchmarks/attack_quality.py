@@ -15,8 +15,8 @@ with the same outcome and the difference of the best examples' L1.
 
     python benchmarks/attack_quality.py runs/default [--targets 128] [--device cuda]
 
-Needs torch, zarr and foolbox (``pip install -e '.[bench]'``); the data are read with zarr alone,
-so that it runs on a GPU node with nothing else of the pipeline's stack.
+Needs the pipeline and foolbox (``pip install -e '.[bench]'``): targets and parameters are chosen by
+the attack stage's own functions, so the benchmark attacks what the run attacks.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 
 from pipeline.attack.l1 import BEST, L1Attack, frozen
+from pipeline.attack.targets import TargetInputs, select_targets
 from pipeline.config import AttackConfig
+from pipeline.infra.launch import tuned
+from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
 
 
@@ -57,22 +59,18 @@ class Counted(torch.nn.Module):
         self.backward_samples += n
 
 
-def load_targets(run: Path, n: int, device: torch.device, model: torch.nn.Module):
-    """x (n, 48, 19), labels, dataset indices of the first n correctly classified test samples."""
-    group = zarr.open_group(run / "dataset.zarr", mode="r")
-    test = np.array(sorted(json.loads((run / "split.json").read_text())["test"]))
-    x = torch.from_numpy(np.asarray(group["x"][:])[test]).to(device)
-    y = torch.from_numpy(np.asarray(group["y"][:])[test].astype(np.int64)).to(device)
-    with torch.no_grad():
-        correct = model(x).argmax(1) == y
-    chosen = correct.nonzero()[:n, 0]
-    return x[chosen], y[chosen], test[chosen.cpu().numpy()]
+def load_targets(run: Path, n: int, device: torch.device):
+    """x (n, 48, 19), labels, dataset indices of the first n correctly classified test samples (the
+    attack stage's own choice of targets, `select_targets`)."""
+    targets = select_targets(RunDir(run), "test").head(n)
+    index = targets.dataset_index.to_numpy()
+    x = torch.from_numpy(TargetInputs.load(RunDir(run), index, "tensor").x).to(device)
+    return x, torch.from_numpy(targets.y.to_numpy().astype(np.int64)).to(device), index
 
 
 def project_params(run: Path, use_tuned: bool) -> tuple[AttackConfig, str]:
-    best = run / "tune-attack" / "best.json"
-    tuned = json.loads(best.read_text())["params"] if (use_tuned and best.exists()) else {}
-    return dataclasses.replace(AttackConfig(), **tuned), ("tuned " + json.dumps(tuned) if tuned else "defaults")
+    """The attack stage's parameters: [attack]'s defaults with the run's tuned values (`tuned`)."""
+    return tuned(RunDir(run), "tune-attack", AttackConfig()) if use_tuned else (AttackConfig(), "defaults")
 
 
 def summarize(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, adv: torch.Tensor,
@@ -134,7 +132,7 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = load_model(args.run_dir, device)
-    x, y, index = load_targets(args.run_dir, args.targets, device, model)
+    x, y, index = load_targets(args.run_dir, args.targets, device)
     params, source = project_params(args.run_dir, not args.defaults)
 
     counted = Counted(load_model(args.run_dir, device))

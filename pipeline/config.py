@@ -112,7 +112,7 @@ class TuneModelConfig:
     folds_used: int = option(2, "CV folds trained and evaluated per trial", ge=1)
     max_epochs: int = option(10, "epochs per trial at most", ge=1)
     epochs_per_report: int = option(2, "epochs between reports of the held-out AUROC to the pruner", ge=1)
-    # The reference space (METHODS.md §2) is hidden ≤ 256, layers ≤ 2, lr ≥ 1e-5; these bounds keep a
+    # The reference space (docs/methods.md §2) is hidden ≤ 256, layers ≤ 2, lr ≥ 1e-5; these bounds keep a
     # laptop run short and configs/cluster.toml restores the reference.
     max_hidden: int = option(64, "largest LSTM hidden size searched (a power of 2, 32…256)", ge=32, le=256)
     max_layers: int = option(1, "most LSTM layers searched (1 or 2)", ge=1, le=2)
@@ -145,12 +145,10 @@ class TuneAttackConfig:
 
 
 @dataclass(frozen=True)
-class AttackConfig:
-    """[attack]: the attack's one definition (METHODS.md §3); tune-attack's trials run exactly this."""
+class AttackParams:
+    """The attack algorithm's keys of [attack]: what changes the examples (docs/methods.md §3). The L1
+    attack takes these and nothing else; tune-attack's trials vary some of them."""
 
-    shards: int = option(1, "array tasks, each a contiguous range of targets (boundaries on batch multiples)", ge=1)
-    targets: str = option("test", "correctly classified samples of the test set or of all samples",
-                          ("test", "all"))
     space: str = option("record", "what the attack edits: record = the recorded values (the model sees the input "
                         "prepare derives from the edited record); tensor = the model's input cell by cell "
                         "(Sun et al.)", ("record", "tensor"))
@@ -163,16 +161,33 @@ class AttackConfig:
                             "cell in their own metric, η·λ / (√v̂ + ε)", ("sgd", "adam", "rmsprop"))
     fista: bool = option(False, "FISTA momentum (as EAD)")
     lam_search: int = option(4, "runs sharing max_iter with a per-sample λ search between them (1: one λ)", ge=1)
-    batch_size: int = option(256, "targets attacked at once; a multiple of chunk_samples", ge=1)
-    chunk_samples: int = option(64, "attack.zarr chunk length along `sample`", ge=1)
 
     def check(self) -> None:
-        """What the types and choices cannot say about `[attack]`."""
+        """What the types and choices cannot say about the algorithm's keys."""
         if not 1 <= self.lam_search <= self.max_iter:
             raise ConfigError(f"[attack] lam_search = {self.lam_search}: must be in 1…max_iter ({self.max_iter})")
         if self.observed_only and self.space != "tensor":
             raise ConfigError("[attack] observed_only = true is a tensor-space option: the record space edits "
                               "recorded values only; set attack.space = \"tensor\" to use it")
+
+
+@dataclass(frozen=True)
+class AttackConfig(AttackParams):
+    """[attack]: the algorithm's keys (:class:`AttackParams`) and how the work is split and stored."""
+
+    shards: int = option(1, "array tasks, each a contiguous range of targets (boundaries on batch multiples)", ge=1)
+    targets: str = option("test", "correctly classified samples of the test set or of all samples",
+                          ("test", "all"))
+    batch_size: int = option(256, "targets attacked at once; a multiple of chunk_samples", ge=1)
+    chunk_samples: int = option(64, "attack.zarr chunk length along `sample`", ge=1)
+
+    def params(self) -> AttackParams:
+        """The algorithm's keys alone."""
+        return AttackParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AttackParams)})
+
+    def check(self) -> None:
+        """What the types and choices cannot say about `[attack]`."""
+        super().check()
         if self.batch_size % self.chunk_samples:
             raise ConfigError(f"[attack] batch_size = {self.batch_size} must be a multiple of chunk_samples = "
                               f"{self.chunk_samples} (shards must not share a chunk)")

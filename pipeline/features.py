@@ -1,6 +1,6 @@
 """The 19 input features: where they come from in MIMIC-III and which values are plausible.
 
-This table is DATASET.md's feature table in code; `prepare` and `synth` both read it. Order matters:
+This table is docs/dataset.md's feature table in code; `prepare` and `synth` both read it. Order matters:
 it is the order of the `feature` dimension of dataset.zarr.
 """
 

@@ -16,14 +16,13 @@ import os
 import shlex
 import shutil
 import subprocess
-from dataclasses import asdict
 from pathlib import Path
 
 from pipeline import __version__
 from pipeline.config import ConfigError, PipelineConfig, redacted, to_toml
-from pipeline.infra.executor import IMAGES, SlurmProfile, job_name, load_profile, preview_submission
+from pipeline.infra.executor import IMAGES, SlurmProfile, job_name, load_profile, preview_submission, profile_file
+from pipeline.infra.registry import CHAIN, STAGES, chain, stage_config
 from pipeline.infra.rundir import RunDir
-from pipeline.infra.stages import CHAIN, STAGES
 
 CONTAINER_RUNNERS = ("apptainer", "singularity")
 
@@ -31,7 +30,7 @@ CONTAINER_RUNNERS = ("apptainer", "singularity")
 def planned(cfg: PipelineConfig, run_dir: RunDir, stage: str, force: bool) -> list[str]:
     """The stages a command will run: `stage`, or for ``run`` the chain (synth only without real
     tables), less the complete ones unless forced."""
-    names = [n for n in CHAIN if not (n == "synth" and cfg.prepare.mimic_dir)] if stage == "run" else [stage]
+    names = chain(cfg) if stage == "run" else [stage]
     return [n for n in names if force or not run_dir.is_complete(n)]
 
 
@@ -53,7 +52,7 @@ def preflight(cfg: PipelineConfig, run_dir: RunDir, stages: list[str], submittin
         if submitting:
             for name in stages:
                 check_accepted(cfg, run_dir, name)
-    if cfg.run.storage and any(n in ("tune-model", "tune-attack") for n in stages):
+    if cfg.run.storage and any(STAGES[n].storage for n in stages):
         check_storage(cfg.run.storage)
 
 
@@ -71,12 +70,7 @@ def check_accepted(cfg: PipelineConfig, run_dir: RunDir, name: str) -> None:
 
 
 def slurm_profile(cfg: PipelineConfig, stage: str) -> SlurmProfile:
-    if not cfg.run.slurm_profile:
-        raise ConfigError("executor slurm needs run.slurm_profile (a profile file, see slurm/profiles/)")
-    path = Path(cfg.run.slurm_profile)
-    if not path.is_file():
-        raise ConfigError(f"run.slurm_profile: {path.resolve()} not found")
-    return load_profile(path, stage)
+    return load_profile(profile_file(cfg.run.slurm_profile), stage)
 
 
 def check_writable(path: Path) -> None:
@@ -136,6 +130,7 @@ PROBE_S = 120  # a container's first start on a login node can take a while
 
 def check_storage(url: str) -> None:
     """Connect once to the Optuna storage; the error names the URL without its password."""
+    # heavy (sqlalchemy, optuna): only when a storage is checked, so that --help and dry runs stay fast
     import sqlalchemy
 
     from pipeline.infra.study import check_driver
@@ -163,7 +158,7 @@ def dry_run(cfg: PipelineConfig, run_dir: RunDir, stages: list[str]) -> tuple[st
     for name in stages:
         stage = STAGES[name]
         lines += ["", f"## {name}: {stage.summary} → {stage.produces}", "",
-                  to_toml(redacted({"run": asdict(cfg.run), name: asdict(cfg.section(name))}))]
+                  to_toml(stage_config(cfg, name))]
         n = stage.tasks(cfg)
         if not n:
             lines.append("runs in the driver (no array)")

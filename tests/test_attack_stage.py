@@ -190,7 +190,7 @@ def test_without_a_split_the_stage_names_it_and_exits_1(stage, trained_run, tmp_
 
     run = copy_run(trained_run, tmp_path)  # dataset.zarr only
     assert main([stage, "--run-dir", str(run), *ATTACK, "--executor", "debug"]) == 1
-    assert "split.json: not found (run the `tune-model` or `cv` stage first)" in capsys.readouterr().err
+    assert "split.json: not found (run the `tune-model` or `cv` or `train` stage first)" in capsys.readouterr().err
 
 
 def test_a_remade_dataset_is_caught_by_the_next_stages_marker(trained_run, tmp_path, capsys):

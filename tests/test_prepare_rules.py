@@ -1,4 +1,4 @@
-"""Each rule of DATASET.md, on small hand-written tables: the rule bites where it should."""
+"""Each rule of docs/dataset.md, on small hand-written tables: the rule bites where it should."""
 
 import shutil
 

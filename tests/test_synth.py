@@ -422,7 +422,7 @@ def test_failed_stage_leaves_no_raw(tmp_path, monkeypatch):
         (Path(out_dir) / "PATIENTS.csv.gz").write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(synth_module, "generate", crash)
+    monkeypatch.setattr(synth_module.stage, "generate", crash)  # where synth() looks it up
     run = RunDir(tmp_path / "run")
     with pytest.raises(OSError):
         synth(from_dict({"synth": {"admissions": 10}}), run)

@@ -1,4 +1,4 @@
-"""The L1 proximal adversarial attack (METHODS.md §3; Sun et al. 2018, EAD of Chen et al. 2018).
+"""The L1 proximal adversarial attack (docs/methods.md §3; Sun et al. 2018, EAD of Chen et al. 2018).
 
 For a correctly classified sample x (class t, other class o) it looks for a sparse, small
 perturbation P that flips the model's prediction, minimizing per sample
@@ -20,7 +20,7 @@ batch. It does not stop at the first success: it runs `max_iter` updates and kee
 **first** flipped iterate and the **best** one: the flipped iterate with the smallest L1 (ties: the
 larger margin), whatever κ and λ.
 
->>> result = L1Attack(model, AttackConfig(max_iter=100)).run(x, target, mask)   # doctest: +SKIP
+>>> result = L1Attack(model, AttackParams(max_iter=100)).run(x, target, mask)   # doctest: +SKIP
 >>> result.perturbation[:, BEST]                                                 # (batch, 48, 19)
 """
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.config import AttackConfig
+from pipeline.config import AttackParams
 
 FIRST, BEST = 0, 1
 KINDS = ("first", "best")
@@ -211,11 +211,10 @@ def frozen(model: torch.nn.Module) -> torch.nn.Module:
 class L1Attack:
     """Batched attack of a frozen model (eval mode), on whatever device the model is on.
 
-    `params` is the `[attack]` table; the attack reads kappa, lam, lr, optimizer, max_iter, fista,
-    observed_only and lam_search from it.
+    `params`: the algorithm's keys of `[attack]` (an :class:`AttackConfig` is one too).
     """
 
-    def __init__(self, model: torch.nn.Module, params: AttackConfig):
+    def __init__(self, model: torch.nn.Module, params: AttackParams):
         self.model = frozen(model)
         self.params = params
         self.device = next(model.parameters()).device

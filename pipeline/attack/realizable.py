@@ -15,7 +15,7 @@ import torch
 import xarray as xr
 
 from pipeline.attack.l1 import margin
-from pipeline.data.record import derive, plan, width
+from pipeline.data.record import derive, feature_stats, plan, width
 from pipeline.susceptibility.scores import direction_of
 
 BATCH = 1024
@@ -27,7 +27,7 @@ def edited_values(attack: xr.Dataset, data: xr.Dataset, kind: str, rows: np.ndar
     changed recorded cell set to the clinical value of its changed input, x + P."""
     index = attack.dataset_index.values[rows]
     value, mask = data["value"].values[index], data["mask"].values[index]
-    stats = {k: data[k].values.astype(np.float64) for k in ("p5", "median", "p95")}
+    stats = feature_stats(data)
     if attack.attrs.get("space") == "record":
         delta = attack["edit"].sel(kind=kind).values[rows].astype(np.float64)
         return np.where(mask, np.where(mask, value, 0.0) + delta * width(stats), np.nan)
@@ -41,7 +41,7 @@ def rederived_flips(attack: xr.Dataset, data: xr.Dataset, model: torch.nn.Module
     edit is re-derived into the model's input by :func:`pipeline.data.record.derive`."""
     found = attack.found.sel(kind=kind).values
     rows = np.flatnonzero(found)
-    stats = {k: data[k].values.astype(np.float64) for k in ("p5", "median", "p95")}
+    stats = feature_stats(data)
     flips = np.zeros(len(found), bool)
     for b in range(0, len(rows), BATCH):
         chunk = rows[b:b + BATCH]
@@ -72,7 +72,7 @@ def record_edits(attack: xr.Dataset, data: xr.Dataset, kind: str = "best") -> pd
     delta = attack["edit"].sel(kind=kind).values
     sample, hour, feature = np.nonzero(delta * found[:, None, None])
     index = attack.dataset_index.values[sample]
-    stats = {k: data[k].values.astype(np.float64) for k in ("p5", "median", "p95")}
+    stats = feature_stats(data)
     before = data["value"].values[index, hour, feature]
     after = before + delta[sample, hour, feature].astype(np.float64) * width(stats)[feature]
     reach_from, reach_to = _reach(data["mask"].values[index], hour, feature)

@@ -27,15 +27,15 @@ from tqdm.auto import tqdm
 
 from pipeline.attack.l1 import KINDS, AttackResult, L1Attack, RecordSpace, TensorSpace
 from pipeline.attack.targets import TargetInputs, select_targets
-from pipeline.config import AttackConfig, ConfigError, PipelineConfig
+from pipeline.config import AttackConfig, AttackParams, ConfigError, PipelineConfig
 from pipeline.data.record import width
 from pipeline.errors import blaming
 from pipeline.features import NAMES
 from pipeline.infra import cf, rundir
 from pipeline.infra.checkpoint import Checkpoint
-from pipeline.infra.launch import run_array
+from pipeline.infra.launch import run_array, tuned
 from pipeline.infra.rundir import RunDir
-from pipeline.model import training
+from pipeline.model import load_model, training
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,7 @@ VARIABLES = ("perturbation", "found", "iteration", "margin", "lam", "logits")
 def attack_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[AttackConfig, str]:
     """The config's [attack], with tune-attack's best values for the keys it tuned when it ran."""
     cfg.attack.check()
-    tuned = (run_dir.best_params("tune-attack") or {}).get("params")
-    if not tuned:  # empty when no trial found an example
-        return cfg.attack, "the config's [attack] table"
-    best = run_dir.path / "tune-attack" / "best.json"
-    return dataclasses.replace(cfg.attack, **tuned), f"{best} ({', '.join(sorted(tuned))}), else [attack]"
-
-
-def algorithm(params: AttackConfig) -> dict:
-    """The keys of [attack] that change the examples (not how the work is split or stored)."""
-    layout = {"shards", "targets", "batch_size", "chunk_samples"}
-    return {k: v for k, v in dataclasses.asdict(params).items() if k not in layout}
+    return tuned(run_dir, "tune-attack", cfg.attack)
 
 
 def shard_ranges(n: int, shards: int, unit: int) -> list[tuple[int, int]]:
@@ -154,8 +144,8 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     if progress.get("complete"):
         return progress
     device = training.device()
-    model = RunDir(run).model(device)
-    config = AttackConfig(**params)
+    model = load_model(run, device)
+    config = AttackParams(**params)
     attack = L1Attack(model, config)
     inputs = TargetInputs.load(RunDir(run), store["dataset_index"][start:stop], config.space)
     target = store["y"][start:stop].astype(np.int64)
@@ -218,7 +208,8 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
         raise ConfigError(f"[attack] targets = {a.targets!r}: no correctly classified sample to attack")
     if params.space == "record":
         TargetInputs.load(run_dir, np.zeros(0, np.int64), "record")  # a store without the record: one line, now
-    attrs = {"attack_config": algorithm(params), "space": params.space, "params_source": source, "targets": a.targets,
+    attrs = {"attack_config": dataclasses.asdict(params.params()), "space": params.space, "params_source": source,
+             "targets": a.targets,
              "batch_size": a.batch_size, "seed": cfg.run.seed, **run_dir.model_record(),
              "inputs": run_dir.fingerprints("dataset.zarr", "split.json")}  # a partial store resumes only if all match
     partial = run_dir.path / PARTIAL
@@ -232,7 +223,7 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     ranges = shard_ranges(len(targets), a.shards, a.batch_size)
     log.info("attack: %d targets (%s set, correctly classified), %d shard(s), %d iterations, parameters from %s",
              len(targets), a.targets, a.shards, params.max_iter, source)
-    calls = [(str(run_dir.path), k, lo, hi, dataclasses.asdict(params), a.batch_size, cfg.run.workers)
+    calls = [(str(run_dir.path), k, lo, hi, dataclasses.asdict(params.params()), a.batch_size, cfg.run.workers)
              for k, (lo, hi) in enumerate(ranges) if hi > lo]  # a shard without targets is not submitted
     if len(calls) < a.shards:
         log.info("attack: %d target(s) fill %d batch(es) of %d: %d shard(s) run, not %d", len(targets),

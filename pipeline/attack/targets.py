@@ -13,12 +13,12 @@ import pandas as pd
 import torch
 
 from pipeline.attack.l1 import RecordSpace, Space, tensor_space
-from pipeline.config import AttackConfig
-from pipeline.data.record import Transform, width
+from pipeline.config import AttackParams
+from pipeline.data.record import Transform, feature_stats, width
 from pipeline.errors import InputError
 from pipeline.features import FEATURES
 from pipeline.infra.rundir import RunDir
-from pipeline.model import training
+from pipeline.model import load_model, training
 
 
 def select_targets(run_dir: RunDir, scope: str) -> pd.DataFrame:
@@ -26,7 +26,7 @@ def select_targets(run_dir: RunDir, scope: str) -> pd.DataFrame:
     data = training.load_data(run_dir.path)
     split = run_dir.split()
     candidates = np.array(sorted(split["test"])) if scope == "test" else np.arange(len(data.y))
-    model = run_dir.model()
+    model = load_model(run_dir.path)
     with torch.no_grad():
         pred = np.concatenate([model(data.x[candidates[i:i + 1024]]).argmax(1).numpy()
                                for i in range(0, len(candidates), 1024)])
@@ -53,9 +53,9 @@ class TargetInputs:
                              "kept): run `prepare --force` for attack.space = \"record\", or use attack.space=tensor")
         return cls(np.ascontiguousarray(ds.x.values[index], dtype=np.float32), ds["mask"].values[index],
                    ds["value"].values[index] if space == "record" else None,
-                   {k: ds[k].values.astype(np.float64) for k in ("p5", "median", "p95")})
+                   feature_stats(ds))
 
-    def space(self, params: AttackConfig, device: torch.device, rows: slice | None = None) -> Space:
+    def space(self, params: AttackParams, device: torch.device, rows: slice | None = None) -> Space:
         """The attack's search space for samples `rows` (default: all): tensor (Sun et al.) or record (edits of
         recorded values)."""
         rows = slice(None) if rows is None else rows

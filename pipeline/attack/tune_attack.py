@@ -5,7 +5,7 @@ Exactly like `tune-model` (one study, W workers, N finished trials), on a fixed 
 that `attack` will run — the `[attack]` table with only the keys of ``[tune-attack] params`` changed
 (its max_iter, λ search, FISTA, observed_only, …) — and records that whole table in the trial.
 
-Objectives (METHODS.md §4):
+Objectives (docs/methods.md §4):
 
 - ``min_l1`` (default, minimized): the median L1 of the best examples over all targets, a failure
   counting as +∞. The best trial is chosen lexicographically: most targets flipped, then the lowest
@@ -33,10 +33,11 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from pipeline.attack.l1 import BEST, AttackResult, L1Attack
 from pipeline.attack.targets import TargetInputs, select_targets
-from pipeline.config import AttackConfig, ConfigError, PipelineConfig
+from pipeline.config import AttackParams, ConfigError, PipelineConfig
 from pipeline.infra import rundir, study
+from pipeline.infra.launch import write_best
 from pipeline.infra.rundir import RunDir
-from pipeline.model import training
+from pipeline.model import load_model, training
 
 log = logging.getLogger(__name__)
 MAX_TARGETS = 1000
@@ -59,12 +60,12 @@ def distributions(optimizer: str) -> dict[str, BaseDistribution]:
 TUNABLE = tuple(distributions("adam"))
 
 
-def suggest(trial: optuna.Trial, name: str, attack: AttackConfig):
+def suggest(trial: optuna.Trial, name: str, attack: AttackParams):
     optimizer = trial.params.get("optimizer", attack.optimizer)
     return study.suggest(trial, name, distributions(optimizer)[name])
 
 
-def search_space(names: list[str], attack: AttackConfig) -> dict:
+def search_space(names: list[str], attack: AttackParams) -> dict:
     """The tuned keys' ranges as a person reads them (the study's user attribute)."""
     space = {n: study.describe(d) for n, d in distributions(attack.optimizer).items() if n in names}
     if "lr" in names and "optimizer" in names:
@@ -81,7 +82,7 @@ METRICS = {
 }
 
 
-def trial_attack(trial: optuna.Trial, attack: AttackConfig, names: list[str]) -> AttackConfig:
+def trial_attack(trial: optuna.Trial, attack: AttackParams, names: list[str]) -> AttackParams:
     """`attack` with the tuned keys replaced by this trial's suggestions."""
     return dataclasses.replace(attack, **{n: suggest(trial, n, attack) for n in TUNABLE if n in names})
 
@@ -122,8 +123,8 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
     run = Path(run_dir)
     index = np.array(json.loads((run / "tune-attack" / "targets.json").read_text())["dataset_index"])
     device = training.device()
-    model = RunDir(run).model(device)
-    attack = AttackConfig(**settings["attack"])
+    model = load_model(run, device)
+    attack = AttackParams(**settings["attack"])
     inputs = TargetInputs.load(RunDir(run), index, attack.space)
     space = inputs.space(attack, device)  # no tunable key changes the space
     y = torch.from_numpy(RunDir(run).dataset().y.values[index].astype(np.int64))
@@ -155,7 +156,7 @@ def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     chosen = np.sort(rng.permutation(targets["dataset_index"].to_numpy())[:min(ta.targets, MAX_TARGETS)])
     rundir.write_json(run_dir.path / "tune-attack" / "targets.json", {"dataset_index": chosen.tolist()})
     direction = "maximize" if ta.objective in MAXIMIZE else "minimize"
-    settings = {"objective": ta.objective, "params": list(ta.params), "attack": dataclasses.asdict(cfg.attack),
+    settings = {"objective": ta.objective, "params": list(ta.params), "attack": dataclasses.asdict(cfg.attack.params()),
                 "startup_trials": ta.startup_trials}
     name = study.run_study(cfg, run_dir, "tune-attack", tuning_worker, ta.trials, settings, direction=direction,
                            metric=METRICS[ta.objective], search_space=search_space(list(ta.params), cfg.attack))
@@ -167,12 +168,10 @@ def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     useful = best.user_attrs["success_rate"] > 0
     finite = {k: (v if math.isfinite(v) else None)  # +∞ (most targets failed) is no JSON number
               for k, v in {"value": best.value, **best.user_attrs}.items() if isinstance(v, float)}
-    rundir.write_json(run_dir.path / "tune-attack" / "best.json", {
-        "study": name, "trial": best.number, "objective": ta.objective, "direction": direction,
-        "targets": len(chosen), **finite,
+    write_best(run_dir, "tune-attack", s, {
+        "trial": best.number, "objective": ta.objective, "direction": direction, "targets": len(chosen), **finite,
         "params": best.params if useful else {},
-        "note": "" if useful else "no trial found an adversarial example: the config's [attack] parameters are kept",
-        "trials": len(s.get_trials(states=study.DONE))})
+        "note": "" if useful else "no trial found an adversarial example: the config's [attack] parameters are kept"})
     if useful:
         log.info("tune-attack: best trial %d: %.0f%% flipped, median L1 %.3f, median L0 %.0f, %s", best.number,
                  100 * best.user_attrs["success_rate"], best.user_attrs["median_l1"],

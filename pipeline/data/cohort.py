@@ -1,4 +1,4 @@
-"""The cohort: one ICU stay per hospital admission, adults, stays of at least a day (DATASET.md).
+"""The cohort: one ICU stay per hospital admission, adults, stays of at least a day (docs/dataset.md).
 
 Works on the small tables (PATIENTS, ADMISSIONS, ICUSTAYS) in pandas; returns the chosen stays and
 the number left after every rule, so that attrs and the README can show where samples went.

@@ -1,4 +1,4 @@
-"""Stage `prepare`: MIMIC-III tables → ``dataset.zarr`` (the rules are DATASET.md's; counts in attrs).
+"""Stage `prepare`: MIMIC-III tables → ``dataset.zarr`` (the rules are docs/dataset.md's; counts in attrs).
 
 1. cohort from PATIENTS, ADMISSIONS, ICUSTAYS (cohort.py), exact duplicate rows dropped, a key on two
    different rows an error (mimic.py)
@@ -25,6 +25,7 @@ import xarray as xr
 from pipeline.config import ConfigError, PipelineConfig, PrepareConfig
 from pipeline.data import mimic, timeseries
 from pipeline.data.cohort import build_cohort
+from pipeline.data.record import feature_stats
 from pipeline.errors import InputError
 from pipeline.features import CHART, FEATURES, LAB, NAMES
 from pipeline.infra import cf
@@ -148,7 +149,7 @@ def frozen_stats(cfg: PrepareConfig) -> dict[str, np.ndarray]:
     if differ:
         raise ConfigError(f"{where}: made with other window settings: "
                           + ", ".join(f"{k} = {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ))
-    return {k: ds[k].values.astype(np.float64) for k in ("p5", "median", "p95")}
+    return feature_stats(ds)
 
 
 # the settings that give x its meaning: the statistics of a store made with other ones do not apply

@@ -22,6 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+STATS = ("p5", "median", "p95")  # a feature's statistics the transform uses (variables of dataset.zarr)
+
+
+def feature_stats(ds) -> dict[str, np.ndarray]:
+    """{p5, median, p95}: each (feature,) float64, from dataset.zarr opened with xarray."""
+    return {k: ds[k].values.astype(np.float64) for k in STATS}
+
 
 @dataclass
 class Plan:
@@ -86,7 +93,7 @@ class Transform(torch.nn.Module):
         self.prev, self.next = as_tensor(p.prev, torch.long), as_tensor(p.next, torch.long)
         self.weight = as_tensor(p.weight, torch.float64)
         self.has = as_tensor(p.has, torch.bool)
-        self.lo, self.median, self.hi = (as_tensor(stats[k], torch.float64) for k in ("p5", "median", "p95"))
+        self.lo, self.median, self.hi = (as_tensor(stats[k], torch.float64) for k in STATS)
         self.width = as_tensor(width(stats), torch.float64)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ class Checkpoint:
         if self.path.suffix == ".json":
             saved = json.loads(self.path.read_text())
         else:
-            import torch
+            import torch  # deferred: a .json checkpoint (tuning, the attack's shards) needs no torch
 
             saved = torch.load(self.path, weights_only=True)
         if not isinstance(saved, dict) or saved.get("key") != self.key:
@@ -48,7 +48,7 @@ class Checkpoint:
         if self.path.suffix == ".json":
             rundir.write_json(self.path, saved)
             return
-        import torch
+        import torch  # deferred, as in load()
 
         with rundir.atomic_path(self.path) as tmp:
             torch.save(saved, tmp)

@@ -1,4 +1,5 @@
-"""What a stage derives from the config and the run directory: launcher, seeds, model parameters."""
+"""What a stage derives from the config and the run directory: its array, its seed, its study's name, and
+the parameters tuning chose."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import json
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.config import PipelineConfig
+from pipeline.infra import rundir
 from pipeline.infra.executor import CheckpointableTask, ExecutorSpec, run_tasks
 from pipeline.infra.rundir import RunDir
+
+T = TypeVar("T")
 
 
 def run_array(cfg: PipelineConfig, run_dir: RunDir, stage: str, task: Callable[..., Any],
@@ -41,9 +45,21 @@ def study_name(run_dir: RunDir, stage: str, identity: dict[str, Any]) -> str:
     return f"{run_dir.path.name}-{stage}-{digest.hexdigest()[:8]}"
 
 
-def chosen_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[dict, str]:
-    """The model parameters a run uses: tune-model's best when it ran, else the config's [model]."""
-    best = run_dir.best_params("tune-model")
-    if best is not None:
-        return best["params"], str(run_dir.path / "tune-model" / "best.json")
-    return dataclasses.asdict(cfg.model), "the config's [model] table"
+def tuned(run_dir: RunDir, stage: str, table: T) -> tuple[T, str]:
+    """`table` (the config's [model] or [attack]) with the values `stage` (tune-model, tune-attack) chose,
+    when it ran and chose any; and where the values came from, for logs, model.json and attack.zarr."""
+    values = (run_dir.best_params(stage) or {}).get("params")
+    if not values:  # not tuned, or no trial was better than the config
+        return table, f"the config's [{TABLES[type(table).__name__]}] table"
+    return dataclasses.replace(table, **values), f"{run_dir.path / stage / 'best.json'} ({', '.join(sorted(values))})"
+
+
+TABLES = {"ModelParams": "model", "AttackConfig": "attack"}
+
+
+def write_best(run_dir: RunDir, stage: str, study: Any, record: dict[str, Any]) -> None:
+    """``<stage>/best.json`` of a tuning stage: `record` (the best trial, its value, ``params``: the keys
+    :func:`tuned` applies) and, in one format for both stages, the study's name and its trials by state."""
+    states = [t.state.name for t in study.trials]
+    rundir.write_json(run_dir.path / stage / "best.json", {
+        **record, "study": study.study_name, "trials": {state: states.count(state) for state in sorted(set(states))}})

@@ -26,6 +26,7 @@ from typing import Any
 
 from pipeline.config import redacted
 from pipeline.errors import MissingArtifact, StageBusy
+from pipeline.infra.registry import writers
 
 PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "dask", "xarray", "zarr", "optuna", "submitit",
             "mimic-adversarial-pipeline")
@@ -167,8 +168,6 @@ def source_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-MADE_BY = {"dataset.zarr": "prepare", "split.json": "tune-model` or `cv", "model": "train",
-           "attack.zarr": "attack"}
 
 
 class RunDir:
@@ -197,12 +196,13 @@ class RunDir:
         """The path of an artifact an earlier stage made; MissingArtifact names the stage to run."""
         path = self.path / name
         if not path.exists():
-            raise MissingArtifact(f"{path}: not found (run the `{MADE_BY[name]}` stage first)")
+            makers = " or ".join(f"`{stage}`" for stage in writers(name))
+            raise MissingArtifact(f"{path}: not found (run the {makers} stage first)")
         return path
 
     def dataset(self):
         """dataset.zarr as an xarray Dataset, opened lazily (dims sample, time, feature)."""
-        import xarray as xr
+        import xarray as xr  # deferred: the CLI and every stage import rundir; most need no xarray
 
         return xr.open_zarr(self.artifact("dataset.zarr"), consolidated=False)
 
@@ -240,12 +240,6 @@ class RunDir:
         path = self.path / stage / "best.json"
         return json.loads(path.read_text()) if path.exists() else None
 
-    def model(self, device: str = "cpu"):
-        """The final model (stage `train`) in eval mode: float32 (n, 48, 19) → logits (n, 2)."""
-        from pipeline.model.lstm import load_model
-
-        return load_model(self.path, device)
-
     def model_record(self) -> dict[str, Any]:
         """model/model.json (parameters and provenance) and the sha256 of the weights."""
         folder = self.artifact("model")
@@ -263,7 +257,7 @@ class RunDir:
 
     def held_out_predictions(self) -> tuple[list, Any]:
         """Held-out predictions (sample, y, prob): one DataFrame per CV fold, and the test set's or None."""
-        import pandas as pd
+        import pandas as pd  # deferred, as xarray above
 
         folds = sorted((self.path / "cv").glob("fold-*/predictions.csv"), key=lambda p: int(p.parent.name[5:]))
         test = self.path / "model" / "test_predictions.csv"
@@ -271,7 +265,7 @@ class RunDir:
 
     def attack_store(self):
         """attack.zarr as an xarray Dataset, opened lazily."""
-        import xarray as xr
+        import xarray as xr  # deferred: the CLI and every stage import rundir; most need no xarray
 
         with consolidated_zarr_v3():
             return xr.open_zarr(self.artifact("attack.zarr"))

@@ -1,4 +1,4 @@
-"""The stages of the pipeline, in order, and how one is run (skip if complete, time it, mark it).
+"""How a stage is run: skipped if complete, locked, timed, marked (the stages themselves: registry.py).
 
 A stage is a function ``stage(config, run_dir)`` that reads earlier stages' artifacts from disk and
 writes its own.
@@ -6,94 +6,18 @@ writes its own.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 from pipeline.config import PipelineConfig, redacted
 from pipeline.errors import InputError, StageBusy
+from pipeline.infra.registry import CHAIN, STAGES, Stage, chain, related, stage_config
 from pipeline.infra.rundir import RunDir, recover_replaced, remove_dead_temporaries
 
+__all__ = ["CHAIN", "STAGES", "Stage", "inputs_read", "remove_leftovers", "run_chain", "run_stage"]
+
 log = logging.getLogger(__name__)
-
-StageFunc = Callable[[PipelineConfig, RunDir], None]
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    summary: str
-    produces: str
-    entry: str  # "package.module:function", imported only when the stage runs (a fast --help)
-    inputs: tuple[str, ...] = ()  # artifacts of earlier stages it reads (hashed into its marker)
-    outputs: tuple[str, ...] = ()  # what its driver writes in one piece (a killed run's temporaries: cleaned)
-    scratch: tuple[str, ...] = ()  # globs of its driver's scratch space, stale whenever the stage is not running
-    makes: tuple[str, ...] = ()  # inputs it makes itself when absent or stale (split.json): theirs to change
-    array: str = ""  # the config key that sets how many array tasks it runs ("" = none: all in the driver)
-
-    def tasks(self, cfg: PipelineConfig) -> int:
-        """How many array tasks (Slurm jobs, local processes) the stage runs with `cfg`; 0 = none."""
-        if not self.array:
-            return 0
-        table, _, key = self.array.partition(".")
-        return getattr(cfg.section(table), key) if key else int(table)
-
-    def load(self) -> StageFunc:
-        module, _, name = self.entry.partition(":")
-        return getattr(importlib.import_module(module), name)
-
-
-STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("synth", "write synthetic MIMIC-III tables (CSV.gz) and each admission's true risk",
-          "raw/", "pipeline.data.synth:synth", outputs=("raw",)),
-    Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
-          "dataset.zarr", "pipeline.data.prepare:prepare", outputs=("dataset.zarr",), scratch=("prepare-events-*",)),
-    Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study",
-          "pipeline.model.tune_model:tune_model", ("dataset.zarr", "split.json"), array="run.workers", makes=("split.json",)),
-    Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", "pipeline.model.cv:cv",
-          ("dataset.zarr", "split.json", "tune-model/best.json"), array="cv.folds", makes=("split.json",)),
-    Stage("train", "final model on all non-test data, evaluated once on the test set", "model/",
-          "pipeline.model.train:train", ("dataset.zarr", "split.json", "tune-model/best.json", "cv/summary.json"),
-          outputs=("model",), array="1", makes=("split.json",)),
-    Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study",
-          "pipeline.attack.tune_attack:tune_attack", ("dataset.zarr", "split.json", "model"), array="run.workers"),
-    Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr",
-          "pipeline.attack.shards:attack", ("dataset.zarr", "split.json", "model", "tune-attack/best.json"),
-          outputs=("attack.zarr",), array="attack.shards"),
-    Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
-          "susceptibility.zarr, tables/, figures/, report.md", "pipeline.susceptibility.analyze:analyze",
-          ("dataset.zarr", "attack.zarr", "model", "cv/summary.json"), outputs=("susceptibility.zarr",)),
-]}
-CHAIN = list(STAGES)
-
-
-def writers(artifact: str) -> list[str]:
-    """The stages that write `artifact` (an input name as in :attr:`Stage.inputs`)."""
-    return [s.name for s in STAGES.values()
-            if artifact in s.outputs + s.makes or artifact.startswith(f"{s.name}/")]
-
-
-def related(name: str) -> dict[str, str]:
-    """{stage: why} for the stages that must not run beside `name` in one run directory: those that write
-    what it reads, and those that read what it writes (a store swapped under a reader gave mixed data)."""
-    found = {}
-    for artifact in STAGES[name].inputs:
-        for other in writers(artifact):
-            if other != name:
-                found.setdefault(other, f"writes {artifact}, which {name} reads")
-    for other in STAGES.values():
-        for artifact in other.inputs:
-            if other.name != name and name in writers(artifact):
-                found.setdefault(other.name, f"reads {artifact}, which {name} writes")
-    return found
-
-
-def stage_config(cfg: PipelineConfig, name: str) -> dict:
-    """What a stage's result depends on: its own table and the shared [run] table (passwords redacted)."""
-    return redacted({"run": asdict(cfg.run), name: asdict(cfg.section(name))})
 
 
 def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> bool:
@@ -166,9 +90,9 @@ def remove_leftovers(stage: Stage, run_dir: RunDir) -> None:
 
 
 def run_chain(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> None:
-    """Every stage in order (synth only without real tables), skipping the complete ones."""
+    """Every stage of :func:`chain` in order, skipping the complete ones."""
     for name in CHAIN:
-        if name == "synth" and cfg.prepare.mimic_dir:
-            log.info("synth: skipped, real tables in %s", cfg.prepare.mimic_dir)
+        if name not in chain(cfg):
+            log.info("%s: skipped, real tables in %s", name, cfg.prepare.mimic_dir)
             continue
         run_stage(name, cfg, run_dir, force)

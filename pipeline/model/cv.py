@@ -21,7 +21,7 @@ from pipeline import figures
 from pipeline.config import PipelineConfig
 from pipeline.infra import rundir
 from pipeline.infra.checkpoint import Checkpoint
-from pipeline.infra.launch import chosen_params, run_array, stage_seed
+from pipeline.infra.launch import run_array, stage_seed
 from pipeline.infra.rundir import RunDir
 from pipeline.model import metrics, training
 from pipeline.model.lstm import params_from_dict
@@ -107,10 +107,7 @@ def summarize(run_dir: Path, folds: int) -> dict:
 
 
 def cv(cfg: PipelineConfig, run_dir: RunDir) -> None:
-    data = training.load_data(run_dir.path)
-    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed,
-                          remake=run_dir.forced)
-    params, source = chosen_params(cfg, run_dir)
+    _, params, source = training.fit_inputs(cfg, run_dir)
     log.info("cv: %d folds, %d epochs, parameters from %s", cfg.cv.folds, cfg.cv.epochs, source)
     seed = stage_seed(cfg, "cv")
     calls = [(str(run_dir.path), k, params, cfg.cv.epochs, seed + k, cfg.run.workers) for k in range(cfg.cv.folds)]

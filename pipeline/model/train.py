@@ -19,7 +19,7 @@ from pipeline import figures
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.infra import rundir
 from pipeline.infra.checkpoint import Checkpoint
-from pipeline.infra.launch import chosen_params, run_array, stage_seed
+from pipeline.infra.launch import run_array, stage_seed
 from pipeline.infra.rundir import RunDir
 from pipeline.model import metrics, training
 from pipeline.model.lstm import params_from_dict, save_model
@@ -73,10 +73,7 @@ def final_epochs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[int, str]:
 
 
 def train(cfg: PipelineConfig, run_dir: RunDir) -> None:
-    data = training.load_data(run_dir.path)
-    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed,
-                          remake=run_dir.forced)
-    params, params_source = chosen_params(cfg, run_dir)
+    _, params, params_source = training.fit_inputs(cfg, run_dir)
     epochs, epochs_source = final_epochs(cfg, run_dir)
     log.info("train: %d epochs (from %s), parameters from %s", epochs, epochs_source, params_source)
     provenance = {"params_source": params_source, "epochs_source": epochs_source}

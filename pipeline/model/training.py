@@ -8,6 +8,7 @@ held-out data only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,8 +21,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from pipeline.config import ConfigError, ModelParams
+from pipeline.config import ConfigError, ModelParams, PipelineConfig
 from pipeline.infra import rundir
+from pipeline.infra.launch import tuned
+from pipeline.infra.rundir import RunDir
 from pipeline.model import metrics
 from pipeline.model.lstm import MortalityLSTM, make_optimizer
 
@@ -53,6 +56,15 @@ def make_split(y: np.ndarray, test_fraction: float, folds: int, seed: int) -> di
         fold_of[rest] = (np.arange(len(rest)) + int(rng.integers(folds))) % folds
     return {"seed": seed, "test_fraction": test_fraction, "folds": folds, "test": sorted(test),
             "fold": [np.flatnonzero(fold_of == k).tolist() for k in range(folds)]}
+
+
+def fit_inputs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[Data, dict, str]:
+    """What `cv` and `train` start from: the data, the split (made, or checked against the data and the
+    config), and the model parameters as a dict (tune-model's when it ran) with where they came from."""
+    data = load_data(run_dir.path)
+    ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed, remake=run_dir.forced)
+    params, source = tuned(run_dir, "tune-model", cfg.model)
+    return data, dataclasses.asdict(params), source
 
 
 def ensure_split(run_dir: Path, y: np.ndarray, test_fraction: float, folds: int, seed: int,

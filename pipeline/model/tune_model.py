@@ -1,4 +1,4 @@
-"""Stage `tune-model`: distributed Optuna search of the LSTM's hyper-parameters (METHODS.md §2).
+"""Stage `tune-model`: distributed Optuna search of the LSTM's hyper-parameters (docs/methods.md §2).
 
 The driver creates one study in the run's storage, then W workers (an array of W tasks, or W local
 processes) run trials until the study holds N finished ones. A trial trains the first `folds_used`
@@ -18,7 +18,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from pipeline.config import ConfigError, ModelParams, PipelineConfig, TuneModelConfig
-from pipeline.infra import rundir, study
+from pipeline.infra import study
+from pipeline.infra.launch import write_best
 from pipeline.infra.rundir import RunDir
 from pipeline.model import metrics, training
 
@@ -121,9 +122,7 @@ def save_best(cfg: PipelineConfig, run_dir: RunDir, name: str) -> None:
     s = optuna.load_study(study_name=name, storage=study.open_storage(cfg.run.storage, run_dir.path,
                                                                           cfg.run.heartbeat_s))
     best = s.best_trial
-    states = [t.state.name for t in s.trials]
-    record = {"study": name, "trial": best.number, "value": best.value,
-              "metric": metric_name(cfg.tune_model), "params": dataclasses.asdict(params_of(best)),
-              "trials": {state: states.count(state) for state in sorted(set(states))}}
-    rundir.write_json(run_dir.path / "tune-model" / "best.json", record)
-    log.info("tune-model: best trial %d, AUROC %.4f, %s", best.number, best.value, record["params"])
+    write_best(run_dir, "tune-model", s, {"trial": best.number, "value": best.value,
+                                          "metric": metric_name(cfg.tune_model),
+                                          "params": dataclasses.asdict(params_of(best))})
+    log.info("tune-model: best trial %d, AUROC %.4f, %s", best.number, best.value, dataclasses.asdict(params_of(best)))

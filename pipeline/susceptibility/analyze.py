@@ -1,6 +1,6 @@
 """Stage `analyze`: susceptibility scores, ranked tables, figures and ``report.md`` (xarray).
 
-Reads ``attack.zarr`` and ``dataset.zarr`` lazily, computes the scores of METHODS.md §6 per
+Reads ``attack.zarr`` and ``dataset.zarr`` lazily, computes the scores of docs/methods.md §6 per
 direction (``0to1``, ``1to0``: prediction 0 → 1 and 1 → 0) and kind (first, best) and writes
 
 - ``susceptibility.zarr``: dims (direction, kind, time, feature); GMP, GAP, GANZP also in clinical
@@ -25,13 +25,14 @@ from pipeline.attack.realizable import imputed_share, record_edits, rederived_fl
 from pipeline.config import PipelineConfig
 from pipeline.infra import cf, rundir
 from pipeline.infra.rundir import RunDir
-from pipeline.susceptibility import report, scores
-from pipeline.susceptibility.scores import CLINICAL_ATTRS, DIRECTIONS, direction_of, norms, to_clinical
+from pipeline.model import load_model
+from pipeline.susceptibility import report
+from pipeline.susceptibility.scores import CLINICAL_ATTRS, DIRECTIONS, direction_of, norms, scores, to_clinical
 
 log = logging.getLogger(__name__)
 
 # Sun et al. 2018, S_j of their first five features and their last, as transcribed by a later
-# reproduction (METHODS.md §6); names mapped to this project's features.
+# reproduction (docs/methods.md §6); names mapped to this project's features.
 PUBLISHED = {
     "0to1": [(1, "sodium", 0.64), (2, "pco2", 0.61), (3, "bicarbonate", 0.57), (4, "glucose", 0.51),
             (5, "creatinine", 0.46), (19, "diasbp", 0.04)],
@@ -63,7 +64,7 @@ def realizability(attack: xr.Dataset, data: xr.Dataset, run_dir: Path) -> dict[s
     """Per kind, per target: the example re-derives from the edited record to a flipped prediction."""
     if "value" not in data:  # a dataset.zarr made before the record was kept: nothing to re-derive from
         return {}
-    model = RunDir(run_dir).model()
+    model = load_model(run_dir)
     return {str(k): rederived_flips(attack, data, model, str(k)) for k in attack.kind.values}
 
 
@@ -85,7 +86,8 @@ def compute(attack: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
     sus.attrs = {**cf.GLOBAL, "seed": attack.attrs.get("seed"), "attack_config": attack.attrs.get("attack_config"),
                  "attack_params_source": attack.attrs.get("params_source"),
                  "targets": attack.attrs.get("targets"), "weights_sha256": attack.attrs.get("weights_sha256"),
-                 "description": "susceptibility scores of Sun et al. 2018 (METHODS.md §6) over successful examples"}
+                 "description": "susceptibility scores of Sun et al. 2018 (docs/methods.md §6) "
+                                "over successful examples"}
     return sus
 
 

@@ -223,7 +223,7 @@ def _edit_text(r) -> str:
 
 def susceptibility_section(tables: dict[str, dict]) -> list[str]:
     lines = ["## Susceptibility", "",
-             "S_j = Σ over hours of GMP · GPP over the successful examples (METHODS.md §6); full tables in "
+             "S_j = Σ over hours of GMP · GPP over the successful examples (docs/methods.md §6); full tables in "
              "`tables/` and every score per cell in `susceptibility.zarr`. Sun et al.'s figures are as "
              "transcribed by a later reproduction, which could not reproduce them.", ""]
     for d, t in tables.items():

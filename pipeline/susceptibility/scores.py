@@ -1,4 +1,4 @@
-"""Susceptibility scores of Sun et al. (2018), METHODS.md §6, in xarray.
+"""Susceptibility scores of Sun et al. (2018), docs/methods.md §6, in xarray.
 
 Over the N successful perturbations of one group (direction 0to1 or 1to0, i.e. prediction 0 → 1 or
 1 → 0; kind first or best), with

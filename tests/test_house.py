@@ -1,0 +1,112 @@
+"""The house rules of #20, checked on the source: every fact has one owner, modules stay small, and an
+import inside a function says why it is there."""
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import AttackConfig, AttackParams
+from pipeline.errors import MissingArtifact
+from pipeline.infra.registry import STAGES, chain, writers
+from pipeline.infra.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = sorted((ROOT / "pipeline").rglob("*.py"))
+MAX_LINES = 400
+
+
+def source(*names: str) -> str:
+    return "\n".join((ROOT / n).read_text() for n in names)
+
+
+def test_no_module_is_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+def test_an_import_inside_a_function_says_why():
+    """Allowed where it breaks an import cycle or defers a heavy import; the line (or the one above) says so."""
+    silent = []
+    for path in SOURCES:
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.Import | ast.ImportFrom):
+                        here = lines[inner.lineno - 1] + " " + lines[inner.lineno - 2]
+                        block = "\n".join(lines[max(0, inner.lineno - 4):inner.lineno])
+                        if "#" not in here and "#" not in block:
+                            silent.append(f"{path.relative_to(ROOT)}:{inner.lineno}: {lines[inner.lineno - 1].strip()}")
+    assert not silent, "\n".join(silent)
+
+
+# ---- one owner per fact (the list in #20) ---------------------------------------------------------
+
+def test_which_stage_makes_an_artifact_is_the_registry(tmp_path):
+    """1. rundir kept its own map (MADE_BY), which left out that train also writes split.json."""
+    assert "MADE_BY" not in source("pipeline/infra/rundir.py")
+    assert writers("split.json") == ["tune-model", "cv", "train"]
+    with pytest.raises(MissingArtifact, match=r"split\.json: not found \(run the `tune-model` or `cv` or `train`"):
+        RunDir(tmp_path).artifact("split.json")
+
+
+def test_the_chain_without_synth_is_the_registrys(tmp_path):
+    """2. "skip synth when a MIMIC folder is given" was written in stages.py and in preflight.py."""
+    from pipeline.config import PipelineConfig, replace
+
+    cfg = PipelineConfig()
+    assert chain(cfg)[0] == "synth" and "synth" not in chain(replace(cfg, "prepare", mimic_dir=str(tmp_path)))
+    assert not re.search(r'== "synth"', source("pipeline/preflight.py", "pipeline/infra/stages.py"))
+
+
+def test_a_stages_config_snapshot_is_made_in_one_place():
+    """3. stages.py and preflight.py each built {run, stage} themselves."""
+    built = [p for p in SOURCES if '{"run": asdict(cfg.run)' in p.read_text()]
+    assert [p.name for p in built] == ["registry.py"]
+
+
+def test_tuned_parameters_are_applied_by_one_helper():
+    """4. launch.py, attack.py and benchmarks/attack_quality.py each read best.json their own way."""
+    readers = [p for p in [*SOURCES, *(ROOT / "benchmarks").glob("*.py")] if "best_params(" in p.read_text()]
+    assert sorted(p.name for p in readers) == ["launch.py", "rundir.py"]
+
+
+def test_both_tuning_stages_write_best_json_through_one_function():
+    """5. `trials` was a dict in tune-model's best.json and an int in tune-attack's."""
+    for name in ("pipeline/model/tune_model.py", "pipeline/attack/tune_attack.py"):
+        text = source(name)
+        assert "write_best(" in text and "best.json" not in text.replace('"best.json"', "").split("write_best")[0] \
+            or "best.json\"" not in text, name
+    assert "def write_best" in source("pipeline/infra/launch.py")
+
+
+def test_which_stages_need_the_storage_is_a_property_of_the_stage():
+    """6. preflight.py listed ("tune-model", "tune-attack") itself."""
+    assert {n for n, s in STAGES.items() if s.storage} == {"tune-model", "tune-attack"}
+    assert '"tune-model", "tune-attack"' not in source("pipeline/preflight.py")
+
+
+def test_the_attack_algorithm_takes_its_own_keys_only():
+    """8. an exclusion list in attack.py and a key list in l1_attack.py; L1Attack took the whole [attack]."""
+    own = {f for f in AttackParams.__dataclass_fields__}
+    layout = set(AttackConfig.__dataclass_fields__) - own
+    assert layout == {"shards", "targets", "batch_size", "chunk_samples"}
+    assert "def __init__(self, model: torch.nn.Module, params: AttackParams)" in source("pipeline/attack/l1.py")
+    assert not re.search(r'layout = \{', source("pipeline/attack/shards.py"))
+    assert json.loads(json.dumps(AttackConfig(shards=3).params().__dict__)) == AttackParams().__dict__
+
+
+def test_the_benchmark_attacks_what_the_stage_attacks():
+    """9. benchmarks/attack_quality.py read the run's zarr and split.json itself and redid select_targets."""
+    text = source("benchmarks/attack_quality.py")
+    assert "select_targets(" in text and "tuned(" in text
+    assert "split.json" not in text and "zarr.open" not in text
+
+
+def test_slurm_needs_a_profile_is_checked_in_one_place():
+    """7. executor.py and preflight.py each said "executor slurm needs run.slurm_profile"."""
+    saying = [p for p in SOURCES if "needs run.slurm_profile" in p.read_text()]
+    assert [p.name for p in saying] == ["profile.py"]

@@ -8,13 +8,14 @@ the CLI turns into a one-line message and exit code 2.
 from __future__ import annotations
 
 import dataclasses
-import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.redact import redacted, without_password  # noqa: F401 (part of the config API: used by callers)
 
 
 class ConfigError(ValueError):
@@ -193,6 +194,24 @@ class AttackConfig(AttackParams):
                               f"{self.chunk_samples} (shards must not share a chunk)")
 
 
+ERROR_KINDS = ("decimal", "transpose", "unit", "delete")  # docs/methods.md §9
+
+
+@dataclass(frozen=True)
+class ErrorsConfig:
+    """[errors]: the fewest plausible data-entry errors that flip each target (docs/methods.md §9)."""
+
+    kinds: list[str] = option(list(ERROR_KINDS), "error kinds tried: decimal (×10, ÷10), transpose (adjacent "
+                              "digits), unit (the feature's usual unit confusions), delete (a value lost)",
+                              ERROR_KINDS)
+    max_errors: int = option(3, "errors per target at most; a target no such set flips is reported as not flipped",
+                             ge=1, le=10)
+    beam: int = option(4, "search width: states kept per step (1 = greedy; the greedy path is always kept)", ge=1)
+    targets: str = option("test", "correctly classified samples of the test set or of all samples", ("test", "all"))
+    shards: int = option(1, "array tasks, each a contiguous range of targets", ge=1)
+    batch_size: int = option(4096, "candidate records per forward pass of the model", ge=1)
+
+
 @dataclass(frozen=True)
 class AnalyzeConfig:
     top_features: int = option(10, "features listed in the ranked susceptibility tables", ge=1, le=19)
@@ -211,6 +230,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune_attack: TuneAttackConfig = field(default_factory=TuneAttackConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    errors: ErrorsConfig = field(default_factory=ErrorsConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
 
     def section(self, name: str) -> Any:
@@ -219,28 +239,6 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {table_name(f.name): dataclasses.asdict(getattr(self, f.name))
                 for f in dataclasses.fields(self)}
-
-
-PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+.-]+://[^/:@\s]+):(?P<password>[^@\s]*)@")
-
-
-def without_password(url: str) -> tuple[str, str]:
-    """(the URL without its password, the password or ""); libpq then reads PGPASSWORD or ~/.pgpass."""
-    match = PASSWORD_IN_URL.search(url)
-    if not match:
-        return url, ""
-    return url[:match.start()] + match["head"] + "@" + url[match.end():], match["password"]
-
-
-def redacted(values: Any) -> Any:
-    """A copy of a config dict (or any JSON-like value) with every URL password replaced by ***."""
-    if isinstance(values, dict):
-        return {k: redacted(v) for k, v in values.items()}
-    if isinstance(values, list):
-        return [redacted(v) for v in values]
-    if isinstance(values, str):
-        return PASSWORD_IN_URL.sub(lambda m: m["head"] + ":***@", values)
-    return values
 
 
 def table_name(attr: str) -> str:
@@ -298,8 +296,9 @@ def build_section(cls: type, values: dict[str, Any], where: str) -> Any:
             raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
         value = _check_value(f"{where} {key}", value, hints[key])
         choices = fields[key].metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(f"{where} {key}: {value!r} is not one of {', '.join(choices)}")
+        for item in value if isinstance(value, list) else [value]:  # a list's choices hold for each item
+            if choices and item not in choices:
+                raise ConfigError(f"{where} {key}: {item!r} is not one of {', '.join(choices)}")
         check_bounds(f"{where} {key}", value, fields[key].metadata.get("bounds", {}))
         kwargs[key] = value
     return cls(**kwargs)

@@ -12,6 +12,15 @@ LAB, CHART = "LABEVENTS", "CHARTEVENTS"
 
 
 @dataclass(frozen=True)
+class UnitSlip:
+    """A value typed in another unit than the field's: what is entered is v · factor + offset."""
+
+    unit: str  # the unit the value was really in
+    factor: float
+    offset: float = 0.0
+
+
+@dataclass(frozen=True)
 class Feature:
     name: str
     table: str
@@ -20,6 +29,8 @@ class Feature:
     hi: float
     unit: str
     fahrenheit_itemids: tuple[int, ...] = ()  # converted (F − 32)·5/9 before the range check
+    decimals: int = 0  # digits after the point as the value is usually typed (for transposed digits)
+    slips: tuple[UnitSlip, ...] = ()  # the unit confusions that occur for it (docs/methods.md §9)
 
     @property
     def all_itemids(self) -> tuple[int, ...]:
@@ -27,25 +38,29 @@ class Feature:
 
 
 FEATURES: tuple[Feature, ...] = (
-    Feature("potassium", LAB, (50822,), 0, 30, "mEq/L"),
-    Feature("calcium", LAB, (50808,), 0, 10, "mmol/L"),  # free (ionized) calcium, blood gas
-    Feature("ph", LAB, (50820,), 6, 8, "pH"),
-    Feature("pco2", LAB, (50818,), 0, 200, "mmHg"),
-    Feature("lactate", LAB, (50813,), 0, 50, "mmol/L"),
-    Feature("albumin", LAB, (50862,), 0, 10, "g/dL"),
-    Feature("bun", LAB, (51006,), 0, 300, "mg/dL"),
-    Feature("creatinine", LAB, (50912,), 0, 150, "mg/dL"),
+    Feature("potassium", LAB, (50822,), 0, 30, "mEq/L", decimals=1),
+    Feature("calcium", LAB, (50808,), 0, 10, "mmol/L", decimals=2,
+            slips=(UnitSlip("mg/dL", 4.008),)),  # free (ionized) calcium, blood gas
+    Feature("ph", LAB, (50820,), 6, 8, "pH", decimals=2),
+    Feature("pco2", LAB, (50818,), 0, 200, "mmHg", slips=(UnitSlip("kPa", 1 / 7.50062),)),
+    Feature("lactate", LAB, (50813,), 0, 50, "mmol/L", decimals=1, slips=(UnitSlip("mg/dL", 9.008),)),
+    Feature("albumin", LAB, (50862,), 0, 10, "g/dL", decimals=1),
+    Feature("bun", LAB, (51006,), 0, 300, "mg/dL", slips=(UnitSlip("mmol/L urea", 0.357),)),
+    Feature("creatinine", LAB, (50912,), 0, 150, "mg/dL", decimals=1,
+            slips=(UnitSlip("µmol/L", 88.42),)),
     Feature("sodium", LAB, (50983,), 0, 200, "mEq/L"),
     Feature("bicarbonate", LAB, (50882,), 0, 10000, "mEq/L"),
-    Feature("platelet", LAB, (51265,), 0, 10000, "K/uL"),
-    Feature("glucose", LAB, (50931,), 0, 10000, "mg/dL"),
-    Feature("magnesium", LAB, (50960,), 0, 20, "mg/dL"),
+    Feature("platelet", LAB, (51265,), 0, 10000, "K/uL", slips=(UnitSlip("/uL", 1000.0),)),
+    Feature("glucose", LAB, (50931,), 0, 10000, "mg/dL", slips=(UnitSlip("mmol/L", 1 / 18.016),)),
+    Feature("magnesium", LAB, (50960,), 0, 20, "mg/dL", decimals=1,
+            slips=(UnitSlip("mmol/L", 1 / 2.431),)),
     Feature("heartrate", CHART, (211, 220045), 0, 300, "bpm"),
     Feature("sysbp", CHART, (51, 442, 455, 6701, 220179, 220050), 0, 400, "mmHg"),
     Feature("diasbp", CHART, (8368, 8440, 8441, 8555, 220180, 220051), 0, 300, "mmHg"),
-    Feature("tempc", CHART, (223762, 676), 10, 50, "°C", fahrenheit_itemids=(223761, 678)),
+    Feature("tempc", CHART, (223762, 676), 10, 50, "°C", fahrenheit_itemids=(223761, 678), decimals=1,
+            slips=(UnitSlip("°F", 9 / 5, 32.0),)),
     Feature("resprate", CHART, (615, 618, 220210, 224690), 0, 70, "breaths/min"),
-    Feature("spo2", CHART, (646, 220277), 0, 100, "%"),
+    Feature("spo2", CHART, (646, 220277), 0, 100, "%", slips=(UnitSlip("fraction", 0.01),)),
 )
 
 NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)

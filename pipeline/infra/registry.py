@@ -61,9 +61,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr",
           "pipeline.attack.shards:attack", ("dataset.zarr", "split.json", "model", "tune-attack/best.json"),
           outputs=("attack.zarr",), array="attack.shards"),
+    Stage("errors", "the fewest plausible data-entry errors that flip each target, one array task per shard",
+          "errors.zarr", "pipeline.attack.errors_stage:errors", ("dataset.zarr", "split.json", "model"),
+          outputs=("errors.zarr",), array="errors.shards"),
     Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
           "susceptibility.zarr, tables/, figures/, report.md", "pipeline.susceptibility.analyze:analyze",
-          ("dataset.zarr", "attack.zarr", "model", "cv/summary.json"), outputs=("susceptibility.zarr",)),
+          ("dataset.zarr", "attack.zarr", "model", "cv/summary.json", "errors.zarr"),
+          outputs=("susceptibility.zarr",)),
 ]}
 CHAIN = list(STAGES)
 

@@ -26,7 +26,7 @@ from pipeline.config import PipelineConfig
 from pipeline.infra import cf, rundir
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
-from pipeline.susceptibility import report
+from pipeline.susceptibility import entry_report, report
 from pipeline.susceptibility.scores import CLINICAL_ATTRS, DIRECTIONS, direction_of, norms, scores, to_clinical
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,28 @@ def draw(run_dir: Path, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[
     return captions
 
 
+def entry_errors(path: Path, data: xr.Dataset, captions: dict[str, str], summary: list[dict]) -> list[str]:
+    """The `errors` stage's results, when it ran: verified, tabulated, drawn; the report's lines."""
+    store = entry_report.load(path)
+    if store is None:
+        return []
+    verified = entry_report.verify(store, data, load_model(path))
+    errors = entry_report.errors_table(store)
+    k, kinds, features = (entry_report.k_table(store, verified), entry_report.by_kind(errors, store),
+                          entry_report.by_feature(errors))
+    for name, frame in (("errors", errors), ("errors_k", k), ("errors_kind", kinds), ("errors_feature", features)):
+        rundir.write_text(path / "tables" / f"{name}.csv", frame.to_csv(index=False))
+    share, flips = entry_report.heat(errors, store, data.sizes["time"])
+    name = "errors_heatmap.png"
+    captions[name] = "entry errors: share of flipped targets with an erroneous entry at each hour and feature"
+    figures.score_heatmaps(share, flips, path / "figures" / name, "where the flipping entry errors were made",
+                           "share of flipped targets")
+    for row in k.itertuples():
+        log.info("analyze: entry errors, %s: %d of %d targets flipped, %d verified", row.direction, row.flipped,
+                 row.targets, row.verified)
+    return entry_report.section(k, kinds, features, errors, store, report.table, summary)
+
+
 def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
     path = run_dir.path
     attack, data = open_run(path)
@@ -251,8 +273,9 @@ def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
         for d in DIRECTIONS:
             tables[d]["edits"] = edit_table(edits, data, d)
             rundir.write_text(path / "tables" / f"edits_{d}.csv", tables[d]["edits"].to_csv(index=False))
+    entry = entry_errors(path, data, captions, summary)
     rundir.write_text(path / "report.md", report.render(path, data, attack, summary, tables, captions, changes,
-                                                        edits))
+                                                        edits, entry))
     log.info("analyze: report %s (%d figures)", path / "report.md", len(captions))
 
 

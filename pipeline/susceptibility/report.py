@@ -65,7 +65,7 @@ def _params(values: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
 
 
-def _table(frame: pd.DataFrame) -> str:
+def table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
     body = ["| " + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in row) + " |"
@@ -157,7 +157,7 @@ def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame,
                "L1 of the edit; L0, L1 and L∞ measure the change of the model's input that the edit causes."
                if space == "record" else ""), "",
             SPACES[space], "",
-            _table(rows), *record_lines,
+            table(rows), *record_lines,
             *(sparsest_edits(edits) if edits is not None else sparsest_examples(changes))]
 
 
@@ -234,29 +234,32 @@ def susceptibility_section(tables: dict[str, dict]) -> list[str]:
         if "edits" in t:
             lines += [f"Edits of the record by the best examples ({label(d)}), most edited feature first "
                       f"(`tables/edits_{d}.csv`):", "",
-                      _table(t["edits"].rename(columns={"edited_values": "edited values",
+                      table(t["edits"].rename(columns={"edited_values": "edited values",
                                                         "median_abs_edit": "median abs. edit",
                                                         "max_abs_edit": "max abs. edit"})), "",
                       "The same scores over the change of the model's input that these edits cause:", ""]
         lines += [t["ranking"],
                   f"Perturbations of the best examples in clinical units ({label(d)}):", "",
-                  _table(t["clinical"].drop(columns=["p5_to_p95_range"]).rename(columns={
+                  table(t["clinical"].drop(columns=["p5_to_p95_range"]).rename(columns={
                       "cells_changed": "cells changed", "examples_touching": "examples",
                       "median_abs_change": "median abs. change", "max_abs_change": "max abs. change"})), ""]
     return lines
 
 
 def render(run_dir: Path, data: xr.Dataset, attack: xr.Dataset, rows: list[dict], tables: dict[str, dict],
-           captions: dict[str, str], changes: pd.DataFrame, edits: pd.DataFrame | None = None) -> str:
+           captions: dict[str, str], changes: pd.DataFrame, edits: pd.DataFrame | None = None,
+           entry: list[str] = ()) -> str:
     """The report; `rows` are :func:`summary`'s, `tables` per direction the ranking (Markdown), the
     clinical table and the number of successes, `captions` figure file name → caption, `changes` every
-    changed cell of the best examples in clinical units, `edits` (record space) every edited recorded value."""
+    changed cell of the best examples in clinical units, `edits` (record space) every edited recorded value,
+    `entry` the section of the entry-error search (when it ran)."""
     lines = ["# Adversarial susceptibility of an in-hospital mortality LSTM", "",
              f"Run directory `{run_dir}`, seed {attack.attrs.get('seed')}, written "
              f"{time.strftime('%Y-%m-%d %H:%M')}.", ""]
     lines += data_section(data)
     lines += model_section(run_dir)
     lines += attack_section(attack, rows, changes, edits)
+    lines += list(entry)
     lines += susceptibility_section(tables)
     lines += ["## Figures", ""]
     for name, caption in captions.items():

@@ -1,0 +1,134 @@
+"""The error model: what a data-entry error does to one recorded value (docs/methods.md §9).
+
+A cell of the record is the mean v of its `count` events that hour. An error is made on one event,
+whose value is taken to be v (exact when the hour holds one event, as most lab hours do): the typed
+value becomes e, and the cell's mean moves to v + (e − v) / count. The kinds:
+
+- ``decimal``: the point slips one place, e = 10·v or v / 10;
+- ``transpose``: two adjacent digits swapped, as the value is usually typed (the feature's decimals:
+  138 → 318, 183; 4.1 → 1.4; 7.35 → 3.75, 7.53);
+- ``unit``: the value typed in a unit the feature is often confused with (features.py: glucose in
+  mmol/L, creatinine in µmol/L, a temperature in °F, SpO2 as a fraction, …);
+- ``delete``: the value is lost.
+
+`prepare` keeps an event only when lo < e ≤ hi; an erroneous value outside that range is dropped, as
+`prepare` would drop it: the cell loses the event, so with a single event it is no longer recorded and
+is imputed again; with several, the others keep its mean. A deletion does the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.config import ERROR_KINDS
+from pipeline.features import FEATURES, Feature
+
+KIND_CODE = {kind: code for code, kind in enumerate(ERROR_KINDS)}
+
+
+def typed(v: float, decimals: int) -> str:
+    """The value as it is usually typed: `decimals` digits after the point."""
+    return f"{v:.{decimals}f}"
+
+
+def transpositions(v: float, decimals: int) -> list[float]:
+    """Every value made by swapping two adjacent, different digits of `v` as typed (the point stays)."""
+    text = typed(abs(v), decimals)
+    digits = text.replace(".", "")
+    point = text.find(".")
+    found = []
+    for i in range(len(digits) - 1):
+        if digits[i] == digits[i + 1]:
+            continue
+        swapped = digits[:i] + digits[i + 1] + digits[i] + digits[i + 2:]
+        new = swapped if point < 0 else swapped[:point] + "." + swapped[point:]
+        found.append(float(new) * (-1 if v < 0 else 1))
+    return found
+
+
+def erroneous_values(feature: Feature, v: float, kinds: tuple[str, ...] | list[str]) -> list[tuple[str, float]]:
+    """(kind, typed value) of every error of `kinds` on an event of value `v` of `feature`; a deletion
+    has NaN (nothing is typed). Values equal to `v` (no change) are left out, and repeats keep the first kind."""
+    found: list[tuple[str, float]] = []
+    for kind in kinds:
+        if kind == "decimal":
+            found += [(kind, v * 10), (kind, v / 10)]
+        elif kind == "transpose":
+            found += [(kind, e) for e in transpositions(v, feature.decimals)]
+        elif kind == "unit":
+            found += [(kind, v * slip.factor + slip.offset) for slip in feature.slips]
+        elif kind == "delete":
+            found.append((kind, float("nan")))
+    seen: set[float] = set()
+    unique = []
+    for kind, e in found:
+        key = round(e, 9) if e == e else None
+        if key is not None and (key in seen or np.isclose(e, v, rtol=0, atol=1e-12)):
+            continue
+        seen.add(key)
+        unique.append((kind, e))
+    return unique
+
+
+def plausible(feature: Feature, e: float) -> bool:
+    """Whether `prepare` keeps an event of value `e` (lo < e ≤ hi)."""
+    return feature.lo < e <= feature.hi
+
+
+def mean_after(feature: Feature, v: float, e: float, n: int) -> float | None:
+    """The mean of a cell of `n` events of mean `v` once one of them is typed as `e` (NaN: deleted): the new
+    mean; NaN when the cell loses its only event; None when nothing changes (an event dropped among several,
+    whose others keep the mean)."""
+    if e == e and plausible(feature, e):
+        return v + (e - v) / n
+    return float("nan") if n == 1 else None
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The single errors possible on a record, one row each: where, what, and the cell's new mean."""
+
+    hour: np.ndarray  # int
+    feature: np.ndarray  # int
+    kind: np.ndarray  # int8, index into ERROR_KINDS
+    recorded: np.ndarray  # float64: the cell's value before
+    erroneous: np.ndarray  # float64: the typed value (NaN for a deletion)
+    dropped: np.ndarray  # bool: prepare drops the erroneous event (out of range), or it was deleted
+    after: np.ndarray  # float64: the cell's mean after the error; NaN: no longer recorded
+
+    def __len__(self) -> int:
+        return len(self.hour)
+
+
+def candidates(value: np.ndarray, count: np.ndarray, kinds: tuple[str, ...] | list[str],
+               skip: set[tuple[int, int]] = frozenset()) -> Candidates:
+    """Every single error of `kinds` on the recorded cells of one record (`value` (time, feature), NaN where
+    nothing was recorded; `count` events per cell), except on the cells in `skip` (already erroneous).
+    An error that changes nothing (an out-of-range value among several events) is left out."""
+    rows = []
+    for hour, f in zip(*np.nonzero(~np.isnan(value)), strict=True):
+        if (int(hour), int(f)) in skip:
+            continue
+        feature, v, n = FEATURES[f], float(value[hour, f]), max(int(count[hour, f]), 1)
+        for kind, e in erroneous_values(feature, v, kinds):
+            after = mean_after(feature, v, e, n)
+            if after is not None:
+                rows.append((hour, f, KIND_CODE[kind], v, e, not (e == e and plausible(feature, e)), after))
+    if not rows:
+        empty = np.zeros(0)
+        return Candidates(empty.astype(int), empty.astype(int), empty.astype(np.int8), empty, empty,
+                          empty.astype(bool), empty)
+    hour, feature, kind, recorded, erroneous, dropped, after = map(np.array, zip(*rows, strict=True))
+    return Candidates(hour, feature, kind.astype(np.int8), recorded.astype(np.float64),
+                      erroneous.astype(np.float64), dropped.astype(bool), after.astype(np.float64))
+
+
+def apply(value: np.ndarray, count: np.ndarray, hour: int, feature: int, after: float) -> tuple[np.ndarray, np.ndarray]:
+    """The record (value, count) with cell (hour, feature) set to `after` (NaN: its event is gone)."""
+    value, count = value.copy(), count.copy()
+    value[hour, feature] = after
+    if after != after:
+        count[hour, feature] = 0
+    return value, count

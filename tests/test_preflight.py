@@ -122,9 +122,9 @@ def test_the_dry_run_on_the_test_cluster_submits_nothing(slurm_cluster, shared_t
     assert main(["run", "--dry-run", "--run-dir", str(run), "--executor", "slurm",
                  f"run.slurm_profile={TEST_PROFILE}"]) == 0
     out = capsys.readouterr().out
-    for stage in ("tune-model", "cv", "train", "tune-attack", "attack"):
+    for stage in ("tune-model", "cv", "train", "tune-attack", "attack", "errors"):
         assert f"## {stage}:" in out and f"#SBATCH --job-name={job_name(stage, run)}" in out
-    assert out.count("sbatch --test-only: accepted:") == 5
+    assert out.count("sbatch --test-only: accepted:") == 6
     assert "## synth:" in out and out.count("runs in the driver (no array)") == 3  # synth, prepare, analyze
     queued = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=True).stdout
     accounted = subprocess.run(["sacct", "-n", "-X", "-S", started, "-o", "JobName%60"], capture_output=True,

@@ -22,7 +22,8 @@ TINY_CHAIN = [
     "attack.max_iter=20", "attack.batch_size=16", "attack.chunk_samples=8",
 ]
 FIGURES = {"gpp_heatmap.png", "s_heatmap.png", "gap_heatmap.png", "s_j_ranking.png", "norms.png",
-           "iteration_cdf.png", "cv_roc_pr.png", "edit_gpp_heatmap.png"}  # the last: record space (the default)
+           "iteration_cdf.png", "cv_roc_pr.png", "edit_gpp_heatmap.png",  # record space (the default)
+           "errors_heatmap.png"}  # the errors stage
 
 
 def assert_complete(run):
@@ -31,7 +32,7 @@ def assert_complete(run):
     report = (run / "report.md").read_text()
     for name in FIGURES:
         assert f"(figures/{name})" in report
-    for section in ("## Data", "## Model", "## Attack", "## Susceptibility"):
+    for section in ("## Data", "## Model", "## Attack", "## Plausible data-entry errors", "## Susceptibility"):
         assert section in report
     sus = xr.open_zarr(run / "susceptibility.zarr")
     assert sus.s.dims == ("direction", "kind", "time", "feature")
@@ -89,3 +90,7 @@ def test_slurm_run_gives_the_same_susceptibility_as_local(slurm_cluster, small_r
     assert int(local.n.sel(kind="best").sum()) > 0  # there are scores to compare
     for name in ("n", "targets", "gmp", "gap", "gpp", "s", "s_j", "ganzp", "sensitivity", "sensitivity_j"):
         np.testing.assert_array_equal(local[name].values, slurm[name].values, err_msg=name)
+    assert (tmp_path / "slurm" / "jobs" / "errors").is_dir()
+    errors = {e: xr.open_zarr(tmp_path / e / "errors.zarr", consolidated=False).load() for e in runs}
+    for name in ("flipped", "n_errors", "hour", "feature", "kind", "erroneous", "margin"):
+        np.testing.assert_array_equal(errors["local"][name].values, errors["slurm"][name].values, err_msg=name)

@@ -25,6 +25,30 @@ def copy_trained(trained_run: Path, where: Path) -> Path:
     return run
 
 
+def trained_on_demo(demo_run: Path, where: Path) -> Path:
+    """A run directory with the demo's dataset.zarr and a tiny model trained on it (split made by train)."""
+    from pipeline.cli import main
+
+    run = copy_run(demo_run, where)
+    assert main(["train", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3",
+                 "train.epochs=30", *TINY, "model.hidden=16", "model.lr=0.01"]) == 0
+    return run
+
+
+def prepare_again(demo_dir: Path, cells, where: Path, stats_from: Path):
+    """The demo's raw tables with `cells` edited (tests/test_realizable.py: write_edited_tables), prepared
+    again with the statistics of `stats_from` (a dataset.zarr); the new dataset, loaded."""
+    import xarray as xr
+
+    from pipeline.cli import main
+    from tests.test_realizable import write_edited_tables
+
+    write_edited_tables(demo_dir, where / "edited-mimic", cells)
+    assert main(["prepare", "--run-dir", str(where / "again"), "--mimic-dir", str(where / "edited-mimic"),
+                 f"prepare.stats_from={stats_from}"]) == 0
+    return xr.open_zarr(where / "again" / "dataset.zarr", consolidated=False).load()
+
+
 def worker_reports(run: Path, stage: str) -> dict[int, int]:
     """{worker: finished trials in the study when it left}, from the tuning workers' task logs (local:
     task-K.log; Slurm: <job>/<job>_0_log.err). Which worker ran which trial depends on timing; that

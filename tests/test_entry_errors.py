@@ -19,8 +19,7 @@ from pipeline.cli import main
 from pipeline.data.record import derive, feature_stats
 from pipeline.features import BY_NAME, FEATURES, NAMES
 from pipeline.model import load_model
-from tests.runs import TINY, copy_trained
-from tests.test_realizable import write_edited_tables
+from tests.runs import copy_trained, prepare_again, trained_on_demo
 
 ALL = ["decimal", "transpose", "unit", "delete"]
 
@@ -130,11 +129,7 @@ ERRORS = ["--executor", "debug", "--seed", "5", "cv.folds=3", "errors.targets=al
 @pytest.fixture(scope="module")
 def demo_errors(demo_run, tmp_path_factory):
     """The demo, a tiny model trained on it, and the entry-error search of every correctly classified sample."""
-    run = tmp_path_factory.mktemp("demo-errors") / "run"
-    run.mkdir()
-    shutil.copytree(demo_run / "dataset.zarr", run / "dataset.zarr")
-    assert main(["train", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3",
-                 "train.epochs=30", *TINY, "model.hidden=16", "model.lr=0.01"]) == 0
+    run = trained_on_demo(demo_run, tmp_path_factory.mktemp("demo-errors"))
     assert main(["errors", "--run-dir", str(run), *ERRORS]) == 0
     return run
 
@@ -201,12 +196,7 @@ def test_errors_written_into_the_raw_tables_flip_the_re_prepared_sample(demo_dir
         if len(chosen) == 3:
             break
     assert chosen, "no flip on the demo made of single-event cells"
-    edited = tmp_path / "edited-mimic"
-    write_edited_tables(demo_dir, edited, pd.DataFrame(cells))
-    again = tmp_path / "again"
-    assert main(["prepare", "--run-dir", str(again), "--mimic-dir", str(edited),
-                 f"prepare.stats_from={demo_errors / 'dataset.zarr'}"]) == 0
-    prepared = xr.open_zarr(again / "dataset.zarr", consolidated=False).load()
+    prepared = prepare_again(demo_dir, pd.DataFrame(cells), tmp_path, demo_errors / "dataset.zarr")
     assert (prepared.hadm_id.values == data.hadm_id.values).all(), "the cohort is the same"
     samples = store.dataset_index.values[chosen]
     with torch.no_grad():
@@ -228,13 +218,10 @@ def test_a_value_pushed_out_of_range_is_dropped_and_imputed_as_prepare_does(demo
     assert len(slip) == 1 and c.dropped[slip[0]] and np.isnan(c.after[slip[0]])
     stays = pd.read_csv(demo_dir / "ICUSTAYS.csv.gz", parse_dates=["intime"]).set_index("icustay_id")
     icustay = int(data.icustay_id.values[sample])
-    write_edited_tables(demo_dir, tmp_path / "edited", pd.DataFrame([{
+    prepared = prepare_again(demo_dir, pd.DataFrame([{
         "table": FEATURES[f].table, "hadm_id": int(data.hadm_id.values[sample]), "icustay_id": icustay,
-        "intime": stays.loc[icustay, "intime"], "feature": f, "hour": int(hour), "after": 10 * v}]))
-    again = tmp_path / "again"
-    assert main(["prepare", "--run-dir", str(again), "--mimic-dir", str(tmp_path / "edited"),
-                 f"prepare.stats_from={demo_run / 'dataset.zarr'}"]) == 0
-    prepared = xr.open_zarr(again / "dataset.zarr", consolidated=False).load()
+        "intime": stays.loc[icustay, "intime"], "feature": f, "hour": int(hour), "after": 10 * v}]), tmp_path,
+        demo_run / "dataset.zarr")
     erroneous = data["value"].values[sample].copy()
     erroneous[hour, f] = np.nan
     expected = derive(erroneous[None], ~np.isnan(erroneous)[None], feature_stats(data))[0]

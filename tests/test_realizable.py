@@ -13,7 +13,7 @@ from pipeline.attack.l1 import margin
 from pipeline.cli import main
 from pipeline.features import FEATURES
 from pipeline.model import load_model
-from tests.runs import TINY
+from tests.runs import prepare_again, trained_on_demo
 
 RECORD_ATTACK = ["--executor", "debug", "--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=200",
                  "attack.batch_size=64", "attack.chunk_samples=32", "attack.lam=0.003", "attack.lr=0.05"]
@@ -22,11 +22,7 @@ RECORD_ATTACK = ["--executor", "debug", "--seed", "5", "cv.folds=3", "attack.tar
 @pytest.fixture(scope="module")
 def demo_attacked(demo_run, tmp_path_factory):
     """The demo, a tiny model trained on it and a record-space attack of every correctly classified sample."""
-    run = tmp_path_factory.mktemp("demo-attacked") / "run"
-    run.mkdir()
-    shutil.copytree(demo_run / "dataset.zarr", run / "dataset.zarr")
-    assert main(["train", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3",
-                 "train.epochs=30", *TINY, "model.hidden=16", "model.lr=0.01"]) == 0
+    run = trained_on_demo(demo_run, tmp_path_factory.mktemp("demo-attacked"))
     assert main(["attack", "--run-dir", str(run), *RECORD_ATTACK]) == 0
     return run
 
@@ -110,13 +106,7 @@ def test_edits_written_into_the_raw_tables_flip_the_re_prepared_sample(demo_dir,
             cells.append({"table": FEATURES[feature].table, "hadm_id": int(data.hadm_id.values[sample]),
                           "icustay_id": icustay, "intime": stays.loc[icustay, "intime"], "feature": int(feature),
                           "hour": int(hour), "after": float(after[hour, feature])})
-    edited = tmp_path / "edited-mimic"
-    write_edited_tables(demo_dir, edited, pd.DataFrame(cells))
-
-    again = tmp_path / "again"
-    assert main(["prepare", "--run-dir", str(again), "--mimic-dir", str(edited),
-                 f"prepare.stats_from={demo_attacked / 'dataset.zarr'}"]) == 0
-    prepared = xr.open_zarr(again / "dataset.zarr", consolidated=False).load()
+    prepared = prepare_again(demo_dir, pd.DataFrame(cells), tmp_path, demo_attacked / "dataset.zarr")
     assert (prepared.hadm_id.values == data.hadm_id.values).all(), "the cohort is the same"
     samples = attack.dataset_index.values[chosen]
     model = load_model(demo_attacked)

@@ -61,14 +61,11 @@ def erroneous_values(feature: Feature, v: float, kinds: tuple[str, ...] | list[s
             found += [(kind, v * slip.factor + slip.offset) for slip in feature.slips]
         elif kind == "delete":
             found.append((kind, float("nan")))
-    seen: set[float] = set()
-    unique = []
+    unique, seen = [], {round(v, 9)}  # the value itself is no error
     for kind, e in found:
-        key = round(e, 9) if e == e else None
-        if key is not None and (key in seen or np.isclose(e, v, rtol=0, atol=1e-12)):
-            continue
-        seen.add(key)
-        unique.append((kind, e))
+        if e != e or round(e, 9) not in seen:  # NaN: the deletion, never a repeat
+            seen.add(round(e, 9))
+            unique.append((kind, e))
     return unique
 
 

@@ -53,11 +53,12 @@ def errors_shard(run_dir: str, shard: int, index: list[int], y: list[int], param
     checkpoint = Checkpoint(progress_path(run.path, shard), key=key)
     rows = (checkpoint.load() or {"rows": []})["rows"]
     ds = run.dataset()
-    stats, value, count = feature_stats(ds), ds["value"].values, ds["count"].values
+    mine = ds[["value", "count"]].isel(sample=index)  # this shard's records only, not the whole cohort's
+    stats, value, count = feature_stats(ds), mine["value"].values, mine["count"].values
     margins = Margins(load_model(run.path, training.device()), params["batch_size"])
     for i in range(len(rows), len(index)):
-        found = fewest_errors(margins, value[index[i]], count[index[i]], y[i], stats, params["kinds"],
-                              params["max_errors"], params["beam"])
+        found = fewest_errors(margins, value[i], count[i], y[i], stats, params["kinds"], params["max_errors"],
+                              params["beam"])
         rows.append(dataclasses.asdict(found))
         if len(rows) % SAVE_EVERY == 0 or len(rows) == len(index):
             with blaming(checkpoint.path):

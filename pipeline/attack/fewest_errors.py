@@ -19,7 +19,7 @@ import torch
 
 from pipeline.attack.entry_errors import Candidates, apply, candidates
 from pipeline.attack.l1 import RecordSpace, margin
-from pipeline.data.record import derive
+from pipeline.data.record import derive_record
 
 MIN_MARGIN = RecordSpace.MIN_MARGIN  # a flip must survive being re-derived anywhere, as in record space
 
@@ -75,14 +75,14 @@ class Margins:
 def inputs(state: State, cand: Candidates, stats: dict[str, np.ndarray]) -> np.ndarray:
     """x of each candidate: the state's input with the candidate's feature column derived again (a feature's
     column of x depends on that feature's record alone)."""
-    base = derive(state.value[None], ~np.isnan(state.value)[None], stats)[0]
+    base = derive_record(state.value[None], stats)[0]
     x = np.repeat(base[None], len(cand), axis=0)
     for f in np.unique(cand.feature):
         rows = np.flatnonzero(cand.feature == f)
         column = np.repeat(state.value[None, :, f], len(rows), axis=0)
         column[np.arange(len(rows)), cand.hour[rows]] = cand.after[rows]
         one = {k: v[f:f + 1] for k, v in stats.items()}
-        x[rows, :, f] = derive(column[:, :, None], ~np.isnan(column)[:, :, None], one)[:, :, 0]
+        x[rows, :, f] = derive_record(column[:, :, None], one)[:, :, 0]
     return x
 
 
@@ -98,7 +98,7 @@ def fewest_errors(margins: Margins, value: np.ndarray, count: np.ndarray, y: int
                   kinds: list[str], max_errors: int, beam: int) -> Found:
     """The search for one target: `value`/`count` its record (time, feature), `y` its correct class."""
     start = margins.passes
-    margin0 = float(margins(derive(value[None], ~np.isnan(value)[None], stats), y)[0])
+    margin0 = float(margins(derive_record(value[None], stats), y)[0])
     states = [State(value.astype(np.float64), count.astype(np.int64), margin0)]
     for _ in range(max_errors):
         expanded = []  # (margin, state index, candidates, row)

@@ -73,6 +73,11 @@ def derive(value: np.ndarray, mask: np.ndarray, stats: dict[str, np.ndarray]) ->
     return np.clip((np.clip(derived, lo, hi) - lo) / width(stats), 0.0, 1.0).astype(np.float32)
 
 
+def derive_record(value: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
+    """:func:`derive` of a record whose unrecorded cells are NaN (the mask is where it is not)."""
+    return derive(value, ~np.isnan(value), stats)
+
+
 def width(stats: dict[str, np.ndarray]) -> np.ndarray:
     """p95 − p5 per feature, the scale of x; 1 for a constant feature (which then scales to 0)."""
     return np.where(stats["p95"] > stats["p5"], stats["p95"] - stats["p5"], 1.0)

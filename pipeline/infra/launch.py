@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from pipeline.config import PipelineConfig
 from pipeline.infra import rundir
 from pipeline.infra.executor import CheckpointableTask, ExecutorSpec, run_tasks
+from pipeline.infra.registry import STAGES
 from pipeline.infra.rundir import RunDir
 
 T = TypeVar("T")
@@ -50,11 +51,9 @@ def tuned(run_dir: RunDir, stage: str, table: T) -> tuple[T, str]:
     when it ran and chose any; and where the values came from, for logs, model.json and attack.zarr."""
     values = (run_dir.best_params(stage) or {}).get("params")
     if not values:  # not tuned, or no trial was better than the config
-        return table, f"the config's [{TABLES[type(table).__name__]}] table"
+        return table, f"the config's [{STAGES[stage].tunes}] table"
     return dataclasses.replace(table, **values), f"{run_dir.path / stage / 'best.json'} ({', '.join(sorted(values))})"
 
-
-TABLES = {"ModelParams": "model", "AttackConfig": "attack"}
 
 
 def write_best(run_dir: RunDir, stage: str, study: Any, record: dict[str, Any]) -> None:

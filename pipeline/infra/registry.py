@@ -29,6 +29,7 @@ class Stage:
     array: str = ""  # the config key that sets how many array tasks it runs ("" = none: all in the driver)
     storage: bool = False  # its workers share the Optuna storage (run.storage): preflight connects to it
     replaced_by_mimic: bool = False  # skipped by `run` when real tables are given (prepare.mimic_dir)
+    tunes: str = ""  # a tuning stage: the config table whose values its best.json overrides
 
     def tasks(self, cfg: PipelineConfig) -> int:
         """How many array tasks (Slurm jobs, local processes) the stage runs with `cfg`; 0 = none."""
@@ -49,7 +50,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "dataset.zarr", "pipeline.data.prepare:prepare", outputs=("dataset.zarr",), scratch=("prepare-events-*",)),
     Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study",
           "pipeline.model.tune_model:tune_model", ("dataset.zarr", "split.json"), array="run.workers",
-          makes=("split.json",), storage=True),
+          makes=("split.json",), storage=True, tunes="model"),
     Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", "pipeline.model.cv:cv",
           ("dataset.zarr", "split.json", "tune-model/best.json"), array="cv.folds", makes=("split.json",)),
     Stage("train", "final model on all non-test data, evaluated once on the test set", "model/",
@@ -57,7 +58,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           outputs=("model",), array="1", makes=("split.json",)),
     Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study",
           "pipeline.attack.tune_attack:tune_attack", ("dataset.zarr", "split.json", "model"), array="run.workers",
-          storage=True),
+          storage=True, tunes="attack"),
     Stage("attack", "batched L1 proximal attack, one array task per shard of targets", "attack.zarr",
           "pipeline.attack.shards:attack", ("dataset.zarr", "split.json", "model", "tune-attack/best.json"),
           outputs=("attack.zarr",), array="attack.shards"),

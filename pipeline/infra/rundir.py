@@ -121,6 +121,18 @@ def remove_dead_temporaries(folder: Path) -> list[Path]:
     return found
 
 
+def _locked(handle, how: int, tries: int) -> bool:
+    """flock `handle` (`how`: LOCK_EX or LOCK_SH) without blocking, trying `tries` times 50 ms apart."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(handle, how | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt < tries - 1:
+                time.sleep(0.05)
+    return False
+
+
 def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
@@ -312,16 +324,7 @@ class RunDir:
         path = self.lock_path(stage)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+")
-        try:
-            for attempt in range(PROBE_RETRIES):  # another stage's probe (running()) holds it for microseconds
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if attempt == PROBE_RETRIES - 1:
-                        raise
-                    time.sleep(0.05)
-        except BlockingIOError:
+        if not _locked(handle, fcntl.LOCK_EX, PROBE_RETRIES):  # a probe (running()) holds it for microseconds
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
@@ -347,9 +350,7 @@ class RunDir:
         if not path.exists():
             return None
         with open(path) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _locked(handle, fcntl.LOCK_SH, 1):
                 return handle.read().strip() or "another process"
             fcntl.flock(handle, fcntl.LOCK_UN)
         return None

@@ -13,7 +13,7 @@ import xarray as xr
 from pipeline.attack.entry_errors import apply, mean_after
 from pipeline.attack.l1 import margin
 from pipeline.config import ERROR_KINDS
-from pipeline.data.record import derive, feature_stats
+from pipeline.data.record import derive_record, feature_stats
 from pipeline.features import FEATURES
 from pipeline.susceptibility.scores import DIRECTIONS, label
 
@@ -42,7 +42,7 @@ def verify(store: xr.Dataset, data: xr.Dataset, model: torch.nn.Module) -> np.nd
             after = mean_after(FEATURES[f], float(v[h, f]), float(store.erroneous.values[i, j]), max(int(n[h, f]), 1))
             if after is not None:
                 v, n = apply(v, n, h, f, after)
-        x = torch.from_numpy(derive(v[None], ~np.isnan(v)[None], stats))
+        x = torch.from_numpy(derive_record(v[None], stats))
         with torch.no_grad():
             ok[i] = float(margin(model(x), torch.tensor([int(store.y.values[i])]))[0]) > 0
     return ok

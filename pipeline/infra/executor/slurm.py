@@ -46,13 +46,14 @@ class SlurmExecutor(Executor):
         digest = hashlib.sha256(repr((getattr(fn, "fn", fn).__qualname__, self.calls)).encode()).hexdigest()
         task = fn if isinstance(fn, CheckpointableTask) else CheckpointableTask(fn)
         jobs: list[submitit.Job | None] = [None] * len(self.calls)
-        if self.record.exists() and json.loads(self.record.read_text())["calls_sha256"] == digest:
-            for i, job_id in enumerate(json.loads(self.record.read_text())["tasks"]):
+        recorded = json.loads(self.record.read_text()) if self.record.exists() else {}
+        if recorded.get("calls_sha256") == digest:  # the same work: wait for what is still useful of it
+            for i, job_id in enumerate(recorded["tasks"]):
                 job = submitit.SlurmJob(folder=self.jobs_dir / "%j", job_id=job_id)
                 if _still_useful(job):
                     jobs[i] = job
             log.info("%s: reattached to %d task(s) of array %s", self.stage, sum(j is not None for j in jobs),
-                     json.loads(self.record.read_text())["tasks"][0].split("_")[0])
+                     recorded["tasks"][0].split("_")[0])
         self.claim(keep={job.job_id for job in jobs if job is not None}, name=self.name)
         missing = [i for i, job in enumerate(jobs) if job is None]
         if missing:

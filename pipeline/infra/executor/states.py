@@ -69,11 +69,18 @@ def arrays_of(tasks: Sequence[str]) -> list[str]:
     return sorted({t.split("_")[0] for t in tasks})
 
 
+def scancel(ids: list[str]) -> None:
+    """scancel these jobs; InputError (one line) when scancel is missing or fails."""
+    if shutil.which("scancel") is None:
+        raise InputError("scancel: not found on PATH (run `pipeline cancel` where Slurm's commands are)")
+    done = subprocess.run(["scancel", *ids], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise InputError(f"scancel {' '.join(ids)}: {done.stderr.strip() or f'exit {done.returncode}'}")
+
+
 def end_slurm_tasks(tasks: Sequence[str], stage: str) -> None:
     """scancel the arrays of `tasks` and return once Slurm reports none of them pending or running."""
-    done = subprocess.run(["scancel", *arrays_of(tasks)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise InputError(f"scancel {' '.join(arrays_of(tasks))}: {done.stderr.strip() or f'exit {done.returncode}'}")
+    scancel(arrays_of(tasks))
     deadline = time.monotonic() + END_WAIT_S
     while active := sorted(t for t, s in slurm_states(set(tasks)).items() if s in ACTIVE):
         if time.monotonic() > deadline:
@@ -90,12 +97,10 @@ def cancel_run(run_dir: Path) -> list[str]:
              for task in json.loads(record.read_text())["tasks"]}
     if not tasks:
         return []
-    if shutil.which("scancel") is None:
-        raise InputError("scancel: not found on PATH (run `pipeline cancel` where Slurm's commands are)")
+    if shutil.which("scancel") is None:  # before asking Slurm anything
+        scancel([])
     states = slurm_states(tasks)
-    ids = sorted({t.split("_")[0] for t in tasks if states.get(t) in ACTIVE})
+    ids = arrays_of([t for t in tasks if states.get(t) in ACTIVE])
     if ids:
-        done = subprocess.run(["scancel", *ids], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise InputError(f"scancel {' '.join(ids)}: {done.stderr.strip() or f'exit {done.returncode}'}")
+        scancel(ids)
     return ids

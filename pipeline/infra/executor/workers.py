@@ -20,13 +20,26 @@ from pipeline.infra.executor.outcome import END_WAIT_S, ArrayBusy
 from pipeline.infra.rundir import HOST
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None: no such process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields if len(fields) > 19 else None
+
+
 def process_start(pid: int) -> str | None:
     """When process `pid` started (clock ticks since boot, from /proc): with the pid, it names one process
     (a pid is reused once its process has ended). None where /proc has no such process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
-    except (OSError, IndexError):
-        return None
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def running(pid: int, start: str | None) -> bool:
+    """Whether the process that started at `start` as `pid` is still there, and not a zombie."""
+    fields = _stat(pid)
+    return start is not None and fields is not None and fields[19] == start and fields[0] != "Z"
 
 
 def live_workers(record: Path) -> list[int]:
@@ -36,7 +49,7 @@ def live_workers(record: Path) -> list[int]:
     data = json.loads(record.read_text())
     if data.get("host") != HOST:
         return []  # another machine's workers die with their driver there
-    return [pid for pid, start in data["workers"] if process_start(pid) is not None and process_start(pid) == start]
+    return [pid for pid, start in data["workers"] if running(pid, start)]
 
 
 def end_local_workers(pids: Sequence[int], stage: str) -> None:
@@ -46,15 +59,7 @@ def end_local_workers(pids: Sequence[int], stage: str) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + END_WAIT_S
-    while alive := [pid for pid in pids if starts[pid] is not None and process_start(pid) == starts[pid]
-                    and _process_state(pid) != "Z"]:
+    while alive := [pid for pid in pids if running(pid, starts[pid])]:
         if time.monotonic() > deadline:
             raise ArrayBusy(f"{stage}: local worker pid {', '.join(map(str, alive))} still alive after SIGKILL")
         time.sleep(0.1)
-
-
-def _process_state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None

@@ -66,11 +66,6 @@ def hinge(logits: torch.Tensor, target: torch.Tensor, kappa: float, offset: floa
     return torch.clamp(-(m - offset) if offset else -m, min=-kappa)
 
 
-def min_margin(space) -> float:
-    """The margin Z_o − Z_t above which an iterate of `space` counts as flipped."""
-    return getattr(space, "MIN_MARGIN", 0.0)
-
-
 def margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Z_o − Z_t per sample: positive when the prediction is flipped away from the target class."""
     z_t = logits.gather(1, target[:, None])[:, 0]
@@ -132,6 +127,7 @@ class TensorSpace:
     (`allowed`: only these cells, e.g. the recorded ones for ``observed_only``); x + P stays in [0, 1]."""
 
     name = "tensor"
+    MIN_MARGIN = 0.0  # the margin Z_o − Z_t above which an iterate counts as flipped: any flip, as Sun et al.
 
     def __init__(self, x: torch.Tensor, allowed: torch.Tensor | None = None):
         self.x, self.allowed = x, allowed
@@ -236,7 +232,7 @@ class L1Attack:
         target = target.to(self.device).long()
         n = len(target)
         book = _Book(n, space.lower.shape[1:], self.device, fewest_first=space.name == "record",
-                     min_margin=min_margin(space))
+                     min_margin=space.MIN_MARGIN)
         lam = torch.full((n,), self.params.lam, dtype=torch.float64, device=self.device)
         low, high = torch.zeros_like(lam), torch.full_like(lam, float("inf"))
         spent = 0
@@ -283,7 +279,7 @@ class L1Attack:
                 return
             with _onednn(onednn):
                 # sum: samples stay independent of their batch
-                loss = hinge(logits, target, p.kappa, min_margin(space))
+                loss = hinge(logits, target, p.kappa, space.MIN_MARGIN)
                 (grad,) = torch.autograd.grad(loss.sum(), point)
             with torch.no_grad():
                 direction, metric = gradient_step.step(grad)

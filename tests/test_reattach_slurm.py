@@ -53,10 +53,27 @@ def test_a_restarted_driver_waits_for_its_array_instead_of_submitting_another(sl
 
 
 def sacct_times(name):
-    """{job id: (state, start, end)} of the tasks named `name`, times as Slurm's ISO strings."""
+    """{task id: (state, start, end)} of the array tasks named `name`, times as Slurm's ISO strings. Tasks
+    cancelled before they started share one line in sacct (``55_[2-3]``): expanded to one id each."""
     out = subprocess.run(["sacct", "--name", name, "-X", "-n", "-P", "-o", "JobID,State,Start,End"],
                          capture_output=True, text=True, check=True).stdout.splitlines()
-    return {job: (state, start, end) for job, state, start, end in (line.split("|") for line in out if line)}
+    times = {}
+    for job, state, start, end in (line.split("|") for line in out if line):
+        for task in task_ids(job):
+            times[task] = (state, start, end)
+    return times
+
+
+def task_ids(job: str) -> list[str]:
+    """``55_3`` → [55_3]; ``55_[2-3,5%4]`` → [55_2, 55_3, 55_5]."""
+    array, _, tasks = job.partition("_")
+    if not tasks.startswith("["):
+        return [job]
+    ids = []
+    for part in tasks.strip("[]").split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        ids += [f"{array}_{k}" for k in range(int(lo), int(hi or lo) + 1)]
+    return ids
 
 
 def test_a_restarted_driver_with_other_work_stops_and_with_force_ends_the_old_array_first(slurm_cluster, small_run,

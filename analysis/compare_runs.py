@@ -1,7 +1,7 @@
 """Compare two runs' feature susceptibility S_j (or sensitivity_j): a table of both rankings with the
 rank correlation per direction, and a scatter plot of one run against the other.
 
-    python analysis/compare_runs.py RUN_A RUN_B [--kind best|first] [--score s_j|sensitivity_j] [--out FILE.png]
+    python analysis/compare_runs.py RUN_A RUN_B [--kind best|first|l1_best] [--score s_j|sensitivity_j] [--out FILE.png]
 
 Needs only xarray, zarr and matplotlib: it reads RUN_*/susceptibility.zarr (the `analyze` stage's).
 """
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_a", type=Path)
     ap.add_argument("run_b", type=Path)
-    ap.add_argument("--kind", choices=("best", "first"), default="best")
+    ap.add_argument("--kind", choices=("best", "first", "l1_best"), default="best",
+                    help="l1_best: the L1 attack's own sparsest example (record-space runs)")
     ap.add_argument("--score", choices=("s_j", "sensitivity_j"), default="s_j")
     ap.add_argument("--out", type=Path, default=Path("compare_runs.png"))
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """One target's adversarial perturbation in clinical units: a heatmap over hours × features and the
 largest changes as a table (value before → after, ranked by the change in scaled units).
 
-    python analysis/patient_heatmap.py RUN_DIR [--target N | --hadm-id ID] [--kind best|first] [--out FILE.png]
+    python analysis/patient_heatmap.py RUN_DIR [--target N | --hadm-id ID] [--kind best|first|l1_best] [--out FILE.png]
 
 Needs only xarray, zarr and matplotlib: it reads RUN_DIR/attack.zarr and RUN_DIR/dataset.zarr.
 Colour = the change relative to the largest change of that feature (so that features in different
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--target", type=int, help="index along attack.zarr's `sample` (default: first success)")
     ap.add_argument("--hadm-id", type=int, help="pick the target by hospital admission id instead")
-    ap.add_argument("--kind", choices=("best", "first"), default="best")
+    ap.add_argument("--kind", choices=("best", "first", "l1_best"), default="best",
+                    help="l1_best: the L1 attack's own sparsest example (record-space runs)")
     ap.add_argument("--top", type=int, default=10, help="largest changes listed")
     ap.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/figures/patient-<target>-<kind>.png)")
     args = ap.parse_args(argv)

@@ -147,8 +147,9 @@ class TuneAttackConfig:
 
 @dataclass(frozen=True)
 class AttackParams:
-    """The attack algorithm's keys of [attack]: what changes the examples (docs/methods.md §3). The L1
-    attack takes these and nothing else; tune-attack's trials vary some of them."""
+    """The attack algorithm's keys of [attack]: what changes the examples (docs/methods.md §3, §10). The
+    L1 attack takes these and nothing else (the fewest-edit keys are for the search that follows it in
+    record space); tune-attack's trials vary some of them."""
 
     space: str = option("record", "what the attack edits: record = the recorded values (the model sees the input "
                         "prepare derives from the edited record); tensor = the model's input cell by cell "
@@ -162,6 +163,13 @@ class AttackParams:
                             "cell in their own metric, η·λ / (√v̂ + ε)", ("sgd", "adam", "rmsprop"))
     fista: bool = option(False, "FISTA momentum (as EAD)")
     lam_search: int = option(4, "runs sharing max_iter with a per-sample λ search between them (1: one λ)", ge=1)
+    max_edits: int = option(3, "record space: the fewest-edit search looks for flips by up to this many edited "
+                            "values after the one-edit scan (1: the scan alone); best = the sparsest example found",
+                            ge=1, le=10)
+    edits_beam: int = option(2, "record space: states kept per step of the fewest-edit search (1 = greedy; the "
+                             "greedy path is always kept)", ge=1, le=64)
+    scan_points: int = option(8, "record space: points of the one-edit scan per p5…p95 range moved by the "
+                              "fastest-moving hour, besides every kink of the input's line", ge=1, le=1024)
 
     def check(self) -> None:
         """What the types and choices cannot say about the algorithm's keys."""

@@ -49,11 +49,14 @@ def training_loss(losses: list[float], path: Path, title: str) -> None:
     save(fig, path)
 
 
-def score_heatmaps(score: xr.DataArray, n: xr.DataArray, path: Path, title: str, colorbar: str) -> None:
-    """One panel per (direction, kind): the score over hour (x) and feature (y), one shared colour scale;
-    `n` (direction, kind) is the number of successful examples behind each panel."""
+def score_heatmaps(score: xr.DataArray, n: xr.DataArray, path: Path, title: str, colorbar: str,
+                   count: str = "examples", vmax: float | None = None) -> None:
+    """One panel per (direction, kind): the score over hour (x) and feature (y), one shared colour scale
+    (from 0 to `vmax`, default the largest score); `n` (direction, kind) is the number of successful
+    examples (or of `count`) behind each panel."""
     directions, kinds = score["direction"].values, score["kind"].values
-    vmax = float(score.max()) if np.isfinite(score.max()) and float(score.max()) > 0 else 1.0
+    if vmax is None:
+        vmax = float(score.max()) if np.isfinite(score.max()) and float(score.max()) > 0 else 1.0
     fig, axes = plt.subplots(len(directions), len(kinds), figsize=(6.2 * len(kinds), 4.6 * len(directions)),
                              squeeze=False, constrained_layout=True)
     for r, d in enumerate(directions):
@@ -64,31 +67,33 @@ def score_heatmaps(score: xr.DataArray, n: xr.DataArray, path: Path, title: str,
                               interpolation="nearest", origin="upper")
             ax.set_yticks(range(panel.sizes["feature"]), [str(f) for f in panel["feature"].values], fontsize=8)
             ax.set_xticks(range(0, panel.sizes["time"], 6))
-            count = int(n.sel(direction=d, kind=k))
-            ax.set(xlabel="hour after ICU admission", title=f"{direction_label(d)}, {k} examples (N = {count})")
-            if count == 0:
-                ax.text(0.5, 0.5, "no successful example", transform=ax.transAxes, ha="center", va="center")
+            number = int(n.sel(direction=d, kind=k))
+            what = f"{k} examples (N = {number})" if count == "examples" else f"{k} ({count}: {number})"
+            ax.set(xlabel="hour after ICU admission", title=f"{direction_label(d)}, {what}")
+            if number == 0:
+                ax.text(0.5, 0.5, "no successful example" if count == "examples" else f"no {count[:-1]}", transform=ax.transAxes, ha="center", va="center")
     fig.colorbar(image, ax=axes, label=colorbar, shrink=0.8)
     fig.suptitle(title)
     save(fig, path)
 
 
 def ranking_bars(s_j: xr.DataArray, n: xr.DataArray, path: Path, xlabel: str) -> None:
-    """Per direction: the per-feature score of first and best examples, features by the best's score."""
+    """Per direction: the per-feature score of each kind of example, features by the best examples' score."""
     directions = s_j["direction"].values
     fig, axes = plt.subplots(1, len(directions), figsize=(6 * len(directions), 6), squeeze=False,
                              constrained_layout=True)
     for ax, d in zip(axes[0], directions, strict=True):
         table = s_j.sel(direction=d).to_pandas().T.fillna(0.0)  # feature × kind
-        table = table.sort_values(table.columns[-1])
-        rows = np.arange(len(table))
-        for offset, kind in zip((-0.2, 0.2), table.columns, strict=False):
-            ax.barh(rows + offset, table[kind], height=0.4, label=f"{kind} (N = {int(n.sel(direction=d, kind=kind))})")
+        table = table.sort_values("best" if "best" in table.columns else table.columns[-1])
+        rows, height = np.arange(len(table)), 0.8 / len(table.columns)
+        for i, kind in enumerate(table.columns):
+            ax.barh(rows + (i - (len(table.columns) - 1) / 2) * height, table[kind], height=height,
+                    label=f"{kind} (N = {int(n.sel(direction=d, kind=kind))})")
         ax.set_yticks(rows, table.index)
         ax.set(xlabel=xlabel, title=f"direction {direction_label(d)}")
         if int(n.sel(direction=d).max()) == 0:
             ax.text(0.5, 0.5, "no successful example", transform=ax.transAxes, ha="center", va="center")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, title="examples")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(table.columns), title="examples")
         ax.grid(axis="x", alpha=0.3)
     save(fig, path)
 
@@ -110,7 +115,7 @@ def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path, sparse_c
                        label=f"≤ {sparse_cells} cells: {100 * share:.0f}% of best examples")
         ax.set(xlabel=label, ylabel="examples")
         ax.legend()
-    fig.suptitle("size of the successful perturbations, both directions: first vs best example")
+    fig.suptitle("size of the successful perturbations, both directions, per kind of example")
     save(fig, path)
 
 

@@ -7,6 +7,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_PROFILE = ROOT / "slurm" / "profiles" / "test-cluster.toml"
 # a tiny model: the tests check plumbing and discipline, not accuracy
 TINY = ["model.hidden=8", "model.fc=8", "model.batch_size=64", "model.bidirectional=true"]
+# a coarser one-edit scan and two edits at most: plumbing tests need the searches to run, not to be fine
+# (tests/test_fewest_edits.py checks what they find)
+FEWEST_QUICK = ["attack.scan_points=1", "attack.max_edits=2"]
 
 
 def copy_run(small_run: Path, where: Path) -> Path:

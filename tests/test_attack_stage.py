@@ -12,10 +12,10 @@ from pipeline.attack.targets import select_targets
 from pipeline.cli import main
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model, training
-from tests.runs import copy_trained
+from tests.runs import FEWEST_QUICK, copy_trained
 
 ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=30", "attack.batch_size=32",
-          "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1"]
+          "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1", *FEWEST_QUICK]
 
 
 def run_attack(run, *extra):
@@ -55,11 +55,12 @@ def test_three_local_shards_equal_one_debug_shard_bit_for_bit(trained_run, tmp_p
     three = run_attack(copy_trained(trained_run, tmp_path / "three"), "--executor", "local", "--workers", "2",
                        "attack.shards=3")
     assert one.sizes["sample"] == three.sizes["sample"] > 64
-    for name in ("perturbation", "found", "iteration", "margin", "lam", "logits", "dataset_index", "y", "pred"):
+    for name in ("perturbation", "found", "iteration", "margin", "lam", "logits", "dataset_index", "y", "pred",
+                 "edit", "method", "one_edit", "one_edit_margin"):
         np.testing.assert_array_equal(one[name].values, three[name].values, err_msg=name)
     assert one.found.values[:, 0].any()
     assert one.perturbation.dims == ("sample", "kind", "time", "feature")
-    assert one.kind.values.tolist() == ["first", "best"]
+    assert one.kind.values.tolist() == ["first", "best", "l1_best"]  # record space, the default
     assert one.attrs["attack_config"]["max_iter"] == 30 and len(one.attrs["weights_sha256"]) == 64
     assert one.perturbation.chunks[0][0] == 8
 
@@ -88,7 +89,7 @@ def test_a_shard_resumes_without_redoing_batches(trained_run, tmp_path):
     progress = json.loads((run / "attack-shards" / "shard-0.json").read_text())["state"]
     assert progress["done"] == [0] and not (run / "attack.zarr").exists()
     resumed = run_attack(run, "--executor", "debug", "attack.shards=2")
-    for name in ("perturbation", "found", "iteration", "margin", "lam", "logits"):
+    for name in ("perturbation", "found", "iteration", "margin", "lam", "logits", "edit", "method", "one_edit"):
         np.testing.assert_array_equal(full[name].values, resumed[name].values, err_msg=name)
     writes = [tuple(w) for k in range(2) for w in json.loads((run / "attack-shards" / f"shard-{k}.json")
                                                             .read_text())["state"]["writes"]]
@@ -147,8 +148,9 @@ def test_tune_attack_runs_the_attack_that_attack_runs(space, trained_run, tmp_pa
     assert sorted(store.dataset_index.values) == json.loads((run / "tune-attack" / "targets.json").read_text())[
         "dataset_index"]
     assert store.attrs["space"] == space
-    p = torch.from_numpy(store["edit" if space == "record" else "perturbation"].values)  # what the attack varies
-    result = AttackResult(p, torch.from_numpy(store.found.values), None, None, None, None)
+    own = store.sel(kind=["first", "l1_best" if space == "record" else "best"])  # the L1 attack's own examples
+    p = torch.from_numpy(own["edit" if space == "record" else "perturbation"].values)  # what the attack varies
+    result = AttackResult(p, torch.from_numpy(own.found.values), None, None, None, None)
     again = measures(result)
     assert again["success_rate"] == best["success_rate"] > 0
     assert again["median_l1"] == pytest.approx(best["median_l1"] if best["median_l1"] is not None else float("inf"),

@@ -13,16 +13,17 @@ import xarray as xr
 
 from pipeline.cli import main
 from pipeline.infra.stages import CHAIN
-from tests.runs import TEST_PROFILE
+from tests.runs import FEWEST_QUICK, TEST_PROFILE
 
 TINY_CHAIN = [
     "tune-model.trials=2", "tune-model.max_epochs=2", "tune-model.epochs_per_report=1", "tune-model.max_hidden=32",
     "cv.folds=2", "cv.epochs=2", "train.epochs=3",
     "tune-attack.trials=2", "tune-attack.targets=8",
-    "attack.max_iter=20", "attack.batch_size=16", "attack.chunk_samples=8",
+    "attack.max_iter=20", "attack.batch_size=16", "attack.chunk_samples=8", *FEWEST_QUICK,
 ]
 FIGURES = {"gpp_heatmap.png", "s_heatmap.png", "gap_heatmap.png", "s_j_ranking.png", "norms.png",
-           "iteration_cdf.png", "cv_roc_pr.png", "edit_gpp_heatmap.png",  # record space (the default)
+           "iteration_cdf.png", "cv_roc_pr.png", "edit_gpp_heatmap.png",  # record space (the default):
+           "one_edit_heatmap.png", "one_edit_size_heatmap.png",  # the edits and the one-edit map
            "errors_heatmap.png"}  # the errors stage
 
 

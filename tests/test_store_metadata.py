@@ -15,11 +15,11 @@ import xarray as xr
 from pipeline.attack.shards import allocate, resumable
 from pipeline.cli import main
 from pipeline.infra import cf
-from tests.runs import copy_trained
+from tests.runs import FEWEST_QUICK, copy_trained
 
 STORES = ("dataset.zarr", "attack.zarr", "susceptibility.zarr")
 TINY_ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=12", "attack.batch_size=32",
-               "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1"]
+               "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1", *FEWEST_QUICK]
 
 
 @pytest.fixture(scope="module")

@@ -62,11 +62,13 @@ class Margins:
         self.passes = 0
 
     @torch.no_grad()
-    def __call__(self, x: np.ndarray, y: int) -> np.ndarray:
+    def __call__(self, x: np.ndarray, y: int | np.ndarray) -> np.ndarray:
+        """`y`: the class of every input, or one per input."""
+        y = np.broadcast_to(np.asarray(y, dtype=np.int64), (len(x),))
         out = []
         for i in range(0, len(x), self.batch_size):
             chunk = torch.from_numpy(x[i:i + self.batch_size]).to(self.device)
-            target = torch.full((len(chunk),), y, dtype=torch.long, device=self.device)
+            target = torch.from_numpy(y[i:i + self.batch_size].copy()).to(self.device)
             out.append(margin(self.model(chunk), target).double().cpu().numpy())
         self.passes += len(x)
         return np.concatenate(out) if out else np.zeros(0)

@@ -128,6 +128,9 @@ class TensorSpace:
 
     name = "tensor"
     MIN_MARGIN = 0.0  # the margin Z_o − Z_t above which an iterate counts as flipped: any flip, as Sun et al.
+    KINDS = KINDS  # the examples attack.zarr keeps per target
+    KIND = {"long_name": "example kind: first = first iterate that flipped the prediction, best = flipped "
+                         "iterate with the smallest L1 (ties: the larger margin)"}
 
     def __init__(self, x: torch.Tensor, allowed: torch.Tensor | None = None):
         self.x, self.allowed = x, allowed
@@ -153,6 +156,10 @@ class RecordSpace:
 
     name = "record"
     MIN_MARGIN = 1e-3
+    KINDS = ("first", "best", "l1_best")
+    KIND = {"long_name": "example kind: first = the L1 attack's first flipped iterate; best = the sparsest example "
+                         "any search found (fewest edited values, then the smallest L1 of the edit; `method` "
+                         "says which search); l1_best = the L1 attack's own sparsest iterate (same order)"}
 
     def __init__(self, value: torch.Tensor, width: torch.Tensor, recorded: torch.Tensor, lower: torch.Tensor,
                  upper: torch.Tensor, transform: torch.nn.Module):

@@ -1,8 +1,9 @@
 """Stage `attack`: the L1 attack on every target, sharded by sample index, into one ``attack.zarr``.
 
 Targets are the correctly classified samples of the test set (or of all samples). The driver
-pre-allocates the store (dims sample = targets, kind = first/best, time, feature, class), then
-launches S array tasks; shard k attacks a contiguous range of targets whose boundaries are
+pre-allocates the store (dims sample = targets, kind = the space's kinds, time, feature, class), then
+launches S array tasks; shard k attacks a contiguous range of targets (in record space each batch's L1
+attack is followed by the fewest-edit searches, fewest_edits.py) whose boundaries are
 multiples of the batch size (itself a multiple of the store's chunk along `sample`), so that shards
 never share a chunk and their batches are the batches a single shard would run. A shard writes
 only its own region, records every finished batch in ``attack-shards/shard-K.json`` and resumes
@@ -25,7 +26,8 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
-from pipeline.attack.l1 import KINDS, AttackResult, L1Attack, RecordSpace, TensorSpace
+from pipeline.attack.fewest_edits import METHODS, Batch, sparsest
+from pipeline.attack.l1 import AttackResult, L1Attack, RecordSpace, TensorSpace
 from pipeline.attack.targets import TargetInputs, select_targets
 from pipeline.config import AttackConfig, AttackParams, ConfigError, PipelineConfig
 from pipeline.data.record import width
@@ -68,33 +70,51 @@ def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: 
     one = cf.DIMENSIONLESS
     cells = ("sample", "kind", "time", "feature")
     record = attrs["attack_config"].get("space") == "record"
+    space = RecordSpace if record else TensorSpace
+    k = len(space.KINDS)
     edits = {
-        "edit": (cells, empty((n, 2, n_time, n_feat), np.float32, 0.0),
+        "edit": (cells, empty((n, k, n_time, n_feat), np.float32, 0.0),
                  {"long_name": "edit δ of the recorded values, scaled units (0: cell not edited)", "units": one,
                   "description": "new − old recorded value in scaled units; × (p95 − p5) for clinical units"}),
-        "edit_clinical": (cells, empty((n, 2, n_time, n_feat), np.float32, 0.0),
+        "edit_clinical": (cells, empty((n, k, n_time, n_feat), np.float32, 0.0),
                           {"long_name": "edit of the recorded values, new − old, in the feature's clinical unit "
                                         "(coordinate `unit`; 0: cell not edited)"}),
+        "method": (("sample", "kind"), empty((n, k), np.int8, -1),
+                   {"long_name": "the search that found the example (-1: none)",
+                    "flag_values": list(range(len(METHODS))), "flag_meanings": " ".join(METHODS),
+                    "description": "l1: an iterate of the L1 attack; scan: the one-edit scan; search: the "
+                                   "fewest-edit beam search; pruned: the L1 example with edits dropped or shrunk "
+                                   "(docs/methods.md §10)"}),
+        "one_edit": (("sample", "time", "feature"), empty((n, n_time, n_feat), np.float32, np.nan),
+                     {"long_name": "the smallest edit of this recorded value alone that flips the prediction, "
+                                   "new − old in the feature's clinical unit (coordinate `unit`; NaN: it cannot "
+                                   "alone, or nothing was recorded)"}),
+        "one_edit_margin": (("sample", "time", "feature"), empty((n, n_time, n_feat), np.float32, np.nan),
+                            {"long_name": "the largest margin Z_o − Z_t the one-edit scan found for this value "
+                                          "alone (NaN: nothing was recorded)", "units": one}),
     } if record else {}
     effect = "the change of the model's input that the edit of the record causes, T(v + δ) − T(v)" if record \
         else "adversarial perturbation P of the scaled input x"
     ds = xr.Dataset(
         {**edits,
-         "perturbation": (cells, empty((n, 2, n_time, n_feat), np.float32, 0.0),
+         "perturbation": (cells, empty((n, k, n_time, n_feat), np.float32, 0.0),
                           {"long_name": effect, "units": one,
                            "description": "P in scaled [0, 1] units; × (p95 − p5) for clinical units"}),
-         "found": (("sample", "kind"), empty((n, 2), bool, False),
+         "found": (("sample", "kind"), empty((n, k), bool, False),
                    {"long_name": "an example of this kind was found (the prediction flipped)"}),
-         "iteration": (("sample", "kind"), empty((n, 2), np.int32, -1),
-                       {"long_name": "proximal updates applied when the example was found (-1: none)", "units": one,
-                        "description": "proximal updates applied when the example was found; -1: none"}),
-         "margin": (("sample", "kind"), empty((n, 2), np.float32, np.nan),
+         "iteration": (("sample", "kind"), empty((n, k), np.int32, -1),
+                       {"long_name": "proximal updates applied when the example was found (-1: none, or not "
+                                     "an iterate of the L1 attack)", "units": one,
+                        "description": "proximal updates applied when the L1 attack found the example; -1: no "
+                                       "example, or one another search found (see `method`)"}),
+         "margin": (("sample", "kind"), empty((n, k), np.float32, np.nan),
                     {"long_name": "logit margin Z_o − Z_t at the example (> 0: flipped; NaN: none)", "units": one,
                      "description": "Z_o − Z_t at the example (> 0: the prediction flipped); NaN: none"}),
-         "lam": (("sample", "kind"), empty((n, 2), np.float64, np.nan),
-                 {"long_name": "L1 weight λ of the run that found the example (NaN: none)", "units": one,
+         "lam": (("sample", "kind"), empty((n, k), np.float64, np.nan),
+                 {"long_name": "L1 weight λ of the run that found the example (NaN: none, or not an "
+                              "iterate of the L1 attack)", "units": one,
                   "description": "λ of the run that found the example (the λ search changes it per target)"}),
-         "logits": (("sample", "kind", "class"), empty((n, 2, 2), np.float32, np.nan),
+         "logits": (("sample", "kind", "class"), empty((n, k, 2), np.float32, np.nan),
                     {"long_name": "the model's logits at x + P, per class (NaN: no example)", "units": one})},
         coords={"sample": ("sample", np.arange(n), {"long_name": "target index (a correctly classified sample)"}),
                 "dataset_index": ("sample", targets["dataset_index"].to_numpy(np.int64),
@@ -103,7 +123,7 @@ def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: 
                       {"long_name": "true label: in-hospital mortality", **cf.CLASSES}),
                 "pred": ("sample", targets["pred"].to_numpy(np.int8),
                          {"long_name": "the model's prediction before the attack (equals y)", **cf.CLASSES}),
-                "kind": ("kind", np.array(KINDS, dtype=object), cf.KIND),
+                "kind": ("kind", np.array(space.KINDS, dtype=object), space.KIND),
                 "time": ("time", np.arange(n_time), cf.TIME),
                 "feature": ("feature", np.array(NAMES, dtype=object), cf.FEATURE),
                 "class": ("class", np.arange(2), {"long_name": "class of the logit", **cf.CLASSES})},
@@ -156,11 +176,14 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     for b0, b1 in batches:
         if b0 in progress["done"]:
             continue
-        space = inputs.space(config, device, slice(b0 - start, b1 - start))
-        result = attack.run(space, torch.from_numpy(target[b0 - start:b1 - start]))
+        rows = slice(b0 - start, b1 - start)
+        space = inputs.space(config, device, rows)
+        result = attack.run(space, torch.from_numpy(target[rows]))
+        successes += int(result.found[:, 0].sum())
+        if isinstance(space, RecordSpace):  # the fewest edits: the one-edit scan, the search, pruned L1 examples
+            result = sparsest(attack.model, result, inputs.targets(target, rows), config)
         with blaming(run / PARTIAL):
             write_batch(store, space, inputs, result, b0, b1)
-        successes += int(result.found[:, 0].sum())
         progress["done"].append(b0)
         progress["writes"].append([b0, b1])
         progress["successes"] = successes
@@ -176,13 +199,18 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     return progress
 
 
-def write_batch(store: zarr.Group, space: RecordSpace | TensorSpace, inputs: TargetInputs, result: AttackResult,
-                b0: int, b1: int) -> None:
+def write_batch(store: zarr.Group, space: RecordSpace | TensorSpace, inputs: TargetInputs,
+                result: AttackResult | Batch, b0: int, b1: int) -> None:
     """One batch's examples into rows b0…b1 of the store in the making."""
-    if isinstance(space, RecordSpace):
+    if isinstance(result, Batch):  # record space
+        w = width(inputs.stats)
+        store["method"][b0:b1] = result.method
+        store["one_edit"][b0:b1] = result.one_edit * w
+        store["one_edit_margin"][b0:b1] = result.one_edit_margin
+        result = result.result
         edit = result.perturbation.cpu().numpy()
         store["edit"][b0:b1] = edit
-        store["edit_clinical"][b0:b1] = edit * width(inputs.stats)
+        store["edit_clinical"][b0:b1] = edit * w
         store["perturbation"][b0:b1] = effect(space, result.perturbation).cpu().numpy()
     else:
         store["perturbation"][b0:b1] = result.perturbation.cpu().numpy()
@@ -237,6 +265,13 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
         zarr.consolidate_metadata(str(partial))
     with rundir.atomic_path(run_dir.path / "attack.zarr") as tmp:
         partial.rename(tmp)
-    found = xr.open_zarr(run_dir.path / "attack.zarr", consolidated=False).found.values
+    store = xr.open_zarr(run_dir.path / "attack.zarr", consolidated=False)
+    found = store.found.values
     log.info("attack: success rate %.1f%% (%d of %d targets)", 100 * found[:, 0].mean(), found[:, 0].sum(),
              len(found))
+    if "edit" in store:  # record space: how few edits flip (best: the sparsest example of any search)
+        best = store.sel(kind="best")
+        edits = np.where(best.found.values, (best["edit"].values != 0).sum(axis=(1, 2)), 0)
+        for k in range(1, params.max_edits + 1):
+            log.info("attack: %.1f%% of %d targets flipped by ≤ %d edited value(s)", 100 * np.mean((edits > 0) &
+                     (edits <= k)), len(edits), k)

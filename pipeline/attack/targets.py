@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.attack.fewest_edits import Target
 from pipeline.attack.l1 import RecordSpace, Space, tensor_space
 from pipeline.config import AttackParams
 from pipeline.data.record import Transform, feature_stats, width
@@ -54,6 +55,14 @@ class TargetInputs:
         return cls(np.ascontiguousarray(ds.x.values[index], dtype=np.float32), ds["mask"].values[index],
                    ds["value"].values[index] if space == "record" else None,
                    feature_stats(ds))
+
+    def targets(self, y: np.ndarray, rows: slice) -> list[Target]:
+        """The record-space targets `rows` (of class y[rows]) for the fewest-edit search, with the box the
+        attack uses (float32, as RecordSpace holds it)."""
+        value, mask = self.value[rows], self.mask[rows]
+        lower, upper = plausible_edits(value, mask, self.stats)
+        return [Target(v, int(c), self.stats, lo, hi) for v, c, lo, hi in
+                zip(value, y[rows], lower.astype(np.float32), upper.astype(np.float32), strict=True)]
 
     def space(self, params: AttackParams, device: torch.device, rows: slice | None = None) -> Space:
         """The attack's search space for samples `rows` (default: all): tensor (Sun et al.) or record (edits of

@@ -27,6 +27,7 @@ from pipeline.infra import cf, rundir
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
 from pipeline.susceptibility import entry_report, report
+from pipeline.susceptibility.one_edit_map import feature_table, one_edit_scores
 from pipeline.susceptibility.scores import CLINICAL_ATTRS, DIRECTIONS, direction_of, norms, scores, to_clinical
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,11 @@ def examples(attack: xr.Dataset) -> xr.Dataset:
         edit = norms(attack["edit"]).where(attack.found)
         out["edits"], out["edit_l1"] = edit.l0, edit.l1
     out["found"] = attack.found
-    out["iteration"] = attack.iteration
+    if "method" in attack:  # decoded with the store's own codes
+        codes = dict(zip(attack.method.attrs["flag_values"], attack.method.attrs["flag_meanings"].split(), strict=True))
+        out["method"] = (("sample", "kind"), np.vectorize(lambda c: codes.get(int(c), ""), otypes=[object])(
+            attack.method.values))
+    out["iteration"] = attack.iteration.where(attack.iteration >= 0)  # NaN: none, or another search's example
     return out.assign_coords(direction=("sample", direction_of(attack.pred).values)).compute()
 
 
@@ -81,8 +86,10 @@ def compute(attack: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
             sus[f"edit_{name}"].attrs = {**edits[name].attrs,
                                          "long_name": edits[name].attrs["long_name"].replace("P", "δ")
                                          + ", over the edits δ of the recorded values (by hour of recording)"}
+    if "one_edit" in attack:  # record space: what each recorded value can do alone
+        sus = sus.merge(one_edit_scores(attack, data))
     sus = sus.assign_coords(unit=("feature", data["unit"].values), time=("time", data.time.values))
-    cf.annotate(sus, {"time": cf.TIME, "feature": cf.FEATURE, "unit": cf.UNIT, "kind": cf.KIND})
+    cf.annotate(sus, {"time": cf.TIME, "feature": cf.FEATURE, "unit": cf.UNIT, "kind": dict(attack.kind.attrs)})
     sus.attrs = {**cf.GLOBAL, "seed": attack.attrs.get("seed"), "attack_config": attack.attrs.get("attack_config"),
                  "attack_params_source": attack.attrs.get("params_source"),
                  "targets": attack.attrs.get("targets"), "weights_sha256": attack.attrs.get("weights_sha256"),
@@ -196,12 +203,28 @@ def draw(run_dir: Path, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[
     figures.score_heatmaps(sus.gap, sus.n,
                            fig("gap_heatmap.png", "GAP: mean |P| per cell over the successful examples"),
                            "GAP: mean |perturbation| per cell", "GAP (scaled units: 1 = the feature's p5…p95 range)")
-    figures.ranking_bars(sus.s_j, sus.n, fig("s_j_ranking.png", "S_j per feature: first vs best examples"),
+    if "one_edit_share" in sus:
+        share = sus.one_edit_share.expand_dims(kind=["one edit"])
+        targets = sus.one_edit_targets.expand_dims(kind=["one edit"])
+        figures.score_heatmaps(share, targets, fig("one_edit_heatmap.png", "one edit: share of targets whose "
+                                                   "prediction the value recorded at each hour can flip alone"),
+                               "which single recorded value can flip the prediction by itself", "share of targets",
+                               count="targets")
+        size = sus.one_edit_median_scaled.expand_dims(kind=["one edit"])
+        finite = size.values[np.isfinite(size.values)]
+        cap = float(np.quantile(finite, 0.95)) if finite.size and np.quantile(finite, 0.95) > 0 else None
+        figures.score_heatmaps(size, targets, fig("one_edit_size_heatmap.png", "one edit: median smallest flipping "
+                                                  "edit, in units of the feature's p5…p95 range"),
+                               "how large the smallest flipping edit of one value is (median over the targets)",
+                               "|edit| / (p95 − p5), scale capped at the 95th percentile", count="targets",
+                               vmax=cap)
+    figures.ranking_bars(sus.s_j, sus.n, fig("s_j_ranking.png", "S_j per feature, per kind of example"),
                          "S_j = Σ over hours of GMP · GPP")
-    figures.norm_histograms(ex, ex.found, fig("norms.png", "L0, L1, L∞ of first vs best examples"),
+    figures.norm_histograms(ex, ex.found, fig("norms.png", "L0, L1, L∞ of the examples, per kind"),
                             report.SPARSE_CELLS)
-    figures.iteration_cdf(ex.iteration, ex.found, ex.direction, max_iter,
-                          fig("iteration_cdf.png", "iteration at which the examples were found (CDF)"))
+    iterated = [k for k in ex.kind.values if bool((ex.iteration.sel(kind=k).notnull() | ~ex.found.sel(kind=k)).all())]
+    figures.iteration_cdf(ex.iteration.sel(kind=iterated), ex.found.sel(kind=iterated), ex.direction, max_iter,
+                          fig("iteration_cdf.png", "iteration at which the L1 attack found its examples (CDF)"))
     folds, test = RunDir(run_dir).held_out_predictions()
     if folds:
         figures.cv_curves(folds, test, fig("cv_roc_pr.png", "ROC and precision–recall curves of the held-out "
@@ -209,11 +232,12 @@ def draw(run_dir: Path, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[
     return captions
 
 
-def entry_errors(path: Path, data: xr.Dataset, captions: dict[str, str], summary: list[dict]) -> list[str]:
-    """The `errors` stage's results, when it ran: verified, tabulated, drawn; the report's lines."""
+def entry_errors(path: Path, data: xr.Dataset, captions: dict[str, str]) -> tuple[list[str], pd.DataFrame | None]:
+    """The `errors` stage's results, when it ran: verified, tabulated, drawn; the report's lines and the
+    k-error table."""
     store = entry_report.load(path)
     if store is None:
-        return []
+        return [], None
     verified = entry_report.verify(store, data, load_model(path))
     errors = entry_report.errors_table(store)
     k, kinds, features = (entry_report.k_table(store, verified), entry_report.by_kind(errors, store),
@@ -228,7 +252,7 @@ def entry_errors(path: Path, data: xr.Dataset, captions: dict[str, str], summary
     for row in k.itertuples():
         log.info("analyze: entry errors, %s: %d of %d targets flipped, %d verified", row.direction, row.flipped,
                  row.targets, row.verified)
-    return entry_report.section(k, kinds, features, errors, store, report.table, summary)
+    return entry_report.section(k, kinds, features, errors, store, report.table), k
 
 
 def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
@@ -273,9 +297,12 @@ def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
         for d in DIRECTIONS:
             tables[d]["edits"] = edit_table(edits, data, d)
             rundir.write_text(path / "tables" / f"edits_{d}.csv", tables[d]["edits"].to_csv(index=False))
-    entry = entry_errors(path, data, captions, summary)
+            tables[d]["one_edit"] = feature_table(attack, data, d)
+            rundir.write_text(path / "tables" / f"one_edit_{d}.csv", tables[d]["one_edit"].to_csv(index=False))
+    entry, k_errors = entry_errors(path, data, captions)
+    fewest = report.fewest_section(summary, k_errors, sus, tables) if edits is not None else []
     rundir.write_text(path / "report.md", report.render(path, data, attack, summary, tables, captions, changes,
-                                                        edits, entry))
+                                                        edits, [*fewest, *entry]))
     log.info("analyze: report %s (%d figures)", path / "report.md", len(captions))
 
 

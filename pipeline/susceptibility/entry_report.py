@@ -140,9 +140,9 @@ def _num(v: float) -> str:
 
 
 def section(k: pd.DataFrame, kinds: pd.DataFrame, features: pd.DataFrame, errors: pd.DataFrame,
-            store: xr.Dataset, table, attack_rows: list[dict]) -> list[str]:
-    """report.md's section; `table` renders a DataFrame as Markdown; `attack_rows` the L1 attack's summary
-    rows, whose shares of targets flipped by ≤ 1 and ≤ 3 edited values stand beside these."""
+            store: xr.Dataset, table) -> list[str]:
+    """report.md's section; `table` renders a DataFrame as Markdown. (The k-error shares also stand beside
+    the k-edit shares in the section on the fewest edits, report.fewest_section.)"""
     max_errors = store.sizes["error"]
     lines = ["## Plausible data-entry errors", "",
              f"For every correctly classified target ({store.attrs.get('targets')} set) the fewest errors of the "
@@ -153,12 +153,6 @@ def section(k: pd.DataFrame, kinds: pd.DataFrame, features: pd.DataFrame, errors
         shares = ", ".join(f"{100 * getattr(row, f'share_le_{j}'):.1f}% by ≤ {j}" for j in range(1, max_errors + 1))
         lines.append(f"- {label(row.direction)}: of {row.targets} targets, {shares}; {row.verified} of "
                      f"{row.flipped} flips verified by re-deriving the erroneous record.")
-        l1 = next((r for r in attack_rows if r["direction"] == row.direction and r["kind"] == "best"
-                   and "share_edits_le_1" in r), None)
-        if l1 is not None:
-            lines.append(f"  The L1 attack (record space, best examples, any values): "
-                         f"{100 * l1['share_edits_le_1']:.1f}% by ≤ 1 edited value, "
-                         f"{100 * l1['share_edits_le_3']:.1f}% by ≤ 3.")
     lines += ["", "By kind of error:", "", table(kinds.rename(columns={"errors_in_flips": "errors in flips",
                                                                        "flipped_by_one": "flipped by one"})), "",
               "By feature (whose errors flip most often):", "",

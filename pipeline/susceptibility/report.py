@@ -21,7 +21,8 @@ SPARSE_CELLS = 10  # an example that changes at most this many cells reads as a 
 SHOWN_EXAMPLES = 5
 
 
-EDIT_COUNTS = (1, 3, 10)  # the report gives the share of targets flipped by at most this many edited values
+EDIT_COUNTS = (1, 2, 3, 10)  # the report gives the share of targets flipped by at most this many edited values
+FEWEST_COUNTS = (1, 2, 3)  # the columns of the table of the fewest edits and errors
 
 
 def summary(sus: xr.Dataset, ex: xr.Dataset, realizable: dict[str, np.ndarray] | None = None,
@@ -41,6 +42,7 @@ def summary(sus: xr.Dataset, ex: xr.Dataset, realizable: dict[str, np.ndarray] |
             for name in ("l0", "l1", "linf", "iteration", "edits", "edit_l1"):
                 if name in ex:
                     values = ex[name].sel(kind=k).values[ok]
+                    values = values[~np.isnan(values)]  # iteration: NaN for another search's examples
                     row[f"median_{name}"] = float(np.median(values)) if values.size else float("nan")
             sparse = int((ex.l0.sel(kind=k).values[ok] <= SPARSE_CELLS).sum())
             row[f"share_l0_le_{SPARSE_CELLS}"] = sparse / row["targets"] if row["targets"] else float("nan")
@@ -48,6 +50,9 @@ def summary(sus: xr.Dataset, ex: xr.Dataset, realizable: dict[str, np.ndarray] |
                 for at_most in EDIT_COUNTS:
                     flipped = int((ex.edits.sel(kind=k).values[ok] <= at_most).sum())
                     row[f"share_edits_le_{at_most}"] = flipped / row["targets"] if row["targets"] else float("nan")
+            if "method" in ex:
+                found_by = ex.method.sel(kind=k).values[ok]
+                row["found_by"] = {m: int((found_by == m).sum()) for m in np.unique(found_by)}
             if realizable:
                 row["realizable"] = int((realizable[str(k)] & ok).sum())
                 row["realizable_share"] = row["realizable"] / row["successes"] if row["successes"] else float("nan")
@@ -128,13 +133,25 @@ SPACES = {
 }
 
 
+KIND_TEXT = {
+    "record": "*first* is the L1 attack's first iterate that flipped the prediction; *l1_best* its flipped iterate "
+              "with the fewest edited values, then the smallest L1 of the edit (over the whole budget and every "
+              "run of the λ search); *best* the sparsest example any search found — the one-edit scan, the "
+              "fewest-edit search, the pruned L1 example or the L1 attack (docs/methods.md §10). L0, L1 and L∞ "
+              "measure the change of the model's input that the edit causes.",
+    "tensor": "*first* is the first iterate that flipped the prediction, *best* the flipped iterate with the "
+              "smallest L1 (over the whole budget and every run of the λ search).",
+}
+
+
 def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame,
                    edits: pd.DataFrame | None = None) -> list[str]:
     cfg = attack.attrs.get("attack_config", {})
     space = attack.attrs.get("space", "tensor")
     record_lines = realizability_lines(rows, space)
     rows = pd.DataFrame(rows)
-    rows = rows.drop(columns=[c for c in rows.columns if c.startswith(("realizable", "imputed", "share_edits"))])
+    rows = rows.drop(columns=[c for c in rows.columns if c.startswith(("realizable", "imputed", "share_edits",
+                                                                       "found_by"))])
     rows["direction"] = rows["direction"].map(label)  # 0to1 → 0→1: the report is read, not typed
     for share in ("success_rate", f"share_l0_le_{SPARSE_CELLS}"):
         rows[share] = [f"{100 * v:.1f}%" if v == v else "–" for v in rows[share]]  # v != v: NaN
@@ -148,14 +165,9 @@ def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame,
             f"{attack.attrs.get('targets', '?')} set. Parameters ({attack.attrs.get('params_source', '?')}): "
             + _params(cfg) + f"; seed {attack.attrs.get('seed')}.", "",
             "A direction is the prediction before → after (`0to1`, `1to0` in susceptibility.zarr and "
-            "`tables/`); *first* is the first iterate that flipped the "
-            "prediction, *best* the flipped iterate with the smallest L1 (over the whole budget and every run "
-            "of the λ search). L0 counts the changed cells of the 48 × 19 = 912; L1 and L∞ in scaled units "
-            "(1 = the feature's p5…p95 range). The last column is the share of all targets in the direction "
-            f"whose example changes at most {SPARSE_CELLS} cells."
-            + (" In record space *best* is the flipped iterate with the fewest edited values, then the smallest "
-               "L1 of the edit; L0, L1 and L∞ measure the change of the model's input that the edit causes."
-               if space == "record" else ""), "",
+            "`tables/`). " + KIND_TEXT[space] + " L0 counts the changed cells of the 48 × 19 = 912; L1 and L∞ "
+            "in scaled units (1 = the feature's p5…p95 range). The last column is the share of all targets in "
+            f"the direction whose example changes at most {SPARSE_CELLS} cells.", "",
             SPACES[space], "",
             table(rows), *record_lines,
             *(sparsest_edits(edits) if edits is not None else sparsest_examples(changes))]
@@ -172,6 +184,8 @@ def realizability_lines(rows: list[dict], space: str) -> list[str]:
         if "share_edits_le_1" in row:
             parts.append(f"median {_fmt(row.get('median_edits'))} edited values; of the {row['targets']} targets, "
                          + ", ".join(f"{100 * row[f'share_edits_le_{n}']:.1f}% flipped by ≤ {n}" for n in EDIT_COUNTS))
+        if "found_by" in row and row["found_by"]:
+            parts.append("found by " + ", ".join(f"{METHOD_NAMES.get(m, m)} {n}" for m, n in row["found_by"].items()))
         if "realizable" in row:
             what = "re-derive from the edited record to a flipped prediction" if space == "record" else \
                 "still flip with only their changes of recorded values kept and the rest re-derived"
@@ -181,6 +195,61 @@ def realizability_lines(rows: list[dict], space: str) -> list[str]:
         if parts:
             lines.append(f"- {d}, best examples: " + "; ".join(parts) + ".")
     return [*lines, ""] if lines else []
+
+
+METHOD_NAMES = {"l1": "the L1 attack", "scan": "the one-edit scan", "search": "the fewest-edit search",
+                "pruned": "pruning the L1 example"}
+FEWEST_ROWS = {  # the rows of the fewest-edits table, what each measures
+    "best": ("fewest edited values, any value",
+             "the sparsest example any search found: ≤ 1 is exact (every recorded value alone, over its whole "
+             "plausible range), ≤ 2 and ≤ 3 are what the fewest-edit search and the pruned L1 examples reach"),
+    "errors": ("fewest plausible entry errors",
+               "only mistakes that happen at data entry — a slipped decimal point, transposed digits, a unit "
+               "mix-up, a lost value (the `errors` stage, docs/methods.md §9)"),
+    "l1_best": ("the L1 attack's own examples",
+                "the sparsest iterate of the L1 attack, which minimizes how much the record changes, not in how "
+                "many values"),
+}
+
+
+def fewest_section(rows: list[dict], k_errors: pd.DataFrame | None, sus: xr.Dataset,
+                   tables: dict[str, dict]) -> list[str]:
+    """How few edits flip a prediction: per direction the k-edit shares (best), the k-error shares (the
+    errors stage, when it ran) and the L1 attack's own (l1_best), then what one value alone can do."""
+    head = "| direction | targets | flipped by | " + " | ".join(f"≤ {k}" for k in FEWEST_COUNTS) + " |"
+    lines = ["## How few edits flip a prediction", "",
+             "Share of the targets of each direction flipped by at most k changed recorded values:", "",
+             head, "|---|---:|---|" + "---:|" * len(FEWEST_COUNTS)]
+    for d in DIRECTIONS:
+        by_kind = {r["kind"]: r for r in rows if r["direction"] == d}
+        if k_errors is not None and (k_errors.direction == d).any():
+            e = k_errors[k_errors.direction == d].iloc[0]
+            by_kind["errors"] = {"targets": int(e.targets), **{f"share_edits_le_{k}": float(e[f"share_le_{k}"])
+                                                               for k in FEWEST_COUNTS if f"share_le_{k}" in e}}
+        for kind, (name, _) in FEWEST_ROWS.items():
+            if kind in by_kind:
+                r = by_kind[kind]
+                shares = " | ".join(_pct(r.get(f"share_edits_le_{k}", float("nan"))) for k in FEWEST_COUNTS)
+                lines.append(f"| {label(d)} | {r['targets']} | {name} | {shares} |")
+    lines += ["", *[f"- *{name}*: {what}." for kind, (name, what) in FEWEST_ROWS.items()
+                    if kind != "errors" or k_errors is not None], ""]
+    if "one_edit_share" in sus:
+        lines += ["**One value alone.** The one-edit scan tries every recorded value of every target alone, over "
+                  "its whole plausible range. Per hour and feature, the share of targets whose prediction that "
+                  "one value can flip is `one_edit_share` in susceptibility.zarr (figure "
+                  "`figures/one_edit_heatmap.png`), the median smallest flipping edit `one_edit_median`; per "
+                  "feature (`tables/one_edit_<direction>.csv`):", ""]
+        for d in DIRECTIONS:
+            flippable = float(sus.one_edit_flippable.sel(direction=d))
+            table_ = tables[d].get("one_edit")
+            lines += [f"{label(d)}: {_pct(flippable)} of {int(sus.one_edit_targets.sel(direction=d))} targets can "
+                      "be flipped by one edited value.", ""]
+            if table_ is not None and (table_.flipped_by_one_edit > 0).any():
+                shown = table_[table_.flipped_by_one_edit > 0].head(8)
+                lines += [table(shown.drop(columns=["targets"]).rename(columns={
+                    "flipped_by_one_edit": "targets one edit flips", "median_smallest_edit": "median smallest edit",
+                    "busiest_hour": "hour flipped most"})), ""]
+    return lines
 
 
 def _pct(value: float) -> str:

@@ -2,9 +2,10 @@
 #   make run    set up .venv and run the whole pipeline with the local executor
 #   make test   set up .venv (with dev tools) and run the tests
 # Others: make floors (the tests on the lowest versions pyproject.toml allows), make lock (regenerate
-# the lock files), make container (build pipeline.sif from the CUDA lock, labelled with the commit).
+# the lock files), make container / container-cpu (pipeline.sif from the CUDA lock, pipeline-cpu.sif from
+# the CPU lock, labelled with the commit).
 # Variables: PYTHON (≥ 3.11), TORCH (pip requirement for torch), LOCK, RUN_DIR, ARGS (extra CLI
-# args), PYTEST_ARGS, SIF, APPTAINER_FLAGS.
+# args), PYTEST_ARGS, SIF, SIF_CPU, APPTAINER_FLAGS.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +18,7 @@ RUN_DIR ?= runs/default
 SIF ?= pipeline.sif
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint floors lock container cluster-up cluster-down clean
+.PHONY: setup run test lint floors lock container container-cpu cluster-up cluster-down clean
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -63,12 +64,15 @@ lock:
 	sed -i 's/^\(torch==[^+]*\)+cpu$$/\1/' requirements/cpu.txt
 	@! grep -q '^nvidia-' requirements/cpu.txt || { echo "requirements/cpu.txt got the CUDA build of torch: is $(TORCH_CPU_WHEELS) reachable?" >&2; exit 1; }
 
-# The Apptainer image (Apptainer ≥ 1.2, from the repository root), labelled with the source commit;
-# "-dirty" marks a build from a tree with uncommitted changes. APPTAINER_FLAGS: e.g. --fakeroot.
-APPTAINER_FLAGS ?=
+# The Apptainer image, labelled with the source commit: pipeline.sif from the CUDA lock (GPU nodes),
+# pipeline-cpu.sif from the CPU lock (CPU nodes, CI). containers/build.sh uses the host's Apptainer, or
+# makes a Debian 13 root with Debian sid's (a host without an Apptainer package, e.g. Debian 12).
+SIF_CPU ?= pipeline-cpu.sif
 container:
-	apptainer build $(APPTAINER_FLAGS) --force --build-arg SOURCE_COMMIT=$$(git rev-parse HEAD)$$(git diff --quiet HEAD || echo -dirty) \
-		$(SIF) containers/pipeline.def
+	bash containers/build.sh cuda $(SIF)
+
+container-cpu:
+	bash containers/build.sh cpu $(SIF_CPU)
 
 # a local single-node Slurm + PostgreSQL for the service tests (root, Debian/Ubuntu)
 cluster-up:

@@ -184,7 +184,8 @@ def main() -> None:
     check = Margins(model, 4096)
     rows["L1 attack (its own sparsest iterate)"] = {
         **flips_at([edits_if_flipped(check, t, d) for t, d in zip(targets, l1, strict=True)]),
-        "passes_per_target": f"{params.max_iter + 1} fwd + {params.max_iter} bwd", "cpu_s_per_target": seconds / len(targets)}
+        "passes_per_target": f"{params.max_iter + 1} fwd + {params.max_iter} bwd",
+        "cpu_s_per_target": seconds / len(targets)}
 
     margins, started, found, methods = Margins(model, 4096), time.process_time(), [], {}
     for t, d in zip(targets, l1, strict=True):

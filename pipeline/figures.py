@@ -71,7 +71,8 @@ def score_heatmaps(score: xr.DataArray, n: xr.DataArray, path: Path, title: str,
             what = f"{k} examples (N = {number})" if count == "examples" else f"{k} ({count}: {number})"
             ax.set(xlabel="hour after ICU admission", title=f"{direction_label(d)}, {what}")
             if number == 0:
-                ax.text(0.5, 0.5, "no successful example" if count == "examples" else f"no {count[:-1]}", transform=ax.transAxes, ha="center", va="center")
+                empty = "no successful example" if count == "examples" else f"no {count[:-1]}"
+                ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center")
     fig.colorbar(image, ax=axes, label=colorbar, shrink=0.8)
     fig.suptitle(title)
     save(fig, path)

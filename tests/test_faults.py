@@ -24,7 +24,7 @@ from pipeline.infra.rundir import HOST, RunDir, recover_replaced
 from tests.runs import FEWEST_QUICK, TINY, copy_run, copy_trained
 
 ROOT = Path(__file__).resolve().parent.parent
-ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=30", "attack.batch_size=32",
+ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=test", "attack.max_iter=30", "attack.batch_size=32",
           "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1", "--executor", "debug", *FEWEST_QUICK]
 
 

@@ -150,7 +150,8 @@ def search_many(margins: Margins, targets: list[Target], scans: list[Scan], max_
     value; all targets' steps in the same passes."""
     states: dict[int, list[Example]] = {}
     for i, (t, scan) in enumerate(zip(targets, scans, strict=True)):
-        ranked = sorted(zip(*np.nonzero(np.isfinite(scan.best_margin)), strict=True), key=lambda c: -scan.best_margin[c])
+        scanned = zip(*np.nonzero(np.isfinite(scan.best_margin)), strict=True)
+        ranked = sorted(scanned, key=lambda c: -scan.best_margin[c])
         states[i] = []
         for cell in ranked[:beam]:
             delta = np.zeros(t.value.shape, np.float32)

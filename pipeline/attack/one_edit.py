@@ -64,7 +64,8 @@ class Line:
 
     def kinks(self) -> np.ndarray:
         """δ where an hour reaches a clip."""
-        return np.concatenate([(self.p5 - self.d0) / (self.c * self.width), (self.p95 - self.d0) / (self.c * self.width)])
+        per_unit = self.c * self.width
+        return np.concatenate([(self.p5 - self.d0) / per_unit, (self.p95 - self.d0) / per_unit])
 
     def ends(self) -> np.ndarray:
         """The edits that move the input furthest down and up (float32, 0 excluded)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import platform
 import signal
 import sys
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 
 import submitit
 
-from pipeline.infra.versions import check_versions, runtime_versions
+from pipeline.infra.versions import check_versions, commit, runtime_versions
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -98,6 +99,9 @@ class CheckpointableTask(submitit.helpers.Checkpointable):
 
     def __call__(self, *args: Any) -> Any:
         ensure_logging()
+        # which interpreter runs the task (a container's, or the driver's environment): the task log says
+        logging.getLogger(__name__).info("task runs %s (Python %s, pipeline source commit %s)", sys.executable,
+                                         platform.python_version(), commit() or "unknown")
         if getattr(self, "driver_versions", None) is not None:  # None: pickled before versions were recorded
             check_versions(self.driver_versions)
         return self.fn(*args)

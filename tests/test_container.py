@@ -1,4 +1,5 @@
-"""What can be checked of the Apptainer definition without Apptainer: it installs the lock file and
+"""What can be checked of the Apptainer definition without building it (tests/test_image.py runs the built
+image): it installs the lock file and
 nothing else, keeps user site-packages out, carries the source commit to its labels, help and the
 task-start version check, the files it copies exist, and its %runscript and %test commands work on
 this (host) install with its %environment."""
@@ -24,9 +25,15 @@ def sections(text: str | None = None) -> dict[str, str]:
     return {name: body for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
-def rendered(commit: str = COMMIT) -> dict[str, str]:
-    """The sections as `apptainer build --build-arg SOURCE_COMMIT=<commit>` sees them."""
-    return sections(re.sub(r"\{\{\s*SOURCE_COMMIT\s*\}\}", commit, DEF.read_text()))
+def defaults() -> dict[str, str]:
+    """The build arguments %arguments gives a default."""
+    return dict(line.split("=", 1) for line in commands(sections()["arguments"]))
+
+
+def rendered(commit: str = COMMIT, lock: str = "cpu") -> dict[str, str]:
+    """The sections as `apptainer build --build-arg SOURCE_COMMIT=<commit> --build-arg LOCK=<lock>` sees them."""
+    values = {**defaults(), "SOURCE_COMMIT": commit, "LOCK": lock}
+    return sections(re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: values[m.group(1)], DEF.read_text()))
 
 
 def commands(body: str) -> list[str]:
@@ -40,38 +47,47 @@ def host_shell(script: str, *args: str, env: dict[str, str] | None = None) -> su
                           capture_output=True, text=True, env=full, cwd=ROOT)
 
 
+DEBIAN_PYTHON = {"bookworm": "3.11", "trixie": "3.13"}  # the python3 each Debian release ships
+
+
 def test_header_uses_the_python_of_the_lock():
     header = DEF.read_text().split("%", 1)[0]
-    assert re.search(r"^Bootstrap:\s*docker$", header, re.M)
-    base = re.search(r"^From:\s*python:(\d+\.\d+)-slim-\w+$", header, re.M)
-    assert base, "the base is a CPython image; torch comes from the lock"
+    assert re.search(r"^Bootstrap:\s*debootstrap$", header, re.M), "the Debian archive, no Docker Hub needed"
+    release = re.search(r"^OSVersion:\s*(\w+)$", header, re.M)
+    assert release and re.search(r"^Include:.*\bpython3\b.*\bpython3-venv\b", header, re.M)
     locked_python = re.search(r"--python-version (\d+\.\d+)", MAKEFILE)
-    assert locked_python and base.group(1) == locked_python.group(1), \
+    assert locked_python and DEBIAN_PYTHON[release.group(1)] == locked_python.group(1), \
         "the image's Python must be the one make lock resolves for"
 
 
-def test_post_installs_the_cuda_lock_and_nothing_unpinned():
-    post = commands(sections()["post"])
-    installs = [shlex.split(c) for c in post if re.search(r"\bpip install\b", c)]
-    assert installs
-    for argv in installs:
-        rest = [a for a in argv[argv.index("install") + 1:] if a not in ("--no-cache-dir", "--no-build-isolation")]
-        if "-r" in rest:
-            assert rest == ["-r", "/opt/pipeline/requirements/cuda.txt"], argv
-        else:  # the package itself: its dependencies all come from the lock
-            assert rest == ["--no-deps", "/opt/pipeline"], argv
-    assert [a for argv in installs for a in argv if a == "-r"], "no lock file is installed"
-    assert "python -m pip check" in post
+def test_post_installs_the_lock_and_nothing_unpinned():
+    for lock in ("cpu", "cuda"):
+        post = commands(rendered(lock=lock)["post"])
+        lockfile = f"/opt/pipeline/requirements/{lock}.txt"
+        assert f"LOCKFILE={lockfile}" in post
+        installs = [shlex.split(c) for c in post if re.search(r"\bpip install\b", c)]
+        assert installs
+        for argv in installs:
+            rest = [a for a in argv[argv.index("install") + 1:] if a not in ("--no-cache-dir", "--no-build-isolation")]
+            if "-r" in rest:
+                assert rest == ["-r", "$LOCKFILE"], argv
+            elif rest[-1] == "$TORCH":  # the CPU lock's torch, the CPU build, from a folder or PyTorch's index
+                assert rest[0] == "--no-deps" and ("--no-index" in rest or "--index-url" in rest), argv
+            else:  # the package itself: its dependencies all come from the lock
+                assert rest == ["--no-deps", "/opt/pipeline"], argv
+        assert "TORCH=$(grep -E '^torch==' \"$LOCKFILE\")" in post  # the lock's own pin
+        assert "python -m pip check" in post
 
 
 def test_every_copied_file_exists():
-    lines = [ln.split() for ln in commands(sections()["files"])]
-    assert lines
-    for src, dest in lines:
-        assert (ROOT / src).exists(), f"%files copies {src}, which is not in the repository"
-        assert dest.startswith("/opt/pipeline/")
-    # what %post installs must have been copied
-    assert {"/opt/pipeline/pyproject.toml", "/opt/pipeline/requirements/cuda.txt"} <= {dest for _, dest in lines}
+    for lock in ("cpu", "cuda"):
+        lines = [ln.split() for ln in commands(rendered(lock=lock)["files"])]
+        assert lines
+        for src, dest in lines:
+            assert (ROOT / src).exists(), f"%files copies {src}, which is not in the repository"
+            assert dest.startswith("/opt/pipeline/")
+        # what %post installs must have been copied
+        assert {"/opt/pipeline/pyproject.toml", f"/opt/pipeline/requirements/{lock}.txt"} <= {d for _, d in lines}
 
 
 def test_user_site_packages_stay_out():
@@ -84,11 +100,14 @@ def test_user_site_packages_stay_out():
 
 def test_every_build_argument_is_passed_by_make_container():
     used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", DEF.read_text()))
-    assert used == {"SOURCE_COMMIT"}
-    recipe = MAKEFILE.split("\ncontainer:", 1)[1].split("\n\n", 1)[0]
-    passed = set(re.findall(r"--build-arg (\w+)=", recipe))
-    assert used == passed, "apptainer build fails on a {{ VAR }} that no --build-arg defines"
-    assert "git rev-parse HEAD" in recipe and "containers/pipeline.def" in recipe
+    assert used == {"SOURCE_COMMIT", "LOCK", "TORCH_INDEX"}
+    script = (ROOT / "containers" / "build.sh").read_text()
+    passed = set(re.findall(r"--build-arg (\w+)=", script))
+    assert used - set(defaults()) <= passed, "apptainer build fails on a {{ VAR }} that no --build-arg defines"
+    assert "git rev-parse HEAD" in script and "containers/pipeline.def" in script and "LOCK" in passed
+    for target, lock in (("container", "cuda"), ("container-cpu", "cpu")):
+        recipe = MAKEFILE.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+        assert f"containers/build.sh {lock} " in recipe, target
 
 
 def test_labels_help_and_environment_carry_the_commit():
@@ -106,7 +125,7 @@ def test_labels_help_and_environment_carry_the_commit():
 
 
 def test_runscript_is_the_cli():
-    out = host_shell(sections()["runscript"], "--help")
+    out = host_shell(rendered()["runscript"], "--help")
     assert out.returncode == 0, out.stderr
     assert "tune-attack" in out.stdout and "analyze" in out.stdout
 
@@ -114,7 +133,7 @@ def test_runscript_is_the_cli():
 @pytest.mark.skipif(FLOORS, reason="the floors venv holds the lowest versions, not the lock")
 def test_test_section_passes_on_the_host():
     # here the host's lock (CPU) stands for the image's
-    out = host_shell(sections()["test"], env={"PIPELINE_LOCK": "requirements/cpu.txt"})
+    out = host_shell(rendered()["test"], env={"PIPELINE_LOCK": "requirements/cpu.txt"})
     assert out.returncode == 0, out.stderr
     assert "every package as locked in requirements/cpu.txt" in out.stdout
     assert "pipeline OK" in out.stdout
@@ -123,7 +142,7 @@ def test_test_section_passes_on_the_host():
 def test_test_section_fails_when_a_package_differs_from_the_lock(tmp_path):
     lock = tmp_path / "lock.txt"
     lock.write_text("numpy==0.0.1\n    # via pandas\nsubmitit==0.0.2\n")
-    out = host_shell(sections()["test"], env={"PIPELINE_LOCK": str(lock)})
+    out = host_shell(rendered()["test"], env={"PIPELINE_LOCK": str(lock)})
     assert out.returncode != 0
     assert "numpy: installed" in out.stderr and "but locked 0.0.1" in out.stderr
     assert "submitit: installed" in out.stderr and "but locked 0.0.2" in out.stderr

@@ -73,11 +73,17 @@ class SynthConfig:
     admissions: int = option(4000, "number of synthetic hospital admissions (~1,270 CHARTEVENTS rows each)", ge=1)
     noise_fraction: float = option(0.65, "share of CHARTEVENTS/LABEVENTS rows of non-feature items (full MIMIC ~0.89)",
                                    ge=0, lt=1)
+    meds: bool = option(False, "also write the cohort as a MEDS dataset in raw/meds (read with prepare.source = meds)")
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
+    source: str = option("mimic3", "what prepare reads: mimic3 = MIMIC-III's CSV tables (mimic_dir); meds = a "
+                         "dataset in the Medical Event Data Standard (meds_dir, feature_map)", ("mimic3", "meds"))
     mimic_dir: str = option("", "folder of MIMIC-III CSV/CSV.gz tables; empty = <run-dir>/raw")
+    meds_dir: str = option("", "source = meds: the MEDS root (data/**/*.parquet, metadata/)")
+    feature_map: str = option("mimic-iv", "source = meds: which codes are the features and the cohort's events: a "
+                              "map shipped in pipeline/data/maps (by name) or a TOML file of that form")
     chunk_samples: int = option(1024, "dataset.zarr chunk length along `sample`", ge=1)
     require_chartevents_data: bool = option(True, "keep only admissions with has_chartevents_data = 1")
     min_age_years: float = option(18.0, "minimum age at ICU intime, years", ge=0)
@@ -124,6 +130,8 @@ class TuneModelConfig:
 class CVConfig:
     folds: int = option(5, "stratified folds on the non-test data", ge=2)
     test_fraction: float = option(0.15, "stratified held-out test set, never seen by tuning or CV", gt=0, lt=1)
+    meds_split: bool = option(True, "a MEDS dataset with subject splits: its held_out subjects are the test set "
+                                    "(test_fraction unused), train and tuning the folds")
     epochs: int = option(10, "epochs per fold", ge=1)
 
 

@@ -68,6 +68,11 @@ BY_NAME = {f.name: f for f in FEATURES}
 FAHRENHEIT_ITEMIDS = frozenset(i for f in FEATURES for i in f.fahrenheit_itemids)
 
 
+def fahrenheit_to_celsius(value):
+    """°F → °C as every source converts it (one formula: the same float64 rounding on every path)."""
+    return (value - 32.0) * 5.0 / 9.0
+
+
 def itemid_to_feature(table: str) -> dict[int, int]:
     """itemid → feature index, for the features that come from `table`."""
     return {item: k for k, f in enumerate(FEATURES) if f.table == table for item in f.all_itemids}

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipeline.errors import InputError, write_failure
-from pipeline.features import CHART, FAHRENHEIT_ITEMIDS, FEATURES, LAB, itemid_to_feature
+from pipeline.features import CHART, FAHRENHEIT_ITEMIDS, FEATURES, LAB, fahrenheit_to_celsius, itemid_to_feature
 
 # columns read from each table (lower-case); everything else is ignored
 COLUMNS = {
@@ -236,7 +236,7 @@ def _filter_batch(batch: pa.RecordBatch, table: str, items: np.ndarray, features
     feature = features[np.searchsorted(items, itemid)]
     value = t["valuenum"].to_numpy(zero_copy_only=False).astype(np.float64)
     fahrenheit = np.isin(itemid, FAHRENHEIT)
-    value[fahrenheit] = (value[fahrenheit] - 32.0) * 5.0 / 9.0
+    value[fahrenheit] = fahrenheit_to_celsius(value[fahrenheit])
     keep = (value > LO[feature]) & (value <= HI[feature])
     counts.in_range += int(keep.sum())
     for k, c in zip(*np.unique(feature[keep], return_counts=True), strict=True):

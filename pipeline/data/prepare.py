@@ -15,15 +15,17 @@ import dataclasses
 import logging
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask
 import dask.dataframe as dd
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from pipeline.config import ConfigError, PipelineConfig, PrepareConfig
-from pipeline.data import mimic, timeseries
+from pipeline.data import meds, mimic, timeseries
 from pipeline.data.cohort import build_cohort
 from pipeline.data.record import feature_stats
 from pipeline.errors import InputError
@@ -40,26 +42,34 @@ def mimic_dir_of(cfg: PipelineConfig, run_dir: RunDir) -> Path:
     return Path(cfg.prepare.mimic_dir) if cfg.prepare.mimic_dir else run_dir / "raw"
 
 
+def source_of(cfg: PipelineConfig, run_dir: RunDir) -> Path:
+    """The folder prepare reads: MIMIC-III's tables, or the MEDS root."""
+    if cfg.prepare.source == "meds":
+        if cfg.prepare.meds_dir:
+            return Path(cfg.prepare.meds_dir)
+        if not cfg.synth.meds:
+            raise ConfigError("[prepare] source = \"meds\" needs prepare.meds_dir (the MEDS root), or synthetic "
+                              "data written as MEDS too (synth.meds = true: <run-dir>/raw/meds)")
+        return run_dir / "raw" / "meds"
+    return mimic_dir_of(cfg, run_dir)
+
+
 def prepare(cfg: PipelineConfig, run_dir: RunDir) -> None:
-    """The stage: read the tables in the configured folder, write run_dir/dataset.zarr."""
-    mimic_dir = mimic_dir_of(cfg, run_dir)
+    """The stage: read the tables (or MEDS root) in the configured folder, write run_dir/dataset.zarr."""
+    source = source_of(cfg, run_dir)
     if cfg.prepare.stats_from:
         frozen_stats(cfg.prepare)  # a mismatched store stops the stage before anything is read or written
     with atomic_path(run_dir / "dataset.zarr") as tmp:
-        ds = build_dataset(mimic_dir, cfg.prepare, work_dir=run_dir.path, workers=cfg.run.workers,
+        ds = build_dataset(source, cfg.prepare, work_dir=run_dir.path, workers=cfg.run.workers,
                            seed=cfg.run.seed)
         write_store(ds, tmp, cfg.prepare.chunk_samples)
     log.info("wrote %s: %d samples (%d positive), %.1f%% of cells observed", run_dir / "dataset.zarr",
              ds.sizes["sample"], int(ds.y.sum()), 100 * float(ds["mask"].mean()))
 
 
-def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = None, workers: int = 2,
-                  seed: int = 0) -> xr.Dataset:
-    """The dataset of the tables in `mimic_dir`; filtered events are staged in a temp dir under `work_dir`.
-
-    With ``cfg.stats_from`` the feature statistics are that store's (checked first), not this cohort's."""
-    mimic_dir = Path(mimic_dir)
-    frozen = frozen_stats(cfg) if cfg.stats_from else None
+def read_mimic3(mimic_dir: Path, parquet: dict[str, Path], cfg: PrepareConfig, workers: int) -> Read:
+    """MIMIC-III's CSV tables: the small ones first (the cohort, so that its rules fail before the long
+    read), then the events, filtered into `parquet`."""
     paths = {name: mimic.find_table(mimic_dir, name) for name in (*SMALL_TABLES, LAB, CHART)}
     for warning in mimic.check_dictionaries(mimic_dir):
         log.warning("%s", warning)
@@ -67,21 +77,62 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
     for name in SMALL_TABLES:
         small[name], duplicates[name] = mimic.drop_duplicate_rows(mimic.read_table(paths[name], name),
                                                                   paths[name], name)
+    cohort, counts = cohort_of(small, cfg)
+    results = filter_both(paths, parquet, workers)
+    event_counts = {t: r[0] for t, r in zip((LAB, CHART), results, strict=True)}
+    checksums = {paths[t].name: r[1] for t, r in zip((LAB, CHART), results, strict=True)}
+    checksums.update({paths[t].name: mimic.file_sha256(paths[t]) for t in SMALL_TABLES})
+    return Read(cohort, counts, event_counts, checksums, duplicates, {t: paths[t] for t in (LAB, CHART)})
+
+
+def read_meds(root: Path, parquet: dict[str, Path], cfg: PrepareConfig) -> Read:
+    """A MEDS root (meds.py): one pass over its events gives the small tables and the filtered events."""
+    fmap = meds.FeatureMap.load(cfg.feature_map)
+    small, event_counts, checksums = meds.read(root, fmap, parquet)
+    cohort, counts = cohort_of(small, cfg)
+    return Read(cohort, counts, event_counts, checksums, {name: 0 for name in SMALL_TABLES},
+                {t: root for t in (LAB, CHART)})
+
+
+@dataclass
+class Read:
+    """What a source gives prepare: the cohort (one row a sample) and its rule counts, the filtered events'
+    counts, the inputs' checksums, exact duplicates dropped per table, and the file each table came from."""
+
+    cohort: pd.DataFrame
+    counts: dict
+    event_counts: dict
+    checksums: dict
+    duplicates: dict
+    origin: dict
+
+
+def cohort_of(small: dict, cfg: PrepareConfig):
     cohort, counts = build_cohort(small["PATIENTS"], small["ADMISSIONS"], small["ICUSTAYS"], cfg)
     log.info("cohort: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
     cohort["sample"] = np.arange(len(cohort))
+    return cohort, counts
 
+
+def build_dataset(source: Path, cfg: PrepareConfig, work_dir: Path | None = None, workers: int = 2,
+                  seed: int = 0) -> xr.Dataset:
+    """The dataset of the tables in `source` (or of the MEDS root, cfg.source = "meds"); filtered events are
+    staged in a temp dir under `work_dir`.
+
+    With ``cfg.stats_from`` the feature statistics are that store's (checked first), not this cohort's."""
+    source = Path(source)
+    frozen = frozen_stats(cfg) if cfg.stats_from else None
+    splits = meds.subject_splits(source) if cfg.source == "meds" else None  # checked before the long read
     with tempfile.TemporaryDirectory(prefix="prepare-events-", dir=work_dir) as tmp:
         parquet = {table: Path(tmp) / f"{table}.parquet" for table in (LAB, CHART)}
-        results = filter_both(paths, parquet, workers)
-        event_counts = {t: r[0] for t, r in zip((LAB, CHART), results, strict=True)}
-        checksums = {paths[t].name: r[1] for t, r in zip((LAB, CHART), results, strict=True)}
-        checksums.update({paths[t].name: mimic.file_sha256(paths[t]) for t in SMALL_TABLES})
+        read = read_meds(source, parquet, cfg) if cfg.source == "meds" else read_mimic3(source, parquet, cfg, workers)
+        cohort, counts, event_counts, checksums, duplicates, origin = (
+            read.cohort, read.counts, read.event_counts, read.checksums, read.duplicates, read.origin)
         for table, c in event_counts.items():
             log.info("%s: %d rows → %d feature events kept", table, c.rows, c.in_range - c.duplicates)
             duplicates[table] = c.duplicates
             if c.in_range - c.duplicates == 0:  # every feature of the table would be missing: name the file
-                raise InputError(f"{paths[table]}: no event of the features kept ({c.rows} rows read; "
+                raise InputError(f"{origin[table]}: no event of the features kept ({c.rows} rows read; "
                                  f"counts rule by rule: {vars(c)})")
         log.info("exact duplicate rows dropped: %s", ", ".join(f"{k} {v}" for k, v in duplicates.items()))
         with dask.config.set(scheduler="threads", num_workers=max(1, workers)):
@@ -101,7 +152,7 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
         stats = timeseries.feature_stats(values, len(FEATURES), cfg)
         unseen = [NAMES[k] for k in range(len(FEATURES)) if np.isnan(stats["median"][k])]
         if unseen:
-            raise InputError(f"{mimic_dir}: no kept event inside any window for feature(s) {', '.join(unseen)}; "
+            raise InputError(f"{source}: no kept event inside any window for feature(s) {', '.join(unseen)}; "
                              "cannot compute their percentiles")
     else:
         stats = frozen
@@ -109,7 +160,8 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
     record = timeseries.build_record(per_cell, len(cohort), cfg.window_hours, len(FEATURES), stats)
     attrs = {
         "description": "MIMIC-III in-hospital mortality: 19 features in 48 hourly bins from ICU intime",
-        "mimic_dir": str(mimic_dir),
+        "mimic_dir": str(source),  # the source read (MIMIC-III tables or a MEDS root: `source` says which)
+        "source": cfg.source,
         "cohort_config": dataclasses.asdict(cfg),
         "counts": {**counts, "positive": int(cohort.y.sum())},
         "event_counts": {t: vars(c) for t, c in event_counts.items()},
@@ -120,7 +172,13 @@ def build_dataset(mimic_dir: Path, cfg: PrepareConfig, work_dir: Path | None = N
         "sample_order": "ascending hadm_id",
         "stats_from": cfg.stats_from,
     }
-    return to_dataset(record, cohort, stats, attrs)
+    ds = to_dataset(record, cohort, stats, attrs)
+    if splits is not None:
+        ds["meds_split"] = ("sample", cohort.subject_id.map(splits).fillna(-1).to_numpy(np.int8), {
+            "long_name": "the subject's MEDS split (metadata/subject_splits.parquet); -1: in none",
+            "flag_values": np.arange(-1, len(meds.SPLITS), dtype=np.int8),
+            "flag_meanings": "none " + " ".join(meds.SPLITS)})
+    return ds
 
 
 def filter_both(paths: dict[str, Path], parquet: dict[str, Path], workers: int) -> list:
@@ -192,6 +250,10 @@ def to_dataset(record: dict[str, np.ndarray], cohort, stats: dict[str, np.ndarra
                            {"long_name": "MIMIC-III ICU stay id (ICUSTAY_ID) of the admission's first ICU stay"}),
             "subject_id": ("sample", cohort["subject_id"].to_numpy(np.int64),
                            {"long_name": "MIMIC-III patient id (SUBJECT_ID)"}),
+            # integer seconds, units "s": xarray leaves it as stored (a CF time would be re-encoded on write)
+            "intime": ("sample", cohort["intime"].to_numpy("datetime64[s]").astype(np.int64),
+                       {"long_name": "ICU intime (hour 0 of the window), seconds since 1970-01-01 in the "
+                                     "dataset's own (shifted) dates", "units": "s"}),
             "time": ("time", np.arange(n_time), cf.TIME),
             "feature": ("feature", np.array(NAMES, dtype=object), cf.FEATURE),
             "unit": ("feature", units, cf.UNIT),

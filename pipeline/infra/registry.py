@@ -100,5 +100,7 @@ def stage_config(cfg: PipelineConfig, name: str) -> dict:
 
 
 def chain(cfg: PipelineConfig) -> list[str]:
-    """The stages `pipeline run` runs, in order: synth only when no real MIMIC-III tables are given."""
-    return [n for n in CHAIN if not (STAGES[n].replaced_by_mimic and cfg.prepare.mimic_dir)]
+    """The stages `pipeline run` runs, in order: synth only when no real data are given (MIMIC-III tables,
+    or a MEDS root with prepare.source = meds)."""
+    real = cfg.prepare.meds_dir if cfg.prepare.source == "meds" else cfg.prepare.mimic_dir
+    return [n for n in CHAIN if not (STAGES[n].replaced_by_mimic and real)]

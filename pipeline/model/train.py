@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import figures
 from pipeline.config import ConfigError, PipelineConfig
@@ -55,12 +57,27 @@ def train_final(run_dir: str, params: dict, epochs: int, seed: int, workers: int
             "n_test": len(test_idx), **provenance})
         pd.DataFrame({"sample": test_idx, "y": data.y[test_idx], "prob": prob}).to_csv(
             folder / "test_predictions.csv", index=False)
+        write_meds_predictions(folder / "test_predictions.parquet", RunDir(run).dataset(), test_idx, prob)
         (folder / "test_metrics.json").write_text(json.dumps(
             {**test_metrics, "provenance": "held-out test set, evaluated once; never seen by tuning or CV"},
             indent=2) + "\n")
         figures.training_loss(losses, folder / "training_loss.png", "final model: training loss per epoch")
     checkpoint.clear()
     return test_metrics
+
+
+def write_meds_predictions(path: Path, ds, samples: np.ndarray, prob: np.ndarray) -> None:
+    """The test set's predictions in MEDS's prediction form (meds-evaluation scores it): one row a sample,
+    predicted at the end of its window (ICU intime + window_hours), threshold 0.5."""
+    window = np.timedelta64(int(ds.attrs["cohort_config"]["window_hours"]), "h")
+    intime = ds.intime.values[samples].astype("datetime64[s]") if "intime" in ds.coords \
+        else np.full(len(samples), np.datetime64("NaT"))
+    pq.write_table(pa.table({
+        "subject_id": pa.array(ds.subject_id.values[samples], pa.int64()),
+        "prediction_time": pa.array((intime + window).astype("datetime64[us]")),
+        "boolean_value": pa.array(ds.y.values[samples] == 1),
+        "predicted_boolean_value": pa.array(prob >= 0.5),
+        "predicted_boolean_probability": pa.array(prob, pa.float32())}), path)
 
 
 def final_epochs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[int, str]:

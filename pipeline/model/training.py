@@ -1,7 +1,9 @@
 """Data, split and the training loop shared by tune-model, cv and train.
 
 The split: a stratified test set (fixed by the seed, saved as ``split.json``) that tuning and CV
-never see, and stratified folds on the rest. Training draws class-balanced batches with a
+never see, and stratified folds on the rest. A MEDS dataset's own split (dataset.zarr ``meds_split``),
+when it has one and ``cv.meds_split`` is on, fixes the test set instead: its held_out subjects; train
+and tuning subjects form the folds (docs/methods.md, "The split"). Training draws class-balanced batches with a
 WeightedRandomSampler (weights 1/class count, as many draws as training samples) and evaluates on
 held-out data only.
 """
@@ -37,63 +39,93 @@ log = logging.getLogger(__name__)
 class Data:
     x: torch.Tensor  # (n, 48, 19) float32
     y: np.ndarray  # (n,) int
+    held_out: np.ndarray | None = None  # (n,) bool: the MEDS split's held_out subjects; None: no MEDS split
 
 
-def load_data(run_dir: Path) -> Data:
+HELD_OUT = 2  # meds_split's code of "held_out" (pipeline/data/meds.py SPLITS)
+
+
+def load_data(run_dir: Path, meds_split: bool = True) -> Data:
     ds = rundir.RunDir(run_dir).dataset()
-    return Data(torch.from_numpy(np.ascontiguousarray(ds.x.values, dtype=np.float32)), ds.y.values.astype(np.int64))
+    held_out = ds.meds_split.values == HELD_OUT if meds_split and "meds_split" in ds else None
+    return Data(torch.from_numpy(np.ascontiguousarray(ds.x.values, dtype=np.float32)), ds.y.values.astype(np.int64),
+                held_out)
 
 
-def make_split(y: np.ndarray, test_fraction: float, folds: int, seed: int) -> dict:
-    """Stratified: per class, a shuffled share goes to the test set, the rest round-robin to folds."""
+def make_split(y: np.ndarray, test_fraction: float, folds: int, seed: int,
+               held_out: np.ndarray | None = None) -> dict:
+    """Stratified: per class, a shuffled share goes to the test set, the rest round-robin to folds. With
+    `held_out` (the MEDS split), the test set is those samples and only the folds are drawn."""
     rng = np.random.default_rng(seed)
     test, fold_of = [], np.full(len(y), -1)
     for label in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == label))
-        n_test = int(round(test_fraction * len(members)))
-        test.extend(members[:n_test].tolist())
-        rest = members[n_test:]
+        if held_out is None:
+            n_test = int(round(test_fraction * len(members)))
+            test.extend(members[:n_test].tolist())
+            rest = members[n_test:]
+        else:
+            test.extend(members[held_out[members]].tolist())
+            rest = members[~held_out[members]]
         fold_of[rest] = (np.arange(len(rest)) + int(rng.integers(folds))) % folds
     return {"seed": seed, "test_fraction": test_fraction, "folds": folds, "test": sorted(test),
-            "fold": [np.flatnonzero(fold_of == k).tolist() for k in range(folds)]}
+            "fold": [np.flatnonzero(fold_of == k).tolist() for k in range(folds)],
+            "test_from": "project" if held_out is None else "meds"}
 
 
 def fit_inputs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[Data, dict, str]:
     """What `cv` and `train` start from: the data, the split (made, or checked against the data and the
     config), and the model parameters as a dict (tune-model's when it ran) with where they came from."""
-    data = load_data(run_dir.path)
-    ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed, remake=run_dir.forced)
+    data = load_data(run_dir.path, cfg.cv.meds_split)
+    ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed, remake=run_dir.forced,
+                 held_out=data.held_out)
     params, source = tuned(run_dir, "tune-model", cfg.model)
     return data, dataclasses.asdict(params), source
 
 
 def ensure_split(run_dir: Path, y: np.ndarray, test_fraction: float, folds: int, seed: int,
-                 remake: bool = False) -> dict:
+                 remake: bool = False, held_out: np.ndarray | None = None) -> dict:
     """The run's split, made once and saved. A later stage with other settings or another cohort is an
     error naming the difference — unless it was forced (`remake`): then the split is made again, and the
     stages after it see their input changed."""
     path = Path(run_dir) / "split.json"
     if path.exists():
         split = json.loads(path.read_text())
-        differ = split_differences(split, len(y), seed, test_fraction, folds)
+        differ = split_differences(split, len(y), seed, test_fraction, folds, held_out)
         if not differ:
             return split
         if not remake:
             raise ConfigError(f"{path}: {'; '.join(differ)}; redo the split and every stage after it with "
                               "`python -m pipeline run --force`, or use a new run directory")
         log.warning("%s: %s; made again (forced)", path, "; ".join(differ))
-    if min(np.bincount(y)) < folds + 1:
-        raise ConfigError(f"[cv] folds = {folds}: the smaller class has only {min(np.bincount(y))} samples")
-    split = make_split(y, test_fraction, folds, seed)
+    pool = y if held_out is None else y[~held_out]
+    if min(np.bincount(pool, minlength=2)) < folds + 1:
+        where = "" if held_out is None else " outside the MEDS split's held_out subjects"
+        raise ConfigError(f"[cv] folds = {folds}: the smaller class has only {min(np.bincount(pool, minlength=2))} "
+                          f"samples{where}")
+    if held_out is not None and not held_out.any():
+        raise ConfigError("[cv] meds_split = true: the MEDS split holds no held_out subject of the cohort; "
+                          "set cv.meds_split = false for the project's own test set")
+    split = make_split(y, test_fraction, folds, seed, held_out)
+    log.info("split: %d test samples (%s), %d folds of %d", len(split["test"]),
+             "the MEDS split's held_out subjects" if held_out is not None else f"{test_fraction:.0%} stratified",
+             folds, len(y) - len(split["test"]))
     rundir.write_json(path, split)
     return split
 
 
-def split_differences(split: dict, samples: int, seed: int, test_fraction: float, folds: int) -> list[str]:
+def split_differences(split: dict, samples: int, seed: int, test_fraction: float, folds: int,
+                      held_out: np.ndarray | None = None) -> list[str]:
     """How a saved split differs from the one asked for, in words (empty: it is the same)."""
     made_for = sum(map(len, split["fold"])) + len(split["test"])
     differ = [f"made for {made_for} samples, dataset.zarr holds {samples} (the cohort changed)"] \
         if made_for != samples else []
+    test_from = "project" if held_out is None else "meds"
+    if split.get("test_from", "project") != test_from:
+        differ.append(f"its test set is the {split.get('test_from', 'project')}'s, the run asks for the "
+                      f"{test_from}'s (cv.meds_split)")
+    elif held_out is not None and sorted(split["test"]) != np.flatnonzero(held_out).tolist():
+        differ.append("its test set is not the MEDS split's held_out subjects")
     for key, wanted in (("seed", seed), ("test_fraction", test_fraction), ("folds", folds)):
         if split[key] != wanted:
             differ.append(f"made with {key} = {split[key]!r}, the config asks for {wanted!r}")

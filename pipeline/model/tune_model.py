@@ -102,9 +102,9 @@ def tune_model(cfg: PipelineConfig, run_dir: RunDir) -> None:
         raise ConfigError(f"[tune-model] folds_used = {tm.folds_used}: must be in 1…{cfg.cv.folds}")
     check_space(tm)
     study.check_driver(cfg.run.storage)
-    data = training.load_data(run_dir.path)
+    data = training.load_data(run_dir.path, cfg.cv.meds_split)
     training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed,
-                          remake=run_dir.forced)
+                          remake=run_dir.forced, held_out=data.held_out)
     settings = {"tune": dataclasses.asdict(tm)}
     space = {name: study.describe(d) for name, d in search_space(tm).items()}
     name = study.run_study(cfg, run_dir, "tune-model", tuning_worker, tm.trials, settings,

@@ -6,6 +6,7 @@ training data.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -109,9 +110,21 @@ def model_section(run_dir: Path) -> list[str]:
         rows.append(f"| {m} | {cv_text} | {_fmt(test[m]) if test else '–'} |")
     lines += rows + ["",
                      f"CV: {cv['folds'] if cv else '?'} folds of the non-test samples, each scored on the fold "
-                     "it was not trained on. Test set: never seen by tuning or CV, scored once. Threshold 0.5 "
-                     "for F1, precision, recall and accuracy.", ""]
+                     f"it was not trained on. Test set ({test_set(run_dir)}): never seen by tuning or CV, scored "
+                     "once. Threshold 0.5 for F1, precision, recall and accuracy.", ""]
     return lines
+
+
+def test_set(run_dir: Path) -> str:
+    """Where the test set came from, in words (split.json's `test_from`)."""
+    path = run_dir / "split.json"
+    if not path.exists():
+        return "not made"
+    split = json.loads(path.read_text())
+    if split.get("test_from") == "meds":
+        return f"the MEDS dataset's own split: its {len(split['test'])} held_out samples"
+    return (f"{len(split['test'])} samples, {split['test_fraction']:.0%} stratified by the project's split, "
+            f"seed {split['seed']}")
 
 
 SPACES = {

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.config import PipelineConfig
+from pipeline.data import meds_export
 from pipeline.data.synth.admissions import SCENARIO, draw_admissions, place_in_time
 from pipeline.data.synth.events import chart_table, lab_table
 from pipeline.data.synth.tables import (
@@ -88,6 +89,9 @@ def synth(cfg: PipelineConfig, run_dir: RunDir) -> None:
     noise_fraction = cfg.synth.noise_fraction
     with atomic_path(run_dir / "raw") as tmp:
         summary = generate(tmp, cfg.synth.admissions, cfg.run.seed, noise_fraction)
+        if cfg.synth.meds:
+            meds_export.write_meds(tmp, tmp / "meds", seed=cfg.run.seed, dataset_name="synthetic MIMIC-III")
+            log.info("synth: the cohort as MEDS too in %s", run_dir / "raw" / "meds")
     for name, n in summary["rows"].items():
         log.info("synth: %-12s %12d rows", name, n)
     oracle = summary["oracle_auroc"]

@@ -1,0 +1,304 @@
+"""prepare's MEDS source: a dataset in the Medical Event Data Standard (MEDS 0.4) instead of MIMIC-III's CSV
+tables (docs/dataset.md, "MEDS input").
+
+A MEDS root holds ``data/**/*.parquet`` (one event a row: ``subject_id``, ``time``, ``code``,
+``numeric_value`` and any extra columns) and ``metadata/``. A feature map (``maps/*.toml``, or a file
+of the user's) says which codes are which of the 19 features and which codes are the cohort's events:
+birth, death, hospital and ICU admission and discharge. From those the source builds the three small
+tables the CSV path reads — PATIENTS, ADMISSIONS, ICUSTAYS, with the columns cohort.py uses — and
+streams the feature events, batch by batch, into the same Parquet the CSV path writes (mimic.py's
+EVENT_SCHEMA). Everything after that is the CSV path's, so the same cohort rules, span rule, binning
+and statistics apply.
+
+Events are tied to samples by the map's `admission_id` (labs) and `stay_id` (chart events) columns, as
+the CSV tables tie them by HADM_ID and ICUSTAY_ID. MEDS stores `numeric_value` as float32, so values are
+the CSV's rounded to float32 (a named difference, tested).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from pipeline.config import ConfigError
+from pipeline.data.mimic import EVENT_SCHEMA, HI, LO, ROW_GROUP_ROWS, EventCounts, drop_duplicate_events, file_sha256
+from pipeline.errors import InputError, write_failure
+from pipeline.features import FAHRENHEIT_ITEMIDS, FEATURES, LAB, NAMES, fahrenheit_to_celsius
+
+MAPS = Path(__file__).parent / "maps"
+COHORT_EVENTS = ("birth", "death", "hospital_admission", "hospital_discharge", "icu_admission", "icu_discharge")
+BATCH_ROWS = 1 << 20  # events read at once from a data file
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Codes matching `pattern` are `feature` (or, with a named group `itemid`, the feature of that MIMIC
+    item id), in the feature's unit after v · factor + offset — or, `fahrenheit`, after °F → °C."""
+
+    pattern: re.Pattern
+    feature: int | None = None
+    factor: float = 1.0
+    offset: float = 0.0
+    fahrenheit: bool = False
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    name: str
+    description: str
+    admission_id: str  # the event column that names the hospital admission ("subject_id": one per subject)
+    stay_id: str  # the event column that names the ICU stay
+    cohort: dict[str, re.Pattern]
+    rules: list[Rule]
+    by_itemid: dict[int, tuple[int, str]] = field(default_factory=dict)  # MIMIC item id → (feature, table)
+
+    @classmethod
+    def load(cls, spec: str) -> FeatureMap:
+        """A map shipped in pipeline/data/maps (by name) or a TOML file of its form (by path)."""
+        path = MAPS / f"{spec}.toml" if (MAPS / f"{spec}.toml").is_file() else Path(spec)
+        where = f"[prepare] feature_map = {spec!r}"
+        if not path.is_file():
+            shipped = ", ".join(sorted(p.stem for p in MAPS.glob("*.toml")))
+            raise ConfigError(f"{where}: no such map (shipped: {shipped}) and no such file")
+        try:
+            raw = tomllib.loads(path.read_text())
+            cohort = {k: re.compile(raw["cohort"][k]) for k in COHORT_EVENTS}
+            rules = [rule(entry) for entry in raw["features"]]
+            return cls(path.stem, raw.get("description", ""), raw["admission_id"], raw["stay_id"], cohort, rules,
+                       {i: (k, f.table) for k, f in enumerate(FEATURES) for i in f.all_itemids})
+        except KeyError as e:
+            raise ConfigError(f"{path}: missing key {e}") from None
+        except (tomllib.TOMLDecodeError, re.error, ValueError) as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def classify(self, code: str) -> tuple[int, int, str, float, float, bool] | str | None:
+        """(feature, item id or −1, table, factor, offset, fahrenheit) for a feature's code, the cohort
+        event's name for a cohort code, None for any other code."""
+        for kind, pattern in self.cohort.items():
+            if pattern.search(code):
+                return kind
+        for r in self.rules:
+            m = r.pattern.search(code)
+            if not m:
+                continue
+            if r.feature is not None:
+                return r.feature, -1, FEATURES[r.feature].table, r.factor, r.offset, r.fahrenheit
+            item = int(m.group("itemid"))
+            if item in self.by_itemid:  # °F items converted as from the CSV tables
+                k, table = self.by_itemid[item]
+                return k, item, table, 1.0, 0.0, item in FAHRENHEIT_ITEMIDS
+        return None
+
+
+def rule(entry: dict) -> Rule:
+    pattern = re.compile(entry["pattern"])
+    if "feature" in entry:
+        if entry["feature"] not in NAMES:
+            raise ValueError(f"feature {entry['feature']!r} is none of {', '.join(NAMES)}")
+        unit = entry.get("unit", "")
+        if unit not in ("", "degF"):
+            raise ValueError(f"unit {unit!r}: the only conversion by name is 'degF' (else factor/offset)")
+        return Rule(pattern, NAMES.index(entry["feature"]), float(entry.get("factor", 1)),
+                    float(entry.get("offset", 0)), unit == "degF")
+    if "itemid" not in pattern.groupindex:
+        raise ValueError(f"pattern {entry['pattern']!r} names neither a feature nor a group (?P<itemid>…)")
+    return Rule(pattern)
+
+
+SPLITS = ("train", "tuning", "held_out")  # MEDS's split names, coded 0, 1, 2 in dataset.zarr's `meds_split`
+
+
+def subject_splits(root: Path) -> pd.Series | None:
+    """{subject_id: 0 train, 1 tuning, 2 held_out} from metadata/subject_splits.parquet (None: the dataset
+    has none). Other split names (a MEDS dataset may add its own) are left out of all three."""
+    from meds import SubjectSplitSchema, subject_splits_filepath
+
+    path = Path(root) / subject_splits_filepath
+    if not path.is_file():
+        return None
+    try:
+        table = SubjectSplitSchema.align(pq.read_table(path))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+    except Exception as e:  # flexible_schema's SchemaValidationError
+        raise InputError(f"{path}: not MEDS subject splits: {e}") from None
+    frame = table.to_pandas()
+    code = frame.split.map({name: k for k, name in enumerate(SPLITS)})
+    return pd.Series(code.to_numpy(), index=frame.subject_id.to_numpy()).dropna().astype(np.int8)
+
+
+def data_files(root: Path) -> list[Path]:
+    root = Path(root)
+    if not (root / "data").is_dir():
+        raise InputError(f"{root}: not a MEDS root (no data/ folder)")
+    files = sorted((root / "data").rglob("*.parquet"))
+    if not files:
+        raise InputError(f"{root / 'data'}: no .parquet file")
+    return files
+
+
+def batches(path: Path, columns: list[str]):
+    """The file's events in batches, each aligned to MEDS's DataSchema (numeric_value as float32)."""
+    from meds import DataSchema  # the MEDS schema: imported only by a MEDS run
+
+    try:
+        source = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+    if source.metadata.num_rows == 0:
+        raise InputError(f"{path}: an empty shard (no events)")
+    names = source.schema_arrow.names
+    for extra in columns:
+        if extra not in names:
+            raise InputError(f"{path}: missing column {extra!r} (found: {', '.join(names)})")
+    wanted = [c for c in ("subject_id", "time", "code", "numeric_value", *columns) if c in names]
+    for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
+        try:
+            yield DataSchema.align(pa.Table.from_batches([batch]))
+        except Exception as e:  # flexible_schema's SchemaValidationError: missing or mistyped columns
+            raise InputError(f"{path}: not MEDS data: {e}") from None
+
+
+def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+    """Stream the MEDS data under `root`: the small tables (PATIENTS, ADMISSIONS, ICUSTAYS as cohort.py
+    reads them), the feature events of LABEVENTS and CHARTEVENTS into `out[table]` (EVENT_SCHEMA, exact
+    duplicates dropped), their EventCounts, and the sha256 of every data file."""
+    files = data_files(root)
+    keys = sorted({fmap.admission_id, fmap.stay_id} - {"subject_id"})
+    staged = {t: p.with_name(f"{p.stem}-with-duplicates.parquet") for t, p in out.items()}
+    counts = {t: EventCounts() for t in out}
+    known: dict[str, tuple | str | None] = {}
+    cohort_rows, checksums, charted = [], {}, set()
+    writers = {t: pq.ParquetWriter(staged[t], EVENT_SCHEMA, compression="snappy") for t in out}
+    try:
+        for path in tqdm(files, desc="read MEDS", unit="file", leave=False, disable=None):
+            checksums[str(path.relative_to(root))] = file_sha256(path)
+            for table in batches(path, keys):
+                codes = table["code"].unique().to_pylist()
+                for code in codes:
+                    if code not in known:
+                        known[code] = fmap.classify(code)
+                index = pc.index_in(table["code"], value_set=pa.array(codes)).to_numpy()
+                kind = np.array([known[c] if isinstance(known[c], str) else "" for c in codes], dtype=object)[index]
+                is_cohort = kind != ""
+                if is_cohort.any():
+                    rows = table.filter(pa.array(is_cohort)).to_pandas()
+                    rows["event"] = kind[is_cohort]
+                    cohort_rows.append(rows)
+                feature_events(table, codes, index, known, fmap, writers, counts)
+                if fmap.stay_id in table.column_names:  # stays with any event of their own (charted)
+                    charted.update(pc.unique(table[fmap.stay_id].filter(pa.array(~is_cohort))).to_pylist())
+        for w in writers.values():
+            w.close()
+        for t in out:
+            counts[t].duplicates = drop_duplicate_events(staged[t], out[t])
+            staged[t].unlink()
+    except OSError as e:
+        raise write_failure(e, next(iter(out.values()))) or InputError(f"{root}: cannot read ({e})") from None
+    finally:
+        for w in writers.values():
+            w.close()
+    events = pd.concat(cohort_rows, ignore_index=True) if cohort_rows else pd.DataFrame(
+        columns=["subject_id", "time", "code", "event", *keys])
+    return small_tables(events, fmap, root, charted - {None}), counts, checksums
+
+
+def feature_events(table: pa.Table, codes: list[str], index: np.ndarray, known: dict, fmap: FeatureMap,
+                   writers: dict, counts: dict[str, EventCounts]) -> None:
+    """The batch's events of the features, as the CSV path's rules keep them: a key, a value, in range."""
+    info = [known[c] if isinstance(known[c], tuple) else None for c in codes]
+    feature = np.array([-1 if i is None else i[0] for i in info], np.int64)[index]
+    for tname in writers:
+        in_table = np.array([i is not None and i[2] == tname for i in info])[index]
+        counts[tname].rows += table.num_rows
+        t = table.filter(pa.array(in_table))
+        counts[tname].feature_items += t.num_rows
+        key_col = fmap.admission_id if tname == LAB else fmap.stay_id
+        valid = pc.is_valid(t[key_col]).to_numpy(zero_copy_only=False)
+        counts[tname].with_key += int(valid.sum())
+        counts[tname].not_error += int(valid.sum())  # MEDS has no error flag
+        has_value = valid & pc.is_valid(t["numeric_value"]).to_numpy(zero_copy_only=False) \
+            if "numeric_value" in t.column_names else np.zeros(t.num_rows, bool)
+        counts[tname].with_valuenum += int(has_value.sum())
+        t, k = t.filter(pa.array(has_value)), feature[in_table][has_value]
+        if not t.num_rows:
+            continue
+        rows = index[in_table][has_value]
+        factor = np.array([1.0 if i is None else i[3] for i in info])[rows]
+        offset = np.array([0.0 if i is None else i[4] for i in info])[rows]
+        fahrenheit = np.array([i is not None and i[5] for i in info])[rows]
+        item = np.array([-1 if i is None else i[1] for i in info])[rows]
+        value = t["numeric_value"].to_numpy(zero_copy_only=False).astype(np.float64)
+        value = np.where((factor != 1) | (offset != 0), value * factor + offset, value)
+        value[fahrenheit] = fahrenheit_to_celsius(value[fahrenheit])
+        keep = (value > LO[k]) & (value <= HI[k])
+        counts[tname].in_range += int(keep.sum())
+        for f, c in zip(*np.unique(k[keep], return_counts=True), strict=True):
+            counts[tname].per_feature[FEATURES[f].name] = counts[tname].per_feature.get(FEATURES[f].name, 0) + int(c)
+        if keep.any():
+            mask = pa.array(keep)
+            writers[tname].write_table(pa.table({
+                "key": pc.cast(t[key_col], pa.int64()).filter(mask), "feature": pa.array(k[keep], pa.int8()),
+                "itemid": pa.array(item[keep], pa.int32()),
+                "charttime": pc.cast(t["time"], pa.timestamp("s"), safe=False).filter(mask),
+                "value": pa.array(value[keep])}, schema=EVENT_SCHEMA), row_group_size=ROW_GROUP_ROWS)
+
+
+def small_tables(events: pd.DataFrame, fmap: FeatureMap, root: Path, charted: set) -> dict[str, pd.DataFrame]:
+    """PATIENTS, ADMISSIONS and ICUSTAYS as cohort.py reads them, from the cohort's MEDS events.
+
+    In-hospital death (hospital_expire_flag): a death event from admission to DEATH_GRACE after discharge
+    (MIMIC's deathtime follows the dischtime by up to a day). has_chartevents_data: one of the admission's
+    ICU stays (`charted`) names an event other than its admission and discharge, as MIMIC's flag says
+    that the stay has chart events (MEDS has no such flag).
+    """
+    def first(kind: str, by: str, name: str) -> pd.Series:
+        rows = events[events.event == kind].dropna(subset=[by])
+        return rows.sort_values("time").groupby(rows[by].astype(np.int64))["time"].first().rename(name)
+
+    for kind in COHORT_EVENTS:
+        if not (events.event == kind).any():
+            raise InputError(f"{root}: no {kind.replace('_', ' ')} event (codes matching "
+                             f"{fmap.cohort[kind].pattern!r} of the feature map {fmap.name})")
+    adm, stay = fmap.admission_id, fmap.stay_id
+    patients = first("birth", "subject_id", "dob").reset_index().rename(columns={"index": "subject_id"})
+    hosp = events[events.event == "hospital_admission"].dropna(subset=[adm])
+    admissions = pd.concat([hosp.groupby(hosp[adm].astype(np.int64))["subject_id"].first(),
+                            first("hospital_admission", adm, "admittime"),
+                            first("hospital_discharge", adm, "dischtime")], axis=1).dropna()
+    admissions.index.name = "hadm_id"
+    admissions = admissions.reset_index()
+    deaths = events[events.event == "death"].groupby("subject_id")["time"].min()
+    died = admissions.subject_id.map(deaths)
+    admissions["hospital_expire_flag"] = ((died >= admissions.admittime)
+                                          & (died <= admissions.dischtime + DEATH_GRACE)).astype(np.int64)
+    icu = events[events.event == "icu_admission"].dropna(subset=[stay])
+    icustays = pd.concat([icu.groupby(icu[stay].astype(np.int64))[["subject_id", adm]].first(),
+                          first("icu_admission", stay, "intime"), first("icu_discharge", stay, "outtime")],
+                         axis=1).dropna()
+    icustays.index.name = "icustay_id"
+    icustays = icustays.reset_index().rename(columns={adm: "hadm_id"})
+    stays_with_chart = set(icustays.hadm_id[icustays.icustay_id.isin(charted)].astype(np.int64))
+    admissions["has_chartevents_data"] = admissions.hadm_id.isin(stays_with_chart).astype(np.int64)
+    for frame, cols in ((patients, ["subject_id"]), (admissions, ["subject_id", "hadm_id"]),
+                        (icustays, ["subject_id", "hadm_id", "icustay_id"])):
+        for c in cols:
+            frame[c] = frame[c].astype(np.int64)
+    times = ((patients, ["dob"]), (admissions, ["admittime", "dischtime"]), (icustays, ["intime", "outtime"]))
+    for frame, cols in times:
+        for c in cols:
+            frame[c] = frame[c].astype("datetime64[s]")
+    return {"PATIENTS": patients, "ADMISSIONS": admissions, "ICUSTAYS": icustays}
+
+
+DEATH_GRACE = pd.Timedelta(hours=24)
+

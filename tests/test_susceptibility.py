@@ -115,7 +115,8 @@ def write_run(run: RunDir) -> None:
     rng = np.random.default_rng(0)
     x = rng.random((4, HOURS, len(NAMES))).astype(np.float32)
     cohort = pd.DataFrame({"y": PRED.astype(np.int8), "hadm_id": [10, 11, 12, 13], "icustay_id": [20, 21, 22, 23],
-                           "subject_id": [1, 2, 3, 4]})
+                           "subject_id": [1, 2, 3, 4],
+                           "intime": pd.to_datetime(["2100-01-01"] * 4)})
     p5 = np.arange(len(NAMES), dtype=float)
     stats = {"p5": p5, "median": p5 + 1, "p95": p5 + 2 + np.arange(len(NAMES))}  # range of feature j: 2 + j
     record = {"x": x, "mask": np.ones_like(x, bool), "value": np.zeros(x.shape), "count": np.ones(x.shape, np.int32)}

@@ -120,6 +120,7 @@ SPLITS = ("train", "tuning", "held_out")  # MEDS's split names, coded 0, 1, 2 in
 def subject_splits(root: Path) -> pd.Series | None:
     """{subject_id: 0 train, 1 tuning, 2 held_out} from metadata/subject_splits.parquet (None: the dataset
     has none). Other split names (a MEDS dataset may add its own) are left out of all three."""
+    # meds (0.3 s to import): only a MEDS run imports it
     from meds import SubjectSplitSchema, subject_splits_filepath
 
     path = Path(root) / subject_splits_filepath
@@ -186,7 +187,7 @@ def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, 
                 codes = table["code"].unique().to_pylist()
                 for code in codes:
                     if code not in known:
-                        known[code] = fmap.classify(code)
+                        known[code] = item_of_code(fmap.classify(code), len(known))
                 index = pc.index_in(table["code"], value_set=pa.array(codes)).to_numpy()
                 kind = np.array([known[c] if isinstance(known[c], str) else "" for c in codes], dtype=object)[index]
                 is_cohort = kind != ""
@@ -210,6 +211,15 @@ def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, 
     events = pd.concat(cohort_rows, ignore_index=True) if cohort_rows else pd.DataFrame(
         columns=["subject_id", "time", "code", "event", *keys])
     return small_tables(events, fmap, root, charted - {None}), counts, checksums
+
+
+def item_of_code(info, n: int):
+    """A feature's code read by a rule by feature (item id −1) gets an item id of its own, −1 − n (n: codes
+    seen before it): duplicates are dropped by item id, and two codes of one feature are two measurements,
+    as two MIMIC item ids are (an arterial and a cuff blood pressure of the same value at the same time)."""
+    if isinstance(info, tuple) and info[1] == -1:
+        return (info[0], -1 - n, *info[2:])
+    return info
 
 
 def feature_events(table: pa.Table, codes: list[str], index: np.ndarray, known: dict, fmap: FeatureMap,
@@ -282,11 +292,11 @@ def small_tables(events: pd.DataFrame, fmap: FeatureMap, root: Path, charted: se
     admissions["hospital_expire_flag"] = ((died >= admissions.admittime)
                                           & (died <= admissions.dischtime + DEATH_GRACE)).astype(np.int64)
     icu = events[events.event == "icu_admission"].dropna(subset=[stay])
-    icustays = pd.concat([icu.groupby(icu[stay].astype(np.int64))[["subject_id", adm]].first(),
-                          first("icu_admission", stay, "intime"), first("icu_discharge", stay, "outtime")],
-                         axis=1).dropna()
+    ids = icu.groupby(icu[stay].astype(np.int64)).agg(subject_id=("subject_id", "first"), hadm_id=(adm, "first"))
+    icustays = pd.concat([ids, first("icu_admission", stay, "intime"), first("icu_discharge", stay, "outtime")],
+                         axis=1).dropna()  # named aggregation: adm may be subject_id itself (eICU)
     icustays.index.name = "icustay_id"
-    icustays = icustays.reset_index().rename(columns={adm: "hadm_id"})
+    icustays = icustays.reset_index()
     stays_with_chart = set(icustays.hadm_id[icustays.icustay_id.isin(charted)].astype(np.int64))
     admissions["has_chartevents_data"] = admissions.hadm_id.isin(stays_with_chart).astype(np.int64)
     for frame, cols in ((patients, ["subject_id"]), (admissions, ["subject_id", "hadm_id"]),

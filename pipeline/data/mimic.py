@@ -47,8 +47,9 @@ COLUMNS = {
 TABLE_KEY = {"PATIENTS": "subject_id", "ADMISSIONS": "hadm_id", "ICUSTAYS": "icustay_id"}
 # the key that ties an event to a sample
 EVENT_KEY = {LAB: "hadm_id", CHART: "icustay_id"}
-# a filtered event equal to an earlier one in these is a duplicate (feature follows from itemid)
-DUPLICATE_EVENT = ["key", "itemid", "charttime", "value"]
+# a filtered event equal to an earlier one in these is a duplicate. The feature is compared too: a MEDS map's
+# rule by feature writes item id −1 for every feature (two features of one value at one time are two events)
+DUPLICATE_EVENT = ["key", "feature", "itemid", "charttime", "value"]
 DICTIONARIES = {"D_ITEMS": CHART, "D_LABITEMS": LAB}
 # itemid only tells duplicates apart: two item ids of one feature at one time are two measurements
 EVENT_SCHEMA = pa.schema([("key", pa.int64()), ("feature", pa.int8()), ("itemid", pa.int32()),
@@ -294,8 +295,8 @@ def filter_events(path: Path, table: str, out: Path, position: int = 0) -> tuple
 
 
 def drop_duplicate_events(src: Path, out: Path) -> int:
-    """Copy the filtered events from Parquet `src` to `out` without exact duplicates (same key, item id,
-    charttime and value; the error flag is not compared: only unflagged rows get here); returns how many
+    """Copy the filtered events from Parquet `src` to `out` without exact duplicates (same key, feature, item
+    id, charttime and value; the error flag is not compared: only unflagged rows get here); returns how many
     were dropped. Same key, item and time with another value is a repeated measurement and stays.
 
     Duplicates share their key, so the events are split into buckets by key, one pass over `src` per

@@ -250,10 +250,11 @@ def to_dataset(record: dict[str, np.ndarray], cohort, stats: dict[str, np.ndarra
                            {"long_name": "MIMIC-III ICU stay id (ICUSTAY_ID) of the admission's first ICU stay"}),
             "subject_id": ("sample", cohort["subject_id"].to_numpy(np.int64),
                            {"long_name": "MIMIC-III patient id (SUBJECT_ID)"}),
-            # integer seconds, units "s": xarray leaves it as stored (a CF time would be re-encoded on write)
+            # integer seconds with no CF `units`: xarray leaves it as stored (a CF time would be decoded to
+            # datetime64 and re-encoded on write)
             "intime": ("sample", cohort["intime"].to_numpy("datetime64[s]").astype(np.int64),
                        {"long_name": "ICU intime (hour 0 of the window), seconds since 1970-01-01 in the "
-                                     "dataset's own (shifted) dates", "units": "s"}),
+                                     "dataset's own (shifted) dates"}),
             "time": ("time", np.arange(n_time), cf.TIME),
             "feature": ("feature", np.array(NAMES, dtype=object), cf.FEATURE),
             "unit": ("feature", units, cf.UNIT),

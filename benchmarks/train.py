@@ -16,7 +16,8 @@ import time
 import torch
 
 from pipeline.config import ModelParams
-from pipeline.model.lstm import MortalityLSTM, make_optimizer
+from pipeline.model.archs import make_optimizer
+from pipeline.model.recurrent import MortalityLSTM
 
 
 def throughput(device: torch.device, params: ModelParams, batches: int) -> tuple[float, float]:

@@ -68,19 +68,43 @@ class PrepareConfig:
                                  "computing them: how a model scores a new cohort")
 
 
+ARCHS = ("lstm", "gru", "transformer", "tcn", "logreg")  # pipeline/model/archs.py: each one's module and space
+ACTIVATIONS = ("relu", "tanh")  # of the models' heads (pipeline/model/recurrent.py)
+OPTIMIZERS = ("adam", "rmsprop", "sgd")  # of training (pipeline/model/archs.py make_optimizer)
+
+
 @dataclass(frozen=True)
 class ModelParams:
-    """[model]: the LSTM and its optimizer; `tune-model`'s best parameters replace these in a run."""
+    """[model]: the architecture, its sizes and the optimizer; `tune-model`'s best parameters replace these in
+    a run. Each architecture reads the keys it needs (docs/methods.md §2.1); the others are ignored."""
 
-    hidden: int = option(128, "LSTM hidden units per direction", ge=1)
-    layers: int = option(1, "stacked LSTM layers", ge=1)
-    bidirectional: bool = option(True, "read the series both ways")
-    fc: int = option(64, "units of the fully connected layer before the output", ge=1)
+    arch: str = option("lstm", "the model: lstm or gru (recurrent), transformer (encoder), tcn (dilated causal "
+                       "convolutions), logreg (linear in the flattened input)", ARCHS)
+    hidden: int = option(128, "lstm/gru: hidden units per direction; transformer: model width; tcn: channels", ge=1)
+    layers: int = option(1, "lstm/gru: stacked layers; transformer: encoder layers; tcn: residual blocks", ge=1)
+    bidirectional: bool = option(True, "lstm/gru: read the series both ways")
+    heads: int = option(4, "transformer: attention heads (hidden must be a multiple of it)", ge=1)
+    kernel: int = option(3, "tcn: convolution width in hours (dilation doubles per block)", ge=2)
+    fc: int = option(64, "units of the fully connected layer before the output (not logreg)", ge=1)
     dropout: float = option(0.2, "dropout before the fully connected layer (and between LSTM layers)", ge=0, lt=1)
-    activation: str = option("relu", "activation of the head", ("relu", "tanh"))
-    optimizer: str = option("adam", "optimizer", ("adam", "rmsprop", "sgd"))
+    activation: str = option("relu", "activation of the head", ACTIVATIONS)
+    optimizer: str = option("adam", "optimizer", OPTIMIZERS)
     lr: float = option(1e-3, "learning rate", gt=0)
     batch_size: int = option(128, "samples per batch", ge=1)
+    external: str = option("", "a model trained elsewhere, attacked instead of training one: a TorchScript file "
+                           "(.pt/.ts) or 'package.module:factory' (with `weights`); docs/methods.md §2.2")
+    weights: str = option("", "external = 'package.module:factory': its state_dict file (loaded weights_only)")
+
+    def check(self) -> None:
+        """What the types and choices cannot say about `[model]`."""
+        if self.arch == "transformer" and self.hidden % self.heads:
+            raise ConfigError(f"[model] hidden = {self.hidden} must be a multiple of heads = {self.heads} "
+                              "(transformer)")
+        if self.weights and ":" not in self.external:
+            raise ConfigError("[model] weights is for external = 'package.module:factory' (a TorchScript file "
+                              "holds its weights)")
+        if ":" in self.external and not self.weights:
+            raise ConfigError(f"[model] external = {self.external!r}: a factory needs `weights` (its state_dict)")
 
 
 @dataclass(frozen=True)
@@ -94,6 +118,7 @@ class TuneModelConfig:
     max_hidden: int = option(64, "largest LSTM hidden size searched (a power of 2, 32…256)", ge=32, le=256)
     max_layers: int = option(1, "most LSTM layers searched (1 or 2)", ge=1, le=2)
     min_lr: float = option(1e-4, "smallest learning rate searched (log scale up to 0.1)", ge=1e-5, lt=0.1)
+    archs: list[str] = option([], "architectures searched over (each with its own space); empty = [model] arch", ARCHS)
 
 
 @dataclass(frozen=True)

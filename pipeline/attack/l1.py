@@ -201,7 +201,8 @@ def frozen(model: torch.nn.Module) -> torch.nn.Module:
     model.eval()
     for weight in model.parameters():
         weight.requires_grad_(False)
-    if next(model.parameters()).device.type == "cuda":
+    first = next(model.parameters(), None)
+    if first is not None and first.device.type == "cuda":
         # cuDNN computes an RNN's backward pass only in training mode: put the recurrent layers in it
         # with their dropout off, which computes exactly what eval mode does
         for module in model.modules():

@@ -30,6 +30,8 @@ class Stage:
     storage: bool = False  # its workers share the Optuna storage (run.storage): preflight connects to it
     replaced_by_mimic: bool = False  # skipped by `run` when real tables are given (prepare.mimic_dir)
     tunes: str = ""  # a tuning stage: the config table whose values its best.json overrides
+    tables: tuple[str, ...] = ()  # config tables besides its own and [run] that its result depends on
+    fits_model: bool = False  # tunes or cross-validates a model of the pipeline's: skipped for [model] external
 
     def tasks(self, cfg: PipelineConfig) -> int:
         """How many array tasks (Slurm jobs, local processes) the stage runs with `cfg`; 0 = none."""
@@ -48,14 +50,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "raw/", "pipeline.data.synth:synth", outputs=("raw",), replaced_by_mimic=True),
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
           "dataset.zarr", "pipeline.data.prepare:prepare", outputs=("dataset.zarr",), scratch=("prepare-events-*",)),
-    Stage("tune-model", "distributed Optuna search of the LSTM's hyper-parameters", "optuna study",
+    Stage("tune-model", "distributed Optuna search of the model's hyper-parameters", "optuna study",
           "pipeline.model.tune_model:tune_model", ("dataset.zarr", "split.json"), array="run.workers",
-          makes=("split.json",), storage=True, tunes="model"),
+          makes=("split.json",), storage=True, tunes="model", tables=("model",), fits_model=True),
     Stage("cv", "stratified k-fold cross-validation, one array task per fold", "cv/", "pipeline.model.cv:cv",
-          ("dataset.zarr", "split.json", "tune-model/best.json"), array="cv.folds", makes=("split.json",)),
-    Stage("train", "final model on all non-test data, evaluated once on the test set", "model/",
+          ("dataset.zarr", "split.json", "tune-model/best.json"), array="cv.folds", makes=("split.json",),
+          tables=("model",), fits_model=True),
+    Stage("train", "final model on all non-test data (or [model] external), evaluated once on the test set", "model/",
           "pipeline.model.train:train", ("dataset.zarr", "split.json", "tune-model/best.json", "cv/summary.json"),
-          outputs=("model",), array="1", makes=("split.json",)),
+          outputs=("model",), array="1", makes=("split.json",), tables=("model",)),
     Stage("tune-attack", "distributed Optuna search of the attack's parameters", "optuna study",
           "pipeline.attack.tune_attack:tune_attack", ("dataset.zarr", "split.json", "model"), array="run.workers",
           storage=True, tunes="attack"),
@@ -95,12 +98,15 @@ def related(name: str) -> dict[str, str]:
 
 
 def stage_config(cfg: PipelineConfig, name: str) -> dict:
-    """What a stage's result depends on: its own table and the shared [run] table (passwords redacted)."""
-    return redacted({"run": asdict(cfg.run), name: asdict(cfg.section(name))})
+    """What a stage's result depends on: its own table, the shared [run] table and the tables it names
+    (passwords redacted)."""
+    return redacted({"run": asdict(cfg.run), **{t: asdict(cfg.section(t)) for t in STAGES[name].tables},
+                     name: asdict(cfg.section(name))})
 
 
 def chain(cfg: PipelineConfig) -> list[str]:
     """The stages `pipeline run` runs, in order: synth only when no real data are given (MIMIC-III tables,
-    or a MEDS root with prepare.source = meds)."""
+    or a MEDS root with prepare.source = meds); tune-model and cv not for a model trained elsewhere."""
     real = cfg.prepare.meds_dir if cfg.prepare.source == "meds" else cfg.prepare.mimic_dir
-    return [n for n in CHAIN if not (STAGES[n].replaced_by_mimic and real)]
+    return [n for n in CHAIN if not (STAGES[n].replaced_by_mimic and real)
+            and not (STAGES[n].fits_model and cfg.model.external)]

@@ -24,7 +24,7 @@ from pipeline.infra.checkpoint import Checkpoint
 from pipeline.infra.launch import run_array, stage_seed
 from pipeline.infra.rundir import RunDir
 from pipeline.model import metrics, training
-from pipeline.model.lstm import params_from_dict
+from pipeline.model.archs import params_from_dict
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 Parameters come from `tune-model` (or the config's [model]); the epoch count from `cv`'s lowest mean
 held-out loss unless ``[train] epochs`` sets it. Writes ``model/``: weights.pt and model.json (so
 that :func:`pipeline.model.load_model` returns it), test_predictions.csv (sample, y, prob),
-test_metrics.json and training_loss.png.
+test_metrics.json and training_loss.png. With ``[model] external`` nothing is trained: the user's model
+is checked, stored in ``model/`` and evaluated once on the test set the same way (pipeline/model/external.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from pipeline import figures
 from pipeline.config import ConfigError, PipelineConfig
@@ -23,8 +25,9 @@ from pipeline.infra import rundir
 from pipeline.infra.checkpoint import Checkpoint
 from pipeline.infra.launch import run_array, stage_seed
 from pipeline.infra.rundir import RunDir
-from pipeline.model import metrics, training
-from pipeline.model.lstm import params_from_dict, save_model
+from pipeline.model import external, metrics, training
+from pipeline.model.archs import params_from_dict
+from pipeline.model.saved import save_model
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +53,44 @@ def train_final(run_dir: str, params: dict, epochs: int, seed: int, workers: int
         log.info("train: epoch %d/%d, training loss %.4f", trainer.epoch, epochs, losses[-1])
         checkpoint.save({"trainer": trainer.state(), "losses": losses})
     prob = trainer.predict(test_idx)
-    test_metrics = metrics.evaluate(prob, data.y[test_idx])
+    meta = {"n_features": int(data.x.shape[2]), "n_time": int(data.x.shape[1]), "epochs": epochs, "seed": seed,
+            "n_train": len(train_idx), "n_test": len(test_idx), **provenance}
     with rundir.atomic_path(run / "model") as folder:
-        save_model(folder, trainer.model.cpu(), {
-            "n_features": int(data.x.shape[2]), "epochs": epochs, "seed": seed, "n_train": len(train_idx),
-            "n_test": len(test_idx), **provenance})
-        pd.DataFrame({"sample": test_idx, "y": data.y[test_idx], "prob": prob}).to_csv(
-            folder / "test_predictions.csv", index=False)
-        write_meds_predictions(folder / "test_predictions.parquet", RunDir(run).dataset(), test_idx, prob)
-        (folder / "test_metrics.json").write_text(json.dumps(
-            {**test_metrics, "provenance": "held-out test set, evaluated once; never seen by tuning or CV"},
-            indent=2) + "\n")
+        save_model(folder, trainer.model.cpu(), meta)
+        test_metrics = write_test_results(folder, run, test_idx, data.y[test_idx], prob)
         figures.training_loss(losses, folder / "training_loss.png", "final model: training loss per epoch")
     checkpoint.clear()
     return test_metrics
+
+
+def write_test_results(folder: Path, run: Path, test_idx: np.ndarray, y: np.ndarray, prob: np.ndarray) -> dict:
+    """test_predictions.csv and .parquet (MEDS form) and test_metrics.json: the one evaluation on the test set."""
+    pd.DataFrame({"sample": test_idx, "y": y, "prob": prob}).to_csv(folder / "test_predictions.csv", index=False)
+    write_meds_predictions(folder / "test_predictions.parquet", RunDir(run).dataset(), test_idx, prob)
+    test_metrics = metrics.evaluate(prob, y)
+    (folder / "test_metrics.json").write_text(json.dumps(
+        {**test_metrics, "provenance": "held-out test set, evaluated once; never seen by tuning or CV"},
+        indent=2) + "\n")
+    return test_metrics
+
+
+def store_external(cfg: PipelineConfig, run_dir: RunDir) -> dict:
+    """`[model] external`: the user's model checked on the pipeline's input, stored in model/ and evaluated
+    once on the test set (nothing is trained)."""
+    data, _, _ = training.fit_inputs(cfg, run_dir)
+    model, record = external.load_user(cfg.model)
+    external.check_shape(model, data.x[:8], f"[model] external = {cfg.model.external!r}")
+    test_idx = np.array(sorted(run_dir.split()["test"]))
+    with torch.no_grad():
+        prob = torch.cat([torch.softmax(model(data.x[test_idx[i:i + 1024]]), dim=1)[:, 1]
+                          for i in range(0, len(test_idx), 1024)]).double().numpy()
+    with rundir.atomic_path(run_dir.path / "model") as folder:
+        external.store(folder, cfg.model)
+        (folder / "model.json").write_text(json.dumps({
+            "external": record, "params": {}, "n_features": int(data.x.shape[2]), "n_time": int(data.x.shape[1]),
+            "n_test": len(test_idx), "params_source": f"{record['source']} (trained elsewhere)"},
+            indent=2, sort_keys=True) + "\n")
+        return write_test_results(folder, run_dir.path, test_idx, data.y[test_idx], prob)
 
 
 def write_meds_predictions(path: Path, ds, samples: np.ndarray, prob: np.ndarray) -> None:
@@ -90,6 +117,11 @@ def final_epochs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[int, str]:
 
 
 def train(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    if cfg.model.external:
+        result = store_external(cfg, run_dir)
+        log.info("train: the external model %s, test set AUROC %.4f, AUPRC %.4f (evaluated once; not trained here)",
+                 cfg.model.external, result["auroc"], result["auprc"])
+        return
     _, params, params_source = training.fit_inputs(cfg, run_dir)
     epochs, epochs_source = final_epochs(cfg, run_dir)
     log.info("train: %d epochs (from %s), parameters from %s", epochs, epochs_source, params_source)

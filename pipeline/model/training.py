@@ -28,7 +28,7 @@ from pipeline.infra import rundir
 from pipeline.infra.launch import tuned
 from pipeline.infra.rundir import RunDir
 from pipeline.model import metrics
-from pipeline.model.lstm import MortalityLSTM, make_optimizer
+from pipeline.model.archs import build, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class Trainer:
         self.train_idx = np.asarray(train_idx)
         torch.manual_seed(seed)
         self.device = device()
-        self.model = MortalityLSTM(params, n_features=data.x.shape[2]).to(self.device)
+        self.model = build(params, n_features=data.x.shape[2], n_time=data.x.shape[1]).to(self.device)
         self.optimizer = make_optimizer(self.model, params)
         self.loss_fn = nn.CrossEntropyLoss()
         y = data.y[self.train_idx]

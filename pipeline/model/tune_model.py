@@ -1,4 +1,5 @@
-"""Stage `tune-model`: distributed Optuna search of the LSTM's hyper-parameters (docs/methods.md §2).
+"""Stage `tune-model`: distributed Optuna search of the model's hyper-parameters (docs/methods.md §2): within
+`[model] arch`, or over the architectures `[tune-model] archs` lists, each with its own keys.
 
 The driver creates one study in the run's storage, then W workers (an array of W tasks, or W local
 processes) run trials until the study holds N finished ones. A trial trains the first `folds_used`
@@ -17,55 +18,82 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from pipeline.config import ConfigError, ModelParams, PipelineConfig, TuneModelConfig
+from pipeline.config import ACTIVATIONS, OPTIMIZERS, ConfigError, ModelParams, PipelineConfig, TuneModelConfig
 from pipeline.infra import study
 from pipeline.infra.launch import write_best
 from pipeline.infra.rundir import RunDir
 from pipeline.model import metrics, training
+from pipeline.model.archs import ARCHS, TRAINING
 
 log = logging.getLogger(__name__)
 
 REFERENCE_SPACE = TuneModelConfig(max_hidden=256, max_layers=2, min_lr=1e-5)
 
 
-def search_space(space: TuneModelConfig) -> dict[str, BaseDistribution]:
-    """The reference search space plus layers and bidirectionality, within `space`'s bounds, each
-    parameter in its own units (sizes are powers of 2, drawn as choices)."""
+def distributions(space: TuneModelConfig) -> dict[str, BaseDistribution]:
+    """Every [model] key tune-model searches, one distribution each within `space`'s bounds, in its own
+    units (sizes are powers of 2, drawn as choices). A key has the same distribution for every architecture
+    that uses it: one study may search several, and Optuna keeps one distribution per name."""
     return {
         "hidden": CategoricalDistribution(powers_of_2(32, space.max_hidden)),
         "layers": IntDistribution(1, space.max_layers),
         "bidirectional": CategoricalDistribution([True, False]),
+        "heads": CategoricalDistribution([1, 2, 4, 8]),  # each divides every hidden size searched (≥ 32)
+        "kernel": CategoricalDistribution([2, 3, 5]),
         "fc": CategoricalDistribution(powers_of_2(16, 256)),
         "dropout": FloatDistribution(0.0, 0.5),
-        "activation": CategoricalDistribution(["relu", "tanh"]),
-        "optimizer": CategoricalDistribution(["adam", "rmsprop", "sgd"]),
+        "activation": CategoricalDistribution(list(ACTIVATIONS)),
+        "optimizer": CategoricalDistribution(list(OPTIMIZERS)),
         "lr": FloatDistribution(space.min_lr, 1e-1, log=True),
         "batch_size": CategoricalDistribution(powers_of_2(32, 256)),
     }
+
+
+def search_space(space: TuneModelConfig, arch: str) -> dict[str, BaseDistribution]:
+    """The keys of `arch` (archs.ARCHS: the reference space for the LSTM, docs/methods.md §2), then the
+    training keys every architecture shares."""
+    every = distributions(space)
+    return {name: every[name] for name in (*ARCHS[arch].keys, *TRAINING)}
+
+
+def archs_searched(space: TuneModelConfig, arch: str) -> list[str]:
+    return list(dict.fromkeys(space.archs)) or [arch]
 
 
 def powers_of_2(low: int, high: int) -> list[int]:
     return [2 ** k for k in range(low.bit_length() - 1, high.bit_length())]
 
 
-def suggest(trial: optuna.Trial, space: TuneModelConfig) -> ModelParams:
-    return ModelParams(**{name: study.suggest(trial, name, d) for name, d in search_space(space).items()})
+def suggest(trial: optuna.Trial, space: TuneModelConfig, arch: str) -> ModelParams:
+    """One trial's parameters: its architecture first when several are searched, then that one's keys."""
+    archs = archs_searched(space, arch)
+    if len(archs) > 1:
+        arch = study.suggest(trial, "arch", CategoricalDistribution(archs))
+    else:
+        arch = archs[0]
+    return ModelParams(arch=arch, **{name: study.suggest(trial, name, d)
+                                     for name, d in search_space(space, arch).items()})
 
 
-def params_of(trial: optuna.trial.FrozenTrial) -> ModelParams:
-    return ModelParams(**trial.params)
+def params_of(trial: optuna.trial.FrozenTrial, arch: str) -> ModelParams:
+    return ModelParams(**{"arch": arch, **trial.params})
+
+
+def searched(params: ModelParams, space: TuneModelConfig) -> dict:
+    """best.json's `params`: the architecture and every key the search set for it (what `tuned` applies)."""
+    return {"arch": params.arch, **{name: getattr(params, name) for name in search_space(space, params.arch)}}
 
 
 def metric_name(tm: TuneModelConfig) -> str:
     return f"mean held-out AUROC over {tm.folds_used} fold(s)"
 
 
-def objective(data: training.Data, split: dict, tm: TuneModelConfig, seed: int):
+def objective(data: training.Data, split: dict, tm: TuneModelConfig, seed: int, arch: str):
     """A trial: the first `folds_used` folds side by side, mean held-out AUROC every `epochs_per_report`."""
     max_epochs, block = tm.max_epochs, tm.epochs_per_report
 
     def run_trial(trial: optuna.Trial) -> float:
-        params = suggest(trial, tm)
+        params = suggest(trial, tm, arch)
         folds = [training.fold_indices(split, k) for k in range(tm.folds_used)]
         trainers = [training.Trainer(data, train, params, seed + k) for k, (train, _) in enumerate(folds)]
         value = float("nan")
@@ -90,7 +118,7 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
     training.set_threads(settings["workers"])
     data = training.load_data(Path(run_dir))
     split = RunDir(run_dir).split()
-    run_trial = objective(data, split, TuneModelConfig(**settings["tune"]), settings["seed"])
+    run_trial = objective(data, split, TuneModelConfig(**settings["tune"]), settings["seed"], settings["arch"])
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     return study.run_worker(storage, Path(run_dir), name, run_trial, trials, worker, seed=settings["seed"],
                             pruner=pruner, heartbeat_s=settings["heartbeat_s"])
@@ -105,8 +133,11 @@ def tune_model(cfg: PipelineConfig, run_dir: RunDir) -> None:
     data = training.load_data(run_dir.path, cfg.cv.meds_split)
     training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed,
                           remake=run_dir.forced, held_out=data.held_out)
-    settings = {"tune": dataclasses.asdict(tm)}
-    space = {name: study.describe(d) for name, d in search_space(tm).items()}
+    settings = {"tune": dataclasses.asdict(tm), "arch": cfg.model.arch}
+    archs = archs_searched(tm, cfg.model.arch)
+    space = {name: study.describe(d) for arch in archs for name, d in search_space(tm, arch).items()}
+    if len(archs) > 1:
+        space = {"arch": study.describe(CategoricalDistribution(archs)), **space}
     name = study.run_study(cfg, run_dir, "tune-model", tuning_worker, tm.trials, settings,
                            metric=metric_name(tm), search_space=space)
     save_best(cfg, run_dir, name)
@@ -122,7 +153,7 @@ def save_best(cfg: PipelineConfig, run_dir: RunDir, name: str) -> None:
     s = optuna.load_study(study_name=name, storage=study.open_storage(cfg.run.storage, run_dir.path,
                                                                           cfg.run.heartbeat_s))
     best = s.best_trial
+    params = searched(params_of(best, cfg.model.arch), cfg.tune_model)
     write_best(run_dir, "tune-model", s, {"trial": best.number, "value": best.value,
-                                          "metric": metric_name(cfg.tune_model),
-                                          "params": dataclasses.asdict(params_of(best))})
-    log.info("tune-model: best trial %d, AUROC %.4f, %s", best.number, best.value, dataclasses.asdict(params_of(best)))
+                                          "metric": metric_name(cfg.tune_model), "params": params})
+    log.info("tune-model: best trial %d, AUROC %.4f, %s", best.number, best.value, params)

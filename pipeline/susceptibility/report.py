@@ -15,6 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from pipeline.infra.rundir import RunDir
+from pipeline.model.archs import ARCHS, TRAINING
 from pipeline.susceptibility.scores import DIRECTIONS, label
 
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "accuracy")
@@ -67,6 +68,21 @@ def _fmt(value: float) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.4g}"
 
 
+def model_lines(model: dict) -> list[str]:
+    """What the model is: the architecture and the keys that shape it, or the external model's file."""
+    if "external" in model:
+        ext = model["external"]
+        return [f"External model ({ext['form']}: {ext.get('factory', ext['source'])}, sha256 "
+                f"{ext['sha256'][:12]}…), trained elsewhere: not tuned or cross-validated here, evaluated once "
+                "on this run's test set."]
+    params = model.get("params", {})
+    arch = params.get("arch", "lstm")
+    used = {k: params[k] for k in (*ARCHS[arch].keys, *TRAINING) if k in params}
+    return [f"{ARCHS[arch].label}: " + _params(used),
+            f"(parameters from {model.get('params_source', '?')}; {model.get('epochs', '?')} epochs from "
+            f"{model.get('epochs_source', '?')})."]
+
+
 def _params(values: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
 
@@ -98,11 +114,7 @@ def model_section(run_dir: Path) -> list[str]:
     model = run.model_record()["model"] if (run_dir / "model").exists() else {}
     cv = run.cv_summary()
     test = run.test_metrics()
-    params = model.get("params", {})
-    lines = ["## Model", "",
-             "LSTM: " + _params(params),
-             f"(parameters from {model.get('params_source', '?')}; {model.get('epochs', '?')} epochs from "
-             f"{model.get('epochs_source', '?')}).", ""]
+    lines = ["## Model", "", *model_lines(model), ""]
     header = "| metric | CV, held-out folds (mean ± sd) | test set, final model |"
     rows = [header, "|---|---:|---:|"]
     for m in METRICS:

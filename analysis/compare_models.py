@@ -1,0 +1,137 @@
+"""Several runs side by side — architectures, or the same one on other data: is the fragility the model's
+or the data's? One table and one figure of, per run: the model, its CV and test AUROC/AUPRC, the attack's
+success, the median edited values of the sparsest examples and the share flipped by ≤ 1, 2, 3 edits, the
+share flipped by ≤ 1, 2, 3 plausible entry errors, and the most susceptible features.
+
+    python analysis/compare_models.py RUN [RUN ...] [--out FIGURE.png] [--table TABLE]
+
+Reads what the stages wrote in each run directory (model/, cv/summary.json, tables/ of `analyze`);
+needs only pandas and matplotlib. A run without some of them shows "–" there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+K = (1, 2, 3)
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def model_name(run: Path) -> str:
+    meta = read_json(run / "model" / "model.json")
+    if meta is None:
+        sys.exit(f"error: {run / 'model' / 'model.json'} not found (run the pipeline's `train` stage first)")
+    if "external" in meta:
+        return f"external ({Path(meta['external'].get('factory') or meta['external']['source']).name})"
+    return meta["params"].get("arch", "lstm")
+
+
+def pooled(frame: pd.DataFrame, share: str, weight: str = "targets") -> float:
+    """A share over both directions: each direction's share weighted by its targets."""
+    total = frame[weight].sum()
+    return float((frame[share] * frame[weight]).sum() / total) if total else float("nan")
+
+
+def row(run: Path, top: int) -> dict:
+    """One run's line of the table."""
+    cv, test = read_json(run / "cv" / "summary.json"), read_json(run / "model" / "test_metrics.json")
+    summary = read_json(run / "tables" / "summary.json")
+    out = {"run": run.name, "model": model_name(run),
+           "cv_auroc": cv["mean"]["auroc"] if cv else np.nan, "cv_auroc_sd": cv["sd"]["auroc"] if cv else np.nan,
+           "test_auroc": test["auroc"] if test else np.nan, "test_auprc": test["auprc"] if test else np.nan}
+    if summary:
+        best = pd.DataFrame([r for r in summary if r["kind"] == "best"])
+        out["targets"] = int(best.targets.sum())
+        out["success"] = float(best.successes.sum() / max(1, best.targets.sum()))
+        for d in best.itertuples():
+            out[f"median_edits_{d.direction}"] = d.median_edits
+        for k in K:
+            out[f"edits_le_{k}"] = pooled(best, f"share_edits_le_{k}")
+    errors = run / "tables" / "errors_k.csv"
+    if errors.exists():
+        frame = pd.read_csv(errors)
+        for k in K:
+            out[f"errors_le_{k}"] = pooled(frame, f"share_le_{k}")
+    ranking = run / "tables" / "susceptibility_0to1.csv"
+    if ranking.exists():
+        out["top_features_0to1"] = ", ".join(pd.read_csv(ranking).sort_values("rank").feature.head(top))
+    return out
+
+
+def markdown(table: pd.DataFrame) -> str:
+    cols = {"model": "model", "cv_auroc": "CV AUROC", "test_auroc": "test AUROC", "test_auprc": "test AUPRC",
+            "targets": "targets", "success": "attack success", "median_edits_0to1": "median edits 0→1",
+            "median_edits_1to0": "median edits 1→0", **{f"edits_le_{k}": f"≤ {k} edits" for k in K},
+            **{f"errors_le_{k}": f"≤ {k} errors" for k in K}, "top_features_0to1": "most susceptible (0→1)"}
+    shown = table.reindex(columns=["run", *cols])
+    lines = ["| run | " + " | ".join(cols.values()) + " |", "|---|" + "---|" * len(cols)]
+    for r in shown.itertuples(index=False):
+        cells = []
+        for name, v in zip(shown.columns, r, strict=True):
+            if isinstance(v, float) and np.isnan(v):
+                cells.append("–")
+            elif name == "cv_auroc":
+                cells.append(f"{v:.3f} ± {table.set_index('run').loc[r.run, 'cv_auroc_sd']:.3f}")
+            elif name.startswith(("edits_le", "errors_le")) or name == "success":
+                cells.append(f"{100 * v:.1f}%")
+            elif isinstance(v, float):
+                cells.append(f"{v:.3f}" if "au" in name else f"{v:g}")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(table: pd.DataFrame, out: Path) -> None:
+    """Three panels, one bar group per run: AUROC (CV, test), the share flipped by ≤ k edits, by ≤ k errors."""
+    labels = [f"{r.model}\n({r.run})" for r in table.itertuples()]
+    x = np.arange(len(table))
+    fig, axes = plt.subplots(1, 3, figsize=(4 + 2.2 * len(table), 4.2), constrained_layout=True)
+    panels = [("AUROC", [("cv_auroc", "CV (held-out folds)"), ("test_auroc", "test set")], (0.5, 1.0)),
+              ("share of targets flipped by ≤ k edits", [(f"edits_le_{k}", f"≤ {k}") for k in K], (0, 1)),
+              ("share flipped by ≤ k entry errors", [(f"errors_le_{k}", f"≤ {k}") for k in K], (0, 1))]
+    for ax, (title, series, ylim) in zip(axes, panels, strict=True):
+        width = 0.8 / len(series)
+        for i, (col, name) in enumerate(series):
+            values = table[col].to_numpy(float) if col in table else np.full(len(table), np.nan)
+            ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=name)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_ylim(*ylim)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", type=Path, nargs="+")
+    ap.add_argument("--top", type=int, default=3, help="most susceptible features listed per run")
+    ap.add_argument("--out", type=Path, default=Path("compare_models.png"))
+    ap.add_argument("--table", type=Path, default=None, help="also write the table (Markdown) here")
+    args = ap.parse_args(argv)
+    table = pd.DataFrame([row(run, args.top) for run in args.runs])
+    text = markdown(table)
+    print(text)
+    if args.table:
+        args.table.write_text(text)
+    figure(table, args.out)
+    print(f"figure: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The recurrent models: an LSTM (the papers') or a GRU over the 48 hourly steps of 19 features, 2 logits.
+
+Read-out from the final hidden state of each direction — forward at t = 47, backward at t = 0 (the
+published code took the output at the last step, where the backward direction has seen one step) —
+then activation, dropout, Linear(→ fc), activation, Linear(fc → 2). No softmax inside: the loss is
+cross-entropy on logits (the reference applied CrossEntropyLoss to a softmax, a double softmax).
+
+>>> model = MortalityLSTM(ModelParams(hidden=32, bidirectional=True))
+>>> model(torch.zeros(4, 48, 19)).shape
+torch.Size([4, 2])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.config import ModelParams
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}  # config.ACTIVATIONS names them (tests/test_archs.py)
+
+
+def head(params: ModelParams, width: int) -> nn.Sequential:
+    """Every architecture's read-out → 2 logits: activation, dropout, Linear(width → fc), activation,
+    Linear(fc → 2)."""
+    act = ACTIVATIONS[params.activation]
+    return nn.Sequential(act(), nn.Dropout(params.dropout), nn.Linear(width, params.fc), act(), nn.Linear(params.fc, 2))
+
+
+def last_states(h_n: torch.Tensor, params: ModelParams, batch: int) -> torch.Tensor:
+    """The last layer's final hidden state of each direction, (batch, directions · hidden): forward state at
+    t = 47 ‖ backward state at t = 0."""
+    directions = 2 if params.bidirectional else 1
+    return torch.cat(list(h_n.view(params.layers, directions, batch, params.hidden)[-1]), dim=1)
+
+
+class MortalityLSTM(nn.Module):
+    """x (batch, time, feature) float32 in [0, 1] → logits (batch, 2)."""
+
+    def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
+        super().__init__()
+        self.params = params
+        self.lstm = nn.LSTM(n_features, params.hidden, num_layers=params.layers, batch_first=True,
+                            bidirectional=params.bidirectional,
+                            dropout=params.dropout if params.layers > 1 else 0.0)
+        self.head = head(params, (2 if params.bidirectional else 1) * params.hidden)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h_n, _) = self.lstm(x)
+        return last_states(h_n, self.params, x.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(x))
+
+
+class MortalityGRU(nn.Module):
+    """The LSTM's shape with a GRU cell (fewer weights; YAIB's best recurrent model on MIMIC-IV mortality)."""
+
+    def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
+        super().__init__()
+        self.params = params
+        self.gru = nn.GRU(n_features, params.hidden, num_layers=params.layers, batch_first=True,
+                          bidirectional=params.bidirectional, dropout=params.dropout if params.layers > 1 else 0.0)
+        self.head = head(params, (2 if params.bidirectional else 1) * params.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h_n = self.gru(x)
+        return self.head(last_states(h_n, self.params, x.shape[0]))

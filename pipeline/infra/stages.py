@@ -93,6 +93,8 @@ def run_chain(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> None
     """Every stage of :func:`chain` in order, skipping the complete ones."""
     for name in CHAIN:
         if name not in chain(cfg):
-            log.info("%s: skipped, real tables in %s", name, cfg.prepare.mimic_dir)
+            why = (f"the model is trained elsewhere ([model] external = {cfg.model.external})"
+                   if STAGES[name].fits_model else f"real data in {cfg.prepare.meds_dir or cfg.prepare.mimic_dir}")
+            log.info("%s: skipped, %s", name, why)
             continue
         run_stage(name, cfg, run_dir, force)

@@ -61,7 +61,16 @@ def test_the_tcn_is_causal_and_logreg_is_linear():
     assert torch.allclose(z(x + late) - z(late), z(x) - z(torch.zeros_like(x)), atol=1e-4)
 
 
-def test_a_transformer_of_heads_that_do_not_divide_its_width_is_a_config_error():
+@pytest.mark.parametrize(("settings", "needle"), [
+    (["model.arch=transformer", "model.hidden=30"], "[model] hidden = 30 must be a multiple of heads = 4"),
+    (["model.weights=w.pt"], "[model] weights is for external = 'package.module:factory'"),
+    (["model.external=mylab.models:make"], "a factory needs `weights`"),
+])
+def test_a_bad_model_table_is_one_line_before_any_task(settings, needle, small_run, tmp_path, capsys):
+    run = copy_run(small_run, tmp_path)
+    assert main(["train", "--run-dir", str(run), *CHAIN, *settings]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
     with pytest.raises(config.ConfigError, match="hidden = 30 must be a multiple of heads = 4"):
         build(ModelParams(arch="transformer", hidden=30, heads=4))
 

@@ -117,6 +117,7 @@ def final_epochs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[int, str]:
 
 
 def train(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    cfg.model.check()
     if cfg.model.external:
         result = store_external(cfg, run_dir)
         log.info("train: the external model %s, test set AUROC %.4f, AUPRC %.4f (evaluated once; not trained here)",

@@ -76,6 +76,7 @@ def make_split(y: np.ndarray, test_fraction: float, folds: int, seed: int,
 def fit_inputs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[Data, dict, str]:
     """What `cv` and `train` start from: the data, the split (made, or checked against the data and the
     config), and the model parameters as a dict (tune-model's when it ran) with where they came from."""
+    cfg.model.check()  # in the driver: a bad [model] is one line before any task starts
     data = load_data(run_dir.path, cfg.cv.meds_split)
     ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed, remake=run_dir.forced,
                  held_out=data.held_out)

@@ -129,6 +129,7 @@ def tune_model(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if not 1 <= tm.folds_used <= cfg.cv.folds:
         raise ConfigError(f"[tune-model] folds_used = {tm.folds_used}: must be in 1…{cfg.cv.folds}")
     check_space(tm)
+    cfg.model.check()
     study.check_driver(cfg.run.storage)
     data = training.load_data(run_dir.path, cfg.cv.meds_split)
     training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed,

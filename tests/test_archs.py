@@ -75,6 +75,7 @@ def test_a_bad_model_table_is_one_line_before_any_task(settings, needle, small_r
         build(ModelParams(arch="transformer", hidden=30, heads=4))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("arch", ["gru", "transformer", "tcn", "logreg"])
 def test_each_architecture_trains_and_is_attacked_through_the_stages(arch, small_run, tmp_path):
     run = copy_run(small_run, tmp_path)
@@ -126,6 +127,7 @@ def outside() -> torch.nn.Module:
     return Outside()
 
 
+@pytest.mark.heavy
 def test_an_external_torchscript_model_is_attacked_through_the_documented_path(small_run, tmp_path):
     """The user's TorchScript file: `pipeline run` skips tune-model and cv, `train` stores and evaluates it
     once, and tune-attack, attack, errors and analyze run on it; its predictions are the file's."""

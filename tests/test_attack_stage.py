@@ -50,6 +50,7 @@ def test_targets_are_correctly_classified_test_samples(trained_run):
     assert len(everything) > len(targets) and (everything.y == everything.pred).all()
 
 
+@pytest.mark.heavy
 def test_three_local_shards_equal_one_debug_shard_bit_for_bit(trained_run, tmp_path):
     one = run_attack(copy_trained(trained_run, tmp_path / "one"), "--executor", "debug", "attack.shards=1")
     three = run_attack(copy_trained(trained_run, tmp_path / "three"), "--executor", "local", "--workers", "2",
@@ -65,6 +66,7 @@ def test_three_local_shards_equal_one_debug_shard_bit_for_bit(trained_run, tmp_p
     assert one.perturbation.chunks[0][0] == 8
 
 
+@pytest.mark.heavy
 def test_a_shard_resumes_without_redoing_batches(trained_run, tmp_path):
     full = run_attack(copy_trained(trained_run, tmp_path / "full"), "--executor", "debug", "attack.shards=2")
     run = copy_trained(trained_run, tmp_path / "cut")
@@ -96,6 +98,7 @@ def test_a_shard_resumes_without_redoing_batches(trained_run, tmp_path):
     assert len(writes) == len(set(writes)), "a batch was written twice"
 
 
+@pytest.mark.heavy
 def test_tune_attack_locally_then_attack_uses_its_best(trained_run, tmp_path):
     import optuna
 
@@ -177,6 +180,7 @@ def test_objectives_on_a_known_result():
     assert score(result, "min_l1") == float("inf")  # most targets failed
 
 
+@pytest.mark.heavy
 def test_lambda_search_from_the_config(trained_run, tmp_path):
     run = copy_trained(trained_run, tmp_path)
     assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug", "attack.lam_search=0"]) == 2
@@ -195,6 +199,7 @@ def test_without_a_split_the_stage_names_it_and_exits_1(stage, trained_run, tmp_
     assert "split.json: not found (run the `tune-model` or `cv` or `train` stage first)" in capsys.readouterr().err
 
 
+@pytest.mark.heavy
 def test_a_remade_dataset_is_caught_by_the_next_stages_marker(trained_run, tmp_path, capsys):
     """dataset.zarr made again from other tables (another seed): the complete attack is not skipped."""
     import shutil
@@ -215,6 +220,7 @@ def test_a_remade_dataset_is_caught_by_the_next_stages_marker(trained_run, tmp_p
     assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug"]) == 0  # consistent again
 
 
+@pytest.mark.heavy
 def test_a_shard_without_targets_is_not_submitted(trained_run, tmp_path, caplog):
     """#19 item 8: more shards than batches of targets submitted empty shards."""
     run = copy_trained(trained_run, tmp_path)

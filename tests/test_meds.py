@@ -161,6 +161,7 @@ def test_a_folder_without_data_is_one_line(tmp_path, capsys):
 
 # ---- the whole chain on synthetic MEDS data -------------------------------------------------------
 
+@pytest.mark.heavy
 def test_a_whole_run_on_synthetic_meds_data_uses_its_split_and_meds_evaluation_agrees(tmp_path):
     import polars as pl
     from meds_evaluation.evaluate import evaluate_binary_classification

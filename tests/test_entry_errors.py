@@ -148,6 +148,31 @@ def test_the_store_names_every_error_and_every_flip_is_verified(demo_errors):
     assert (verified == store.flipped.values).all()
 
 
+def recoded(var: xr.DataArray, order: list[int]) -> xr.DataArray:
+    """`var` as a store written with its choices listed in another order: code c becomes order.index(c)."""
+    meanings = var.attrs["flag_meanings"].split()
+    new = np.array([order.index(c) for c in range(len(meanings))])
+    values = np.where(var.values >= 0, new[np.clip(var.values, 0, None)], var.values).astype(var.dtype)
+    attrs = {**var.attrs, "flag_values": list(range(len(meanings))),
+             "flag_meanings": " ".join(meanings[c] for c in order)}
+    return var.copy(data=values).assign_attrs(attrs)
+
+
+def test_an_errors_store_is_read_with_its_own_codes(demo_errors):
+    """A store written when ERROR_KINDS or the features were listed in another order is read right: the
+    table names the same kinds and features, and every flip still verifies."""
+    from pipeline.susceptibility import entry_report
+
+    store = xr.open_zarr(demo_errors / "errors.zarr", consolidated=False).load()
+    data = xr.open_zarr(demo_errors / "dataset.zarr", consolidated=False).load()
+    other = store.copy()
+    other["kind"] = recoded(store.kind, [3, 1, 0, 2])
+    other["feature"] = recoded(store.feature, list(range(len(NAMES)))[::-1])
+    assert not np.array_equal(other.kind.values, store.kind.values)
+    pd.testing.assert_frame_equal(entry_report.errors_table(other), entry_report.errors_table(store))
+    assert (entry_report.verify(other, data, load_model(demo_errors)) == store.flipped.values).all()
+
+
 def test_analyze_reports_the_k_error_table_and_the_simplest_flips(demo_errors, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(demo_errors, run)

@@ -30,9 +30,10 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError
-from pipeline.data.mimic import EVENT_SCHEMA, HI, LO, ROW_GROUP_ROWS, EventCounts, drop_duplicate_events, file_sha256
+from pipeline.data.mimic import EVENT_SCHEMA, HI, LO, ROW_GROUP_ROWS, EventCounts, drop_duplicate_events
 from pipeline.errors import InputError, write_failure
 from pipeline.features import FAHRENHEIT_ITEMIDS, FEATURES, LAB, NAMES, fahrenheit_to_celsius
+from pipeline.hashing import file_sha256
 
 MAPS = Path(__file__).parent / "maps"
 COHORT_EVENTS = ("birth", "death", "hospital_admission", "hospital_discharge", "icu_admission", "icu_discharge")

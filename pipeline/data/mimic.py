@@ -183,14 +183,6 @@ class _HashingReader:
         self.closed = True
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class EventCounts:
     """Rows of an event table after each event rule (stored in dataset.zarr's attrs)."""

@@ -30,6 +30,7 @@ from pipeline.data.cohort import build_cohort
 from pipeline.data.record import feature_stats
 from pipeline.errors import InputError
 from pipeline.features import CHART, FEATURES, LAB, NAMES
+from pipeline.hashing import file_sha256
 from pipeline.infra import cf
 from pipeline.infra.rundir import RunDir, atomic_path, consolidated_zarr_v3, package_versions
 
@@ -81,7 +82,7 @@ def read_mimic3(mimic_dir: Path, parquet: dict[str, Path], cfg: PrepareConfig, w
     results = filter_both(paths, parquet, workers)
     event_counts = {t: r[0] for t, r in zip((LAB, CHART), results, strict=True)}
     checksums = {paths[t].name: r[1] for t, r in zip((LAB, CHART), results, strict=True)}
-    checksums.update({paths[t].name: mimic.file_sha256(paths[t]) for t in SMALL_TABLES})
+    checksums.update({paths[t].name: file_sha256(paths[t]) for t in SMALL_TABLES})
     return Read(cohort, counts, event_counts, checksums, duplicates, {t: paths[t] for t in (LAB, CHART)})
 
 

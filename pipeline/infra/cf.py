@@ -13,6 +13,7 @@ one of those words, so `time` stays the integer hour under every decoding settin
 
 from __future__ import annotations
 
+import numpy as np
 import xarray as xr
 
 CONVENTIONS = "CF-1.13"
@@ -24,8 +25,6 @@ HOURS = "h"
 TIME = {"long_name": "hour after ICU intime (bin b holds events at b ≤ t < b + 1 h)", "units": HOURS}
 FEATURE = {"long_name": "feature: lab value or vital sign"}
 UNIT = {"long_name": "clinical unit of the feature"}
-KIND = {"long_name": "example kind: first = first iterate that flipped the prediction, "
-                     "best = flipped iterate with the smallest L1"}
 # y, pred and class share the meaning of the two classes
 CLASSES = {"flag_values": [0, 1], "flag_meanings": "survived died_in_hospital"}
 
@@ -35,3 +34,19 @@ def annotate(ds: xr.Dataset, attrs: dict[str, dict]) -> xr.Dataset:
     for name, extra in attrs.items():
         ds.variables[name].attrs.update(extra)
     return ds
+
+
+def flags(var: xr.DataArray | xr.Variable, none: int = -1) -> dict[int, str]:
+    """A coded variable's own codes: {value: meaning} from its `flag_values` and `flag_meanings` (CF), so
+    that a store is read as it was written, whatever order today's code lists its choices in; `none`
+    (−1: no entry) maps to ""."""
+    values, meanings = var.attrs.get("flag_values"), var.attrs.get("flag_meanings")
+    if values is None or meanings is None:
+        raise KeyError(f"{var.attrs.get('long_name', 'a coded variable')}: no flag_values / flag_meanings")
+    return {none: "", **dict(zip((int(v) for v in values), meanings.split(), strict=True))}
+
+
+def decode(var: xr.DataArray | xr.Variable) -> xr.DataArray:
+    """The meanings of a coded variable's values, element by element (object strings; "" for −1)."""
+    table = flags(var)
+    return xr.apply_ufunc(np.vectorize(lambda v: table[int(v)], otypes=[object]), var)

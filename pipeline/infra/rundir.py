@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline import hashing
 from pipeline.config import redacted
 from pipeline.errors import MissingArtifact, StageBusy
 from pipeline.infra.registry import writers
@@ -231,9 +232,7 @@ class RunDir:
         digest = hashlib.sha256()
         for f in files:
             digest.update(str(f.relative_to(path)).encode() + b"\0")
-            with open(f, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+            hashing.update(digest, f)
         return digest.hexdigest()
 
     def fingerprints(self, *names: str) -> dict[str, str | None]:
@@ -255,7 +254,7 @@ class RunDir:
     def model_record(self) -> dict[str, Any]:
         """model/model.json (parameters and provenance) and the sha256 of the weights."""
         folder = self.artifact("model")
-        return {"weights_sha256": hashlib.sha256((folder / "weights.pt").read_bytes()).hexdigest(),
+        return {"weights_sha256": hashing.file_sha256(folder / "weights.pt"),
                 "model": json.loads((folder / "model.json").read_text())}
 
     def test_metrics(self) -> dict[str, Any] | None:

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelParams
-from pipeline.data.mimic import file_sha256
 from pipeline.errors import InputError
+from pipeline.hashing import file_sha256
 
 
 class ModelShapeError(InputError):

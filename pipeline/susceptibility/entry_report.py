@@ -12,9 +12,9 @@ import xarray as xr
 
 from pipeline.attack.entry_errors import apply, mean_after
 from pipeline.attack.l1 import margin
-from pipeline.config import ERROR_KINDS
 from pipeline.data.record import derive_record, feature_stats
-from pipeline.features import FEATURES
+from pipeline.features import BY_NAME, FEATURES
+from pipeline.infra import cf
 from pipeline.susceptibility.scores import DIRECTIONS, label
 
 SHOWN = 5  # simplest flips spelled out in the report
@@ -30,16 +30,25 @@ def direction(store: xr.Dataset) -> np.ndarray:
     return np.where(store.y.values == 0, DIRECTIONS[0], DIRECTIONS[1])
 
 
+def names(store: xr.Dataset, variable: str) -> np.ndarray:
+    """The store's coded `variable` (feature, kind) as names, read with the store's own codes: a store
+    written when the code listed its choices in another order is read right."""
+    return cf.decode(store[variable]).values
+
+
 def verify(store: xr.Dataset, data: xr.Dataset, model: torch.nn.Module) -> np.ndarray:
     """Per target: its errors, re-applied one by one to the record of dataset.zarr and re-derived with the
     transform `prepare` uses (the run's statistics), flip the model's prediction. False where not flipped."""
     stats, ok = feature_stats(data), np.zeros(store.sizes["sample"], bool)
     value, count = data["value"].values, data["count"].values
+    column = {str(name): k for k, name in enumerate(data.feature.values)}  # the dataset's own feature order
+    feature = names(store, "feature")
     for i in np.flatnonzero(store.flipped.values):
         v, n = value[store.dataset_index.values[i]].copy(), count[store.dataset_index.values[i]].copy()
         for j in range(int(store.n_errors.values[i])):
-            h, f = int(store.hour.values[i, j]), int(store.feature.values[i, j])
-            after = mean_after(FEATURES[f], float(v[h, f]), float(store.erroneous.values[i, j]), max(int(n[h, f]), 1))
+            h, f = int(store.hour.values[i, j]), column[feature[i, j]]
+            after = mean_after(BY_NAME[feature[i, j]], float(v[h, f]), float(store.erroneous.values[i, j]),
+                               max(int(n[h, f]), 1))
             if after is not None:
                 v, n = apply(v, n, h, f, after)
         x = torch.from_numpy(derive_record(v[None], stats))
@@ -51,13 +60,13 @@ def verify(store: xr.Dataset, data: xr.Dataset, model: torch.nn.Module) -> np.nd
 def errors_table(store: xr.Dataset) -> pd.DataFrame:
     """One row per error of a flip: target, hadm_id, direction, k, and the error in clinical units."""
     rows = []
+    feature, kind = names(store, "feature"), names(store, "kind")
     for i in np.flatnonzero(store.flipped.values):
         k = int(store.n_errors.values[i])
         for j in range(k):
-            f = int(store.feature.values[i, j])
             rows.append({"sample": i, "hadm_id": int(store.hadm_id.values[i]), "direction": direction(store)[i],
-                         "k": k, "order": j + 1, "feature": FEATURES[f].name, "unit": FEATURES[f].unit,
-                         "hour": int(store.hour.values[i, j]), "kind": ERROR_KINDS[int(store.kind.values[i, j])],
+                         "k": k, "order": j + 1, "feature": feature[i, j], "unit": BY_NAME[feature[i, j]].unit,
+                         "hour": int(store.hour.values[i, j]), "kind": kind[i, j],
                          "recorded": float(store.recorded.values[i, j]),
                          "erroneous": float(store.erroneous.values[i, j]), "dropped": bool(store.dropped.values[i, j]),
                          "margin": float(store.margin.values[i, j])})

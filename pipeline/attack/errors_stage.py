@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.attack.fewest_errors import ERROR_FIELDS, Margins, fewest_errors
+from pipeline.attack.shards import shard_ranges
 from pipeline.attack.targets import select_targets
 from pipeline.config import ERROR_KINDS, ConfigError, PipelineConfig
 from pipeline.data.record import feature_stats
@@ -79,9 +80,8 @@ def errors(cfg: PipelineConfig, run_dir: RunDir) -> None:
         raise ConfigError(f"[errors] targets = {e.targets!r}: no correctly classified sample to search")
     params = {"kinds": list(e.kinds), "max_errors": e.max_errors, "beam": e.beam, "batch_size": e.batch_size}
     index, y = targets.dataset_index.to_numpy(), targets.y.to_numpy().astype(int)
-    bounds = np.linspace(0, len(index), min(e.shards, len(index)) + 1).astype(int)
     calls = [(str(run_dir.path), k, index[lo:hi].tolist(), y[lo:hi].tolist(), params, cfg.run.workers)
-             for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)) if hi > lo]
+             for k, (lo, hi) in enumerate(shard_ranges(len(index), e.shards, 1)) if hi > lo]
     log.info("errors: %d targets (%s set), %d shard(s), kinds %s, at most %d errors, beam %d", len(index),
              e.targets, len(calls), ", ".join(e.kinds), e.max_errors, e.beam)
     rows = [row for shard in run_array(cfg, run_dir, "errors", errors_shard, calls) for row in shard]

@@ -71,6 +71,7 @@ class PrepareConfig:
 ARCHS = ("lstm", "gru", "transformer", "tcn", "logreg")  # pipeline/model/archs.py: each one's module and space
 ACTIVATIONS = ("relu", "tanh")  # of the models' heads (pipeline/model/recurrent.py)
 OPTIMIZERS = ("adam", "rmsprop", "sgd")  # of training (pipeline/model/archs.py make_optimizer)
+ATTACK_OPTIMIZERS = ("sgd", "adam", "rmsprop")  # the attack's gradient steps (pipeline/attack/l1.py GradientStep)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class AttackParams:
     lam: float = option(0.003, "λ, weight of the elementwise L1 norm (the first λ of the λ search)", gt=0)
     lr: float = option(0.1, "step size η of the gradient step on the hinge term (adam: about the move per step)", gt=0)
     optimizer: str = option("adam", "gradient step: sgd = ISTA (threshold η·λ); adam, rmsprop threshold each "
-                            "cell in their own metric, η·λ / (√v̂ + ε)", ("sgd", "adam", "rmsprop"))
+                            "cell in their own metric, η·λ / (√v̂ + ε)", ATTACK_OPTIMIZERS)
     fista: bool = option(False, "FISTA momentum (as EAD)")
     lam_search: int = option(4, "runs sharing max_iter with a per-sample λ search between them (1: one λ)", ge=1)
     max_edits: int = option(3, "record space: the fewest-edit search looks for flips by up to this many edited "

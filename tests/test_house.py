@@ -122,3 +122,28 @@ def test_slurm_needs_a_profile_is_checked_in_one_place():
     """7. executor.py and preflight.py each said "executor slurm needs run.slurm_profile"."""
     saying = [p for p in SOURCES if "needs run.slurm_profile" in p.read_text()]
     assert [p.name for p in saying] == ["profile.py"]
+
+
+def test_every_list_of_choices_is_written_once():
+    """Model and attack optimizers, activations, architectures and error kinds: config.py lists each once;
+    the modules, the tuning spaces and the stores take it from there (a reordered or extended list cannot
+    drift apart). Item ids of °F and the digits values are typed with: features.py, once."""
+    from pipeline import config
+
+    lists = {"model optimizers": config.OPTIMIZERS, "attack optimizers": config.ATTACK_OPTIMIZERS,
+             "activations": config.ACTIVATIONS, "architectures": config.ARCHS, "error kinds": config.ERROR_KINDS}
+    for path in SOURCES:
+        if path.name == "config.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Tuple | ast.List) and len(node.elts) > 1 \
+                    and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+                words = {e.value for e in node.elts}
+                for what, choices in lists.items():
+                    assert words != set(choices), f"{path.relative_to(ROOT)}:{node.lineno} lists the {what} again"
+    fields = {f.name: f.metadata["choices"] for f in config.dataclasses.fields(config.ModelParams)}
+    assert (fields["arch"], fields["optimizer"], fields["activation"]) == (config.ARCHS, config.OPTIMIZERS,
+                                                                        config.ACTIVATIONS)
+    assert "678, 223761" not in source("pipeline/data/synth/items.py")
+    assert "decimals" not in source("pipeline/data/synth/physiology.py").split("class Physiology")[1].split("P =")[0]

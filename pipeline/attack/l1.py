@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.config import AttackParams
+from pipeline.config import ATTACK_OPTIMIZERS, AttackParams
 
 FIRST, BEST = 0, 1
 KINDS = ("first", "best")
@@ -101,8 +101,8 @@ class GradientStep:
     """
 
     def __init__(self, name: str, like: torch.Tensor):
-        if name not in ("sgd", "adam", "rmsprop"):
-            raise ValueError(f"unknown attack optimizer {name!r} (sgd, adam, rmsprop)")
+        if name not in ATTACK_OPTIMIZERS:
+            raise ValueError(f"unknown attack optimizer {name!r} ({', '.join(ATTACK_OPTIMIZERS)})")
         self.name, self.t = name, 0
         self.m = torch.zeros_like(like) if name == "adam" else None
         self.v = torch.zeros_like(like) if name != "sgd" else None

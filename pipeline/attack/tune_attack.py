@@ -33,7 +33,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from pipeline.attack.l1 import BEST, AttackResult, L1Attack
 from pipeline.attack.targets import TargetInputs, select_targets
-from pipeline.config import AttackParams, ConfigError, PipelineConfig
+from pipeline.config import ATTACK_OPTIMIZERS, AttackParams, ConfigError, PipelineConfig
 from pipeline.infra import rundir, study
 from pipeline.infra.launch import write_best
 from pipeline.infra.rundir import RunDir
@@ -49,7 +49,7 @@ def distributions(optimizer: str) -> dict[str, BaseDistribution]:
     size's range depends on the optimizer (ISTA's step is η·gradient; an adaptive step moves a cell by
     about η)."""
     return {
-        "optimizer": CategoricalDistribution(["sgd", "adam", "rmsprop"]),
+        "optimizer": CategoricalDistribution(list(ATTACK_OPTIMIZERS)),
         "lr": FloatDistribution(*((1e-2, 10.0) if optimizer == "sgd" else (1e-3, 0.3)), log=True),
         "lam": FloatDistribution(1e-4, 1e-1, log=True),
         "kappa": FloatDistribution(0.0, 1.0),

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.data.synth.units import CAREVUE, METAVISION, round_to
-from pipeline.features import CHART, LAB, itemid_to_feature
+from pipeline.features import CHART, FAHRENHEIT_ITEMIDS, LAB, itemid_to_feature
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ RESP_ITEMS = _choices([  # flag: ventilated
 ])
 SPO2_ITEMS = _choices([[(646, 1)], [(646, 1)], [(220277, 1)], [(220277, 1)]])
 FAHRENHEIT = np.zeros(CHART_ITEMS.uom_code.size, bool)
-FAHRENHEIT[[678, 223761]] = True
+FAHRENHEIT[sorted(FAHRENHEIT_ITEMIDS)] = True  # features.py says which items are °F
 DIASBP_LOOKUP = np.zeros(CHART_ITEMS.uom_code.size, np.int64)
 DIASBP_LOOKUP[list(DIASBP_OF_SYSBP)] = list(DIASBP_OF_SYSBP.values())
 

@@ -24,7 +24,6 @@ class Physiology:
     scale: float  # clinical units (log units) per latent unit
     noise: float  # measurement noise sd, same units as loc
     log: bool
-    decimals: int
     clip: tuple[float, float]  # physiological limits, inside the plausible range of features.py
     normal: tuple[float, float]  # lab reference range: outside it FLAG = "abnormal"
     direction: int  # +1: high is bad, -1: low is bad, 0: both extremes are bad
@@ -36,26 +35,26 @@ class Physiology:
 
 P = Physiology
 PHYSIOLOGY: dict[str, Physiology] = {
-    # name: P(loc, scale, noise, log, decimals, clip, normal, direction, severity, drift, weight, junk)
-    "potassium": P(4.1, 0.5, 0.2, False, 1, (1.5, 9.0), (3.3, 5.1), 0, 0.25, 0.2, 0.15, (0, -1, 45)),
-    "calcium": P(1.12, 0.09, 0.03, False, 2, (0.5, 2.0), (1.12, 1.32), -1, 0.3, 0.2, 0.15, (0, -0.5, 11.2)),
-    "ph": P(7.38, 0.07, 0.02, False, 2, (6.8, 7.7), (7.35, 7.45), -1, 0.5, 0.4, 0.35, (6, 5.1, 73.4)),
-    "pco2": P(np.log(41), 0.2, 0.06, True, 0, (15, 130), (35, 45), 1, 0.2, 0.2, 0.1, (0, -2, 250)),
-    "lactate": P(np.log(1.8), 0.55, 0.12, True, 1, (0.3, 25), (0.5, 2.0), 1, 0.6, 0.5, 0.5, (0, -1, 99)),
-    "albumin": P(3.0, 0.55, 0.1, False, 1, (1.0, 5.5), (3.4, 5.4), -1, 0.4, 0.2, 0.25, (0, -0.3, 31)),
-    "bun": P(np.log(24), 0.6, 0.06, True, 0, (2, 200), (6, 20), 1, 0.5, 0.3, 0.3, (0, -1, 999)),
-    "creatinine": P(np.log(1.1), 0.65, 0.06, True, 1, (0.2, 15), (0.4, 1.1), 1, 0.45, 0.3, 0.2, (0, -0.1, 151)),
-    "sodium": P(139, 4.0, 1.0, False, 0, (110, 170), (133, 145), 0, 0.25, 0.2, 0.15, (0, -1, 1399)),
-    "bicarbonate": P(24, 4.2, 1.0, False, 0, (5, 50), (22, 32), -1, 0.5, 0.4, 0.25, (0, -1, 99999)),
-    "platelet": P(np.log(190), 0.55, 0.06, True, 0, (5, 1200), (150, 440), -1, 0.35, 0.3, 0.2, (0, -1, 99999)),
-    "glucose": P(np.log(125), 0.3, 0.12, True, 0, (30, 900), (70, 105), 1, 0.25, 0.2, 0.1, (0, -5, 99999)),
-    "magnesium": P(2.0, 0.28, 0.08, False, 1, (0.8, 5.0), (1.6, 2.6), 1, 0.1, 0.1, 0.05, (0, -0.2, 21)),
-    "heartrate": P(87, 14, 5, False, 0, (30, 220), (60, 100), 1, 0.5, 0.5, 0.3, (0, -1, 999)),
-    "sysbp": P(120, 17, 7, False, 0, (50, 240), (90, 140), -1, 0.5, 0.5, 0.35, (0, -5, 999)),
-    "diasbp": P(60, 10, 5, False, 0, (20, 140), (50, 90), -1, 0.45, 0.4, 0.15, (0, -5, 999)),
-    "tempc": P(36.9, 0.55, 0.2, False, 1, (32, 42), (36, 38), 0, 0.3, 0.3, 0.2, (0, 98.6, 5.2)),
-    "resprate": P(19, 4.5, 2.5, False, 0, (4, 60), (12, 20), 1, 0.45, 0.4, 0.3, (0, -2, 999)),
-    "spo2": P(97.3, 1.8, 1.0, False, 0, (60, 100), (95, 100), -1, 0.4, 0.4, 0.3, (0, -1, 101)),
+    # name: P(loc, scale, noise, log, clip, normal, direction, severity, drift, weight, junk)
+    "potassium": P(4.1, 0.5, 0.2, False, (1.5, 9.0), (3.3, 5.1), 0, 0.25, 0.2, 0.15, (0, -1, 45)),
+    "calcium": P(1.12, 0.09, 0.03, False, (0.5, 2.0), (1.12, 1.32), -1, 0.3, 0.2, 0.15, (0, -0.5, 11.2)),
+    "ph": P(7.38, 0.07, 0.02, False, (6.8, 7.7), (7.35, 7.45), -1, 0.5, 0.4, 0.35, (6, 5.1, 73.4)),
+    "pco2": P(np.log(41), 0.2, 0.06, True, (15, 130), (35, 45), 1, 0.2, 0.2, 0.1, (0, -2, 250)),
+    "lactate": P(np.log(1.8), 0.55, 0.12, True, (0.3, 25), (0.5, 2.0), 1, 0.6, 0.5, 0.5, (0, -1, 99)),
+    "albumin": P(3.0, 0.55, 0.1, False, (1.0, 5.5), (3.4, 5.4), -1, 0.4, 0.2, 0.25, (0, -0.3, 31)),
+    "bun": P(np.log(24), 0.6, 0.06, True, (2, 200), (6, 20), 1, 0.5, 0.3, 0.3, (0, -1, 999)),
+    "creatinine": P(np.log(1.1), 0.65, 0.06, True, (0.2, 15), (0.4, 1.1), 1, 0.45, 0.3, 0.2, (0, -0.1, 151)),
+    "sodium": P(139, 4.0, 1.0, False, (110, 170), (133, 145), 0, 0.25, 0.2, 0.15, (0, -1, 1399)),
+    "bicarbonate": P(24, 4.2, 1.0, False, (5, 50), (22, 32), -1, 0.5, 0.4, 0.25, (0, -1, 99999)),
+    "platelet": P(np.log(190), 0.55, 0.06, True, (5, 1200), (150, 440), -1, 0.35, 0.3, 0.2, (0, -1, 99999)),
+    "glucose": P(np.log(125), 0.3, 0.12, True, (30, 900), (70, 105), 1, 0.25, 0.2, 0.1, (0, -5, 99999)),
+    "magnesium": P(2.0, 0.28, 0.08, False, (0.8, 5.0), (1.6, 2.6), 1, 0.1, 0.1, 0.05, (0, -0.2, 21)),
+    "heartrate": P(87, 14, 5, False, (30, 220), (60, 100), 1, 0.5, 0.5, 0.3, (0, -1, 999)),
+    "sysbp": P(120, 17, 7, False, (50, 240), (90, 140), -1, 0.5, 0.5, 0.35, (0, -5, 999)),
+    "diasbp": P(60, 10, 5, False, (20, 140), (50, 90), -1, 0.45, 0.4, 0.15, (0, -5, 999)),
+    "tempc": P(36.9, 0.55, 0.2, False, (32, 42), (36, 38), 0, 0.3, 0.3, 0.2, (0, 98.6, 5.2)),
+    "resprate": P(19, 4.5, 2.5, False, (4, 60), (12, 20), 1, 0.45, 0.4, 0.3, (0, -2, 999)),
+    "spo2": P(97.3, 1.8, 1.0, False, (60, 100), (95, 100), -1, 0.4, 0.4, 0.3, (0, -1, 101)),
 }
 del P
 assert tuple(PHYSIOLOGY) == tuple(f.name for f in FEATURES)
@@ -67,7 +66,8 @@ def _physiology(attr: str) -> np.ndarray:
 
 
 LOC, SCALE, NOISE, IS_LOG = _physiology("loc"), _physiology("scale"), _physiology("noise"), _physiology("log")
-DECIMALS, CLIP, NORMAL = _physiology("decimals"), _physiology("clip"), _physiology("normal")
+CLIP, NORMAL = _physiology("clip"), _physiology("normal")
+DECIMALS = np.array([f.decimals for f in FEATURES])  # digits as typed: features.py says it once
 DIRECTION, SEVERITY, DRIFT = _physiology("direction"), _physiology("severity"), _physiology("drift")
 WEIGHT, JUNK = _physiology("weight"), _physiology("junk")
 RISK_INTERCEPT = -3.0  # tuned for ~12 % mortality

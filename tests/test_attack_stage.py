@@ -222,7 +222,7 @@ def test_a_remade_dataset_is_caught_by_the_next_stages_marker(trained_run, tmp_p
 
 @pytest.mark.heavy
 def test_a_shard_without_targets_is_not_submitted(trained_run, tmp_path, caplog):
-    """#19 item 8: more shards than batches of targets submitted empty shards."""
+    """More shards than batches of targets submitted empty shards."""
     run = copy_trained(trained_run, tmp_path)
     with caplog.at_level("INFO"):
         store = run_attack(run, "--executor", "debug", "attack.shards=4", "attack.batch_size=256",

@@ -1,4 +1,4 @@
-"""The entry-error search (#21): the error model on hand-picked values, the search on models whose answer is
+"""The entry-error search: the error model on hand-picked values, the search on models whose answer is
 known, the stage and its store, and — on the real demo — errors written into the raw tables and prepared
 again flip the prediction."""
 

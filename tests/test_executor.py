@@ -50,7 +50,7 @@ def test_profile_stage_table_overrides_default():
     ("[default]\ngpus = 1\n", r"p\.toml: \[stages\.cv\]: unknown key 'gpus'"),
     ("[stages.cv]\nmem_gb = 'lots'\n", r"p\.toml: \[stages\.cv\] mem_gb: expected float"),
     ("[defaults]\n", r"p\.toml: unknown table"),
-    # #19 item 7: a misspelled stage table used to be ignored (the stage silently got the defaults)
+    # a misspelled stage table used to be ignored (the stage silently got the defaults)
     ("[stages.atack]\ngpus = 1\n", r"p\.toml: unknown stage table\(s\) \[stages\.atack\]; the stages are synth, "),
     ("[stages.tune_model]\n", r"unknown stage table\(s\) \[stages\.tune_model\]; .*tune-model"),
 ])
@@ -82,7 +82,7 @@ def test_generated_sbatch_script_matches_golden_file(tmp_path):
 
 @pytest.mark.parametrize("kind", ["debug", "local"])
 def test_a_worker_a_driver_left_alive_stops_the_next_driver_or_is_ended_with_force(tmp_path, kind):
-    """#19 item 1, the rule for local workers: a second array never writes beside the first's survivors.
+    """The rule for local workers: a second array never writes beside the first's survivors.
     A real process stands for a worker that outlived its driver (recorded in workers.json, as
     LocalExecutor records its pool)."""
     from pipeline.infra.executor import HOST, ArrayBusy, process_start

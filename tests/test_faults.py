@@ -1,4 +1,4 @@
-"""Killed and concurrent runs, full disks, read-only and reused run directories (#12, items 7 and 8).
+"""Killed and concurrent runs, full disks, read-only and reused run directories.
 
 Each test makes the fault for real: a driver killed with SIGKILL, a second process holding a
 stage, a file-size limit on the process, temporaries left by processes that have ended.
@@ -119,7 +119,7 @@ def test_a_second_run_of_a_running_stage_names_the_holder_and_exits_1(trained_ru
 
 def test_a_stage_does_not_start_beside_one_that_writes_what_it_reads_or_reads_what_it_writes(trained_run, tmp_path,
                                                                                              capsys):
-    """#19 item 8: `analyze` started while `attack --force` swapped attack.zarr crashed with a reshape
+    """`analyze` started while `attack --force` swapped attack.zarr crashed with a reshape
     ValueError. A real `attack --force` runs (its iterations never end in the test's time); the test
     waits until it holds its lock."""
     run = copy_trained(trained_run, tmp_path)
@@ -225,7 +225,7 @@ def test_force_with_other_parameters_redoes_finished_folds(small_run, tmp_path):
 
 
 def test_force_with_fewer_epochs_does_not_reuse_the_longer_run(small_run, tmp_path):
-    """#19 item 2: a fold trained for 6 epochs is not the start of a 2-epoch fold."""
+    """A fold trained for 6 epochs is not the start of a 2-epoch fold."""
     run = copy_run(small_run, tmp_path)
     cv = ["cv", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=2", *TINY]
     assert main([*cv, "cv.epochs=2"]) == 0
@@ -257,7 +257,7 @@ def test_a_full_disk_blames_the_output_not_the_input_table(demo_dir, tmp_path):
 
 
 def test_a_full_disk_inside_an_attack_task_is_one_line_naming_the_store(trained_run, tmp_path):
-    """#19 item 8: the task's OSError(27/28, …) came back without the file, and pointed at an empty log."""
+    """The task's OSError(27/28, …) came back without the file, and pointed at an empty log."""
     def small_files():  # the driver and its local worker: writes past 30 kB fail, as on a full disk (the
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # driver's files are smaller, a chunk of 32 targets larger)
         resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
@@ -322,10 +322,10 @@ def test_a_read_only_run_directory_skips_a_complete_stage(trained_run, tmp_path,
             path.chmod(path.stat().st_mode | 0o200)
 
 
-# ---- #19: restarts, forces and races -------------------------------------------------------------
+# ---- restarts, forces and races -------------------------------------------------------------
 
 def test_a_deleted_output_is_made_again(trained_run, tmp_path, caplog):
-    """#19 item 6: a marker without its output is not complete: the stage runs again and says why."""
+    """A marker without its output is not complete: the stage runs again and says why."""
     run = copy_trained(trained_run, tmp_path)
     attack = ["attack", "--run-dir", str(run), "--executor", "debug", *ATTACK]
     assert main(attack) == 0
@@ -339,7 +339,7 @@ def test_a_deleted_output_is_made_again(trained_run, tmp_path, caplog):
 
 def test_an_input_that_changed_while_the_stage_ran_is_an_error_not_a_marker(trained_run, tmp_path, monkeypatch,
                                                                            capsys):
-    """#19 item 4: `train --force` finishing while `attack` runs. The stage's own work is real; the change
+    """`train --force` finishing while `attack` runs. The stage's own work is real; the change
     of its input is made at a known point (when the attack is done) instead of racing a second process."""
     import pipeline.attack.shards
 
@@ -363,7 +363,7 @@ def test_an_input_that_changed_while_the_stage_ran_is_an_error_not_a_marker(trai
 
 
 def test_after_a_cohort_change_the_refusal_names_it_and_its_advice_works(small_run, tmp_path, capsys):
-    """#19 item 5: the split was made for another cohort; the message says so, and `--force` redoes it."""
+    """The split was made for another cohort; the message says so, and `--force` redoes it."""
     run = copy_run(small_run, tmp_path)
     cv = ["cv", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=2", "cv.epochs=1", *TINY]
     assert main(cv) == 0

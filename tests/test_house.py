@@ -1,4 +1,4 @@
-"""The house rules of #20, checked on the source: every fact has one owner, modules stay small, and an
+"""The house rules, checked on the source: every fact has one owner, modules stay small, and an
 import inside a function says why it is there."""
 
 import ast
@@ -43,7 +43,7 @@ def test_an_import_inside_a_function_says_why():
     assert not silent, "\n".join(silent)
 
 
-# ---- one owner per fact (the list in #20) ---------------------------------------------------------
+# ---- one owner per fact ---------------------------------------------------------
 
 def test_which_stage_makes_an_artifact_is_the_registry(tmp_path):
     """1. rundir kept its own map (MADE_BY), which left out that train also writes split.json."""

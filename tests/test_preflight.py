@@ -1,4 +1,4 @@
-"""Preflight and dry run (#13): a broken cluster setup fails before anything runs; a dry run shows
+"""Preflight and dry run: a broken cluster setup fails before anything runs; a dry run shows
 each stage's config and sbatch script and submits nothing."""
 
 import os
@@ -47,7 +47,7 @@ def test_a_broken_profile_fails_in_preflight_before_synth_runs(tmp_path, capsys,
 
 
 def test_a_profile_python_without_the_pipeline_fails_in_preflight(tmp_path, capsys):
-    """#19 item 7: it passed preflight and failed 19 s later in every task ("No module named 'submitit'")."""
+    """It passed preflight and failed 19 s later in every task ("No module named 'submitit'")."""
     bare = tmp_path / "bare"
     venv.create(bare, with_pip=False)  # a Python without this package or its dependencies
     (tmp_path / "p.toml").write_text(f"[default]\npython = '{bare / 'bin' / 'python'}'\n")
@@ -60,7 +60,7 @@ def test_a_profile_python_without_the_pipeline_fails_in_preflight(tmp_path, caps
 
 @pytest.mark.slurm
 def test_a_partition_slurm_does_not_know_fails_in_preflight(slurm_cluster, tmp_path, capsys):
-    """#19 item 7: it passed preflight and failed at submission with submitit's traceback."""
+    """It passed preflight and failed at submission with submitit's traceback."""
     (tmp_path / "p.toml").write_text("[default]\npartition = 'nosuchpartition'\n")
     run = tmp_path / "run"
     assert main(["cv", "--run-dir", str(run), "--executor", "slurm", f"run.slurm_profile={tmp_path / 'p.toml'}"]) == 2

@@ -244,7 +244,7 @@ def test_lower_case_plain_csv_tables_are_read(tmp_path):
 
 
 def test_a_table_there_twice_is_an_error_naming_both(tmp_path):
-    """#19 item 8: with PATIENTS.csv and PATIENTS.csv.gz both present the .csv was used silently."""
+    """With PATIENTS.csv and PATIENTS.csv.gz both present the .csv was used silently."""
     t = baseline()
     folder = t.write(tmp_path / "mimic")
     plain = t.write(tmp_path / "plain", gz=False)
@@ -254,7 +254,7 @@ def test_a_table_there_twice_is_an_error_naming_both(tmp_path):
 
 
 def test_a_header_only_chartevents_is_named(tmp_path):
-    """#19 item 8: an empty CHARTEVENTS named the folder ("the cohort is empty after rule 'span_rule'")."""
+    """An empty CHARTEVENTS named the folder ("the cohort is empty after rule 'span_rule'")."""
     t = baseline()
     folder = t.write(tmp_path / "mimic", gz=False)
     header = (folder / "CHARTEVENTS.csv").read_text().splitlines()[0]

@@ -78,7 +78,7 @@ def task_ids(job: str) -> list[str]:
 
 def test_a_restarted_driver_with_other_work_stops_and_with_force_ends_the_old_array_first(slurm_cluster, small_run,
                                                                                           shared_tmp):
-    """#19 item 1: the old array kept writing into the new run's output (46 of 198 attack targets differed)."""
+    """The old array kept writing into the new run's output (46 of 198 attack targets differed)."""
     run = copy_run(small_run, shared_tmp / "other-work")
     first = driver(run, "cv.epochs=100000")  # cannot end by itself
     wait_for(run / "jobs" / "cv" / "array.json")
@@ -127,7 +127,7 @@ def test_cancel_stops_one_run_and_leaves_the_other(slurm_cluster, small_run, sha
 
 
 def test_cancel_of_a_job_slurm_does_not_know_cancels_nothing(slurm_cluster, tmp_path):
-    """#19 item 8: it printed "cancelled 99999" for a job Slurm never had."""
+    """It printed "cancelled 99999" for a job Slurm never had."""
     record = tmp_path / "run" / "jobs" / "cv" / "array.json"
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps({"calls_sha256": "x", "name": "pipeline-cv-x", "tasks": ["99999_0", "99999_1"]}))

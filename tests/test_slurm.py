@@ -68,7 +68,7 @@ def test_failed_array_task_is_named_with_its_log(slurm_cluster, shared_tmp):
 
 
 def test_a_task_that_cannot_write_is_one_line_naming_the_file(slurm_cluster, shared_tmp):
-    """#19 item 8: a Slurm task's failure comes back as its traceback's text; the driver finds the task's
+    """A Slurm task's failure comes back as its traceback's text; the driver finds the task's
     own one-line message in it."""
     target = shared_tmp / "big.bin"
     with pytest.raises(TaskFailed) as e:

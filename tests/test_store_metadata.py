@@ -1,4 +1,4 @@
-"""CF-style metadata of the three stores, read back with plain xarray (issue #13, item 7).
+"""CF-style metadata of the three stores, read back with plain xarray.
 
 A small run made by the stages themselves (prepare → train → attack → analyze): every variable and
 coordinate has a `long_name`, `Conventions` is set, `time` is in hours ("h") and stays an integer

@@ -171,7 +171,7 @@ def test_a_stage_redone_with_another_search_space_starts_a_study_of_its_own(smal
 
 
 def test_a_torn_last_record_of_the_journal_is_moved_aside_and_tuning_goes_on(tmp_path, caplog):
-    """#19 item 3: a full disk cut the last record off; the next opening keeps every complete record."""
+    """A full disk cut the last record off; the next opening keeps every complete record."""
     n = 4
     s = study.create_study("", tmp_path, "toy", seed=1)
     for _ in range(2):

@@ -97,7 +97,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 def figure(table: pd.DataFrame, out: Path) -> None:
     """Three panels, one bar group per run: AUROC (CV, test), the share flipped by ≤ k edits, by ≤ k errors."""
-    labels = [f"{r.model}\n({r.run})" for r in table.itertuples()]
+    labels = [r.model if r.run == r.model else f"{r.model}\n({r.run})" for r in table.itertuples()]
     x = np.arange(len(table))
     fig, axes = plt.subplots(1, 3, figsize=(4 + 2.2 * len(table), 4.2), constrained_layout=True)
     panels = [("AUROC", [("cv_auroc", "CV (held-out folds)"), ("test_auroc", "test set")], (0.5, 1.0)),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.options import ConfigError, build_section, option  # noqa: F401 (ConfigError, build_section: the config API)
+from pipeline.options import ConfigError, build_section, option  # noqa: F401 (re-exported: the config API)
 from pipeline.redact import redacted, without_password  # noqa: F401 (part of the config API: used by callers)
 
 EXECUTORS = ("local", "slurm", "debug")

@@ -64,3 +64,20 @@ def worker_reports(run: Path, stage: str) -> dict[int, int]:
                                        log.read_text()):
             reports[int(worker)] = int(held)
     return reports
+
+
+def quick_tuning(run: Path, seed: int, folds: int, *settings: str):
+    """tune-model on `run` in the driver (debug executor), one epoch a trial at hidden 32 with `settings`;
+    its best.json and its study's trials."""
+    import json
+
+    import optuna
+
+    from pipeline.cli import main
+    from pipeline.infra import study
+
+    assert main(["tune-model", "--run-dir", str(run), "--executor", "debug", "--seed", str(seed),
+                 f"cv.folds={folds}", "tune-model.max_epochs=1", "tune-model.epochs_per_report=1",
+                 "tune-model.max_hidden=32", *settings]) == 0
+    best = json.loads((run / "tune-model" / "best.json").read_text())
+    return best, optuna.load_study(study_name=best["study"], storage=study.open_storage("", run)).trials

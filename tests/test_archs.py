@@ -4,7 +4,6 @@ gradients for the attack, trains, and goes through train → attack → errors �
 
 import json
 
-import optuna
 import pytest
 import torch
 import xarray as xr
@@ -12,11 +11,10 @@ import xarray as xr
 from pipeline import config
 from pipeline.cli import main
 from pipeline.config import ModelParams
-from pipeline.infra import study
 from pipeline.infra.registry import chain
 from pipeline.model import archs, build, load_model, training
 from pipeline.model.recurrent import ACTIVATIONS
-from tests.runs import FEWEST_QUICK, copy_run
+from tests.runs import FEWEST_QUICK, copy_run, quick_tuning
 
 SMALL = {"hidden": 16, "layers": 2, "fc": 8, "heads": 2}
 TINY_MODEL = {"hidden": 8, "layers": 1, "fc": 8, "heads": 2}  # the stages' plumbing, at the least cost
@@ -71,6 +69,9 @@ def test_a_bad_model_table_is_one_line_before_any_task(settings, needle, small_r
     assert main(["train", "--run-dir", str(run), *CHAIN, *settings]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_build_refuses_a_transformer_whose_heads_do_not_divide_its_width():
     with pytest.raises(config.ConfigError, match="hidden = 30 must be a multiple of heads = 4"):
         build(ModelParams(arch="transformer", hidden=30, heads=4))
 
@@ -94,12 +95,8 @@ def test_each_architecture_trains_and_is_attacked_through_the_stages(arch, small
 
 
 def test_tune_model_searches_over_architectures(small_run, tmp_path):
-    run = copy_run(small_run, tmp_path)
-    assert main(["tune-model", "--run-dir", str(run), "--executor", "debug", "--seed", "2", "cv.folds=2",
-                 "tune-model.trials=4", "tune-model.max_epochs=1", "tune-model.epochs_per_report=1",
-                 "tune-model.max_hidden=32", "tune-model.archs=[\"logreg\", \"tcn\"]"]) == 0
-    best = json.loads((run / "tune-model" / "best.json").read_text())
-    trials = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run)).trials
+    best, trials = quick_tuning(copy_run(small_run, tmp_path), 2, 2, "tune-model.trials=4",
+                                "tune-model.archs=[\"logreg\", \"tcn\"]")
     assert {t.params["arch"] for t in trials} == {"logreg", "tcn"}  # both searched, each with its own keys
     for t in trials:
         assert set(t.params) == {"arch", *archs.ARCHS[t.params["arch"]].keys, *archs.TRAINING}

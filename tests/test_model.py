@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.config import ModelParams
 from pipeline.model import MortalityLSTM, load_model, metrics, training
 from pipeline.model.archs import ARCHS, TRAINING
-from tests.runs import TEST_PROFILE, TINY, copy_run, worker_reports
+from tests.runs import TEST_PROFILE, TINY, copy_run, quick_tuning, worker_reports
 
 # ---- model ------------------------------------------------------------------------------------------
 
@@ -219,13 +219,6 @@ def test_a_bad_search_space_is_refused_before_anything_is_written(small_run, tmp
 
 
 def test_the_trials_stay_inside_the_configured_space(small_run, tmp_path):
-    run = copy_run(small_run, tmp_path)
-    assert main(["tune-model", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3",
-                 "tune-model.trials=3", "tune-model.max_epochs=1", "tune-model.epochs_per_report=1",
-                 "tune-model.max_hidden=32", "tune-model.min_lr=0.01"]) == 0
-    from pipeline.infra import study
-
-    best = json.loads((run / "tune-model" / "best.json").read_text())
-    s = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run))
-    for t in s.trials:
+    _, trials = quick_tuning(copy_run(small_run, tmp_path), 5, 3, "tune-model.trials=3", "tune-model.min_lr=0.01")
+    for t in trials:
         assert t.params["hidden"] == 32 and t.params["layers"] == 1 and t.params["lr"] >= 0.01

@@ -37,6 +37,7 @@ from pipeline.config import AttackConfig
 from pipeline.infra.launch import tuned
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
+from pipeline.susceptibility.report import model_lines
 
 
 class Counted(torch.nn.Module):
@@ -152,8 +153,7 @@ def main() -> None:
 
     machine = (torch.cuda.get_device_name() if device.type == "cuda"
                else f"CPU {platform.machine()}, {torch.get_num_threads()} threads")
-    m = json.loads((args.run_dir / "model" / "model.json").read_text())["params"]
-    arch = (f"{'Bi' if m['bidirectional'] else ''}LSTM-{m['hidden']}×{m['layers']}, FC-{m['fc']}")
+    arch = model_lines(json.loads((args.run_dir / "model" / "model.json").read_text()))[0]  # any architecture
     goal = {"success": ours["success"] >= theirs["success"] - 0.02,
             "median_l1": ours["median_l1"] <= theirs["median_l1"],
             "passes": ours["forward_per_target"] <= theirs["forward_per_target"]

@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "run":
             run_chain(cfg, run_dir, force=args.force)
             print(f"run directory: {run_dir.path}")
-            if (run_dir / "report.md").exists():
-                print(f"report: {run_dir / 'report.md'}\nfigures: {run_dir / 'figures'}")
+            if run_dir.report.exists():
+                print(f"report: {run_dir.report}\nfigures: {run_dir.figure('')}")
         else:
             run_stage(args.stage, cfg, run_dir, force=args.force)
     except ConfigError as e:

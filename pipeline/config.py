@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.attack import spaces
 from pipeline.options import ConfigError, build_section, option  # noqa: F401 (re-exported: the config API)
 from pipeline.redact import redacted, without_password  # noqa: F401 (part of the config API: used by callers)
 
@@ -155,9 +156,9 @@ class AttackParams:
     L1 attack takes these and nothing else (the fewest-edit keys are for the search that follows it in
     record space); tune-attack's trials vary some of them."""
 
-    space: str = option("record", "what the attack edits: record = the recorded values (the model sees the input "
-                        "prepare derives from the edited record); tensor = the model's input cell by cell "
-                        "(Sun et al.)", ("record", "tensor"))
+    space: str = option(spaces.DEFAULT, "what the attack edits: record = the recorded values (the model sees the "
+                        "input prepare derives from the edited record); tensor = the model's input cell by cell "
+                        "(Sun et al.)", spaces.NAMES)
     max_iter: int = option(1000, "proximal updates per target, over all λ-search runs (no early stop)", ge=1)
     observed_only: bool = option(False, "tensor space: perturb only cells that were really measured (mask)")
     kappa: float = option(0.0, "confidence margin κ of the hinge max(Z_t − Z_o, −κ)", ge=0)
@@ -179,9 +180,7 @@ class AttackParams:
         """What the types and choices cannot say about the algorithm's keys."""
         if not 1 <= self.lam_search <= self.max_iter:
             raise ConfigError(f"[attack] lam_search = {self.lam_search}: must be in 1…max_iter ({self.max_iter})")
-        if self.observed_only and self.space != "tensor":
-            raise ConfigError("[attack] observed_only = true is a tensor-space option: the record space edits "
-                              "recorded values only; set attack.space = \"tensor\" to use it")
+        spaces.get(self.space).check(self)
 
 
 @dataclass(frozen=True)

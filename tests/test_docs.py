@@ -178,7 +178,8 @@ def where_to_change_what() -> list[str]:
 
 
 @pytest.mark.parametrize("change", ["add a feature", "add an attack optimizer", "add an executor", "add a stage",
-                                    "add a figure"])
+                                    "add a figure", "add a model architecture", "add an entry-error kind",
+                                    "add an attack space", "read another MEDS dataset"])
 def test_where_to_change_what_has_a_row(change):
     assert any(row.split("|")[1].strip() == change for row in where_to_change_what()), change
 
@@ -192,3 +193,14 @@ def test_where_to_change_what_names_existing_files():
         missing += [f"{row.split('|')[1].strip()}: {p}" for p in paths if not exists(p)]
     assert not empty, f"rows that name no file: {empty}"
     assert not missing, "files named in 'Where to change what' that do not exist:\n" + "\n".join(missing)
+
+
+def test_every_test_file_is_on_the_map_of_the_tests():
+    """docs/architecture.md's map from the package to its tests names every test file (the tree is flat)."""
+    text = ARCHITECTURE.read_text()
+    match = re.search(r"^## Where the tests are\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    assert match, "docs/architecture.md has no '## Where the tests are' section"
+    named = set(BACKTICKED.findall(match.group(1)))
+    missing = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "tests").glob("*.py"))
+               if p.relative_to(ROOT).as_posix() not in named and p.name != "__init__.py"]
+    assert not missing, f"test files not on the map: {missing}"

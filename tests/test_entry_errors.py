@@ -12,12 +12,13 @@ import torch
 import xarray as xr
 
 from pipeline.attack.entry_errors import KIND_CODE, candidates, erroneous_values
-from pipeline.attack.errors_stage import errors_shard, progress_path
+from pipeline.attack.errors_stage import errors_shard
 from pipeline.attack.fewest_errors import Margins, fewest_errors
 from pipeline.attack.l1 import margin
 from pipeline.cli import main
 from pipeline.data.record import derive, feature_stats
 from pipeline.features import BY_NAME, FEATURES, NAMES
+from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
 from tests.runs import copy_trained, prepare_again, trained_on_demo
 
@@ -192,9 +193,9 @@ def test_a_shard_resumes_from_its_saved_targets(demo_errors, tmp_path):
     index, y = store.dataset_index.values[:20].tolist(), store.y.values[:20].astype(int).tolist()
     params = {"kinds": ALL, "max_errors": 2, "beam": 1, "batch_size": 512}
     whole = errors_shard(str(run), 0, index, y, params)
-    saved = json.loads(progress_path(run, 0).read_text())
+    saved = json.loads(RunDir(run).shard_progress("errors", 0).read_text())
     saved["state"]["rows"] = saved["state"]["rows"][:7]  # as if requeued after 7 targets
-    progress_path(run, 0).write_text(json.dumps(saved))
+    RunDir(run).shard_progress("errors", 0).write_text(json.dumps(saved))
     assert errors_shard(str(run), 0, index, y, params) == whole
 
 

@@ -126,14 +126,19 @@ def test_slurm_needs_a_profile_is_checked_in_one_place():
 
 def test_every_list_of_choices_is_written_once():
     """Model and attack optimizers, activations, architectures and error kinds: config.py lists each once;
-    the modules, the tuning spaces and the stores take it from there (a reordered or extended list cannot
-    drift apart). Item ids of °F and the digits values are typed with: features.py, once."""
+    the attack spaces pipeline/attack/spaces/, the record space's searches its module; the modules, the
+    tuning spaces and the stores take them from there (a reordered or extended list cannot drift apart).
+    Item ids of °F and the digits values are typed with: features.py, once."""
     from pipeline import config
+    from pipeline.attack import spaces
+    from pipeline.attack.spaces import record
 
     lists = {"model optimizers": config.OPTIMIZERS, "attack optimizers": config.ATTACK_OPTIMIZERS,
-             "activations": config.ACTIVATIONS, "architectures": config.ARCHS, "error kinds": config.ERROR_KINDS}
+             "activations": config.ACTIVATIONS, "architectures": config.ARCHS, "error kinds": config.ERROR_KINDS,
+             "attack spaces": spaces.NAMES, "searches of the record space": record.METHODS}
+    owners = {ROOT / "pipeline" / "config.py", Path(spaces.__file__), Path(record.__file__)}
     for path in SOURCES:
-        if path.name == "config.py":
+        if path in owners:
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -147,3 +152,32 @@ def test_every_list_of_choices_is_written_once():
                                                                         config.ACTIVATIONS)
     assert "678, 223761" not in source("pipeline/data/synth/items.py")
     assert "decimals" not in source("pipeline/data/synth/physiology.py").split("class Physiology")[1].split("P =")[0]
+
+
+def test_only_the_spaces_name_the_attack_spaces():
+    """What differs between the tensor and the record space is the space's (pipeline/attack/spaces/): no
+    other module compares the space's name or checks for one space's class."""
+    spaces_dir = ROOT / "pipeline" / "attack" / "spaces"
+    asks = re.compile(r'"(record|tensor)"|\bspace\s*[!=]=|isinstance\([^)]*(Record|Tensor)Space')
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for path in SOURCES if spaces_dir not in path.parents
+             for n, line in enumerate(path.read_text().splitlines(), 1) if asks.search(line)]
+    assert not found, "\n".join(found)
+
+
+def test_the_run_directory_layout_is_spelled_once():
+    """Every name in the run directory is a constant of pipeline/infra/layout.py, which RunDir joins to the
+    run's path; the registry's artifacts are built of those names (and of tuning stages' folders)."""
+    from pipeline.infra import layout
+
+    names = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)}
+    for path in SOURCES:
+        if path.name in ("layout.py", "registry.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value:
+                assert node.value not in names, f"{path.relative_to(ROOT)}:{node.lineno} spells {node.value!r}"
+    folders = {s.name for s in STAGES.values() if s.tunes}
+    for stage in STAGES.values():
+        for artifact in (*stage.inputs, *stage.outputs, *stage.makes):
+            parts = artifact.split("/")
+            assert parts[-1] in names and all(p in names | folders for p in parts[:-1]), (stage.name, artifact)

@@ -103,7 +103,7 @@ def test_time_of_the_attack_store_has_units(analyzed_run):
 
 def test_the_cf_attribute_does_not_stop_a_partial_store_resuming(tmp_path):
     targets = pd.DataFrame({"dataset_index": [0, 1], "y": [0, 1], "pred": [0, 1]})
-    attrs = {"seed": 7, "attack_config": {"max_iter": 10}}
+    attrs = {"seed": 7, "space": "tensor", "attack_config": {"max_iter": 10}}
     allocate(tmp_path / "partial.zarr", targets, 4, chunk=2, attrs=attrs)
     assert xr.open_zarr(tmp_path / "partial.zarr", consolidated=False).attrs["Conventions"] == cf.CONVENTIONS
     assert resumable(tmp_path / "partial.zarr", attrs)

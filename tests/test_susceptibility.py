@@ -124,7 +124,8 @@ def write_run(run: RunDir) -> None:
     ds = prepare.to_dataset(record, cohort, stats, {"counts": {"hand_made": 4}}).drop_vars(["value", "count"])
     prepare.write_store(ds, run / "dataset.zarr", chunk_samples=2)
     targets = pd.DataFrame({"dataset_index": np.arange(4), "y": PRED, "pred": PRED})
-    attrs = {"attack_config": {"max_iter": 10}, "seed": 7, "targets": "test", "params_source": "hand-made"}
+    attrs = {"attack_config": {"max_iter": 10}, "space": "tensor", "seed": 7, "targets": "test",
+             "params_source": "hand-made"}
     allocate(run / "attack.zarr", targets, HOURS, chunk=2, attrs=attrs)
     store = zarr.open_group(run / "attack.zarr", mode="r+")  # written as the attack's shards write it
     store["perturbation"][:] = perturbations()

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -30,7 +29,7 @@ from pipeline.config import ERROR_KINDS, ConfigError, PipelineConfig
 from pipeline.data.record import feature_stats
 from pipeline.errors import InputError, blaming
 from pipeline.features import FEATURES, NAMES
-from pipeline.infra import cf, rundir
+from pipeline.infra import cf, layout, rundir
 from pipeline.infra.checkpoint import Checkpoint
 from pipeline.infra.launch import run_array
 from pipeline.infra.rundir import RunDir
@@ -41,17 +40,13 @@ log = logging.getLogger(__name__)
 SAVE_EVERY = 16  # targets between two saves of a shard's progress
 
 
-def progress_path(run_dir: Path, shard: int) -> Path:
-    return Path(run_dir) / "errors-shards" / f"shard-{shard}.json"
-
-
 def errors_shard(run_dir: str, shard: int, index: list[int], y: list[int], params: dict, workers: int = 1) -> list:
     """One shard (a task): search each of its targets in turn, resuming after a requeue."""
     training.set_threads(workers)
     run = RunDir(run_dir)
     key = {"index": index, "params": params, "weights": run.model_record()["weights_sha256"],
-           "inputs": run.fingerprints("dataset.zarr")}
-    checkpoint = Checkpoint(progress_path(run.path, shard), key=key)
+           "inputs": run.fingerprints(layout.DATASET)}
+    checkpoint = Checkpoint(run.shard_progress("errors", shard), key=key)
     rows = (checkpoint.load() or {"rows": []})["rows"]
     ds = run.dataset()
     mine = ds[["value", "count"]].isel(sample=index)  # this shard's records only, not the whole cohort's
@@ -73,7 +68,7 @@ def errors(cfg: PipelineConfig, run_dir: RunDir) -> None:
     e = cfg.errors
     ds = run_dir.dataset()
     if "value" not in ds:
-        raise InputError(f"{run_dir / 'dataset.zarr'} holds no recorded values (made before the record was kept): "
+        raise InputError(f"{run_dir / layout.DATASET} holds no recorded values (made before the record was kept): "
                          "run `prepare --force`")
     targets = select_targets(run_dir, e.targets)
     if targets.empty:
@@ -88,10 +83,10 @@ def errors(cfg: PipelineConfig, run_dir: RunDir) -> None:
     store = to_store(rows, index, y, ds.hadm_id.values[index], e.max_errors, {
         **params, "targets": e.targets, "seed": cfg.run.seed,
         "weights_sha256": run_dir.model_record()["weights_sha256"],
-        "inputs": run_dir.fingerprints("dataset.zarr", "split.json")})
-    with rundir.atomic_path(run_dir.path / "errors.zarr") as tmp:
+        "inputs": run_dir.data_fingerprints()})
+    with rundir.atomic_path(run_dir / layout.ERRORS) as tmp:
         store.to_zarr(tmp, zarr_format=3, consolidated=False)
-    shutil.rmtree(run_dir.path / "errors-shards", ignore_errors=True)
+    shutil.rmtree(run_dir.shards_dir("errors"), ignore_errors=True)
     flipped, n_errors = store.flipped.values, store.n_errors.values
     for k in range(1, e.max_errors + 1):
         log.info("errors: %.1f%% of %d targets flipped by ≤ %d error(s)", 100 * np.mean(flipped & (n_errors <= k)),

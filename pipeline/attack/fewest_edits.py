@@ -26,14 +26,12 @@ import torch
 from pipeline.attack import one_edit
 from pipeline.attack.fewest_errors import Margins
 from pipeline.attack.l1 import BEST, FIRST, AttackResult, margin
-from pipeline.attack.one_edit import MIN_MARGIN, Record, Scan
+from pipeline.attack.one_edit import Record, Scan
+from pipeline.attack.spaces.record import METHODS, MIN_MARGIN
 from pipeline.config import AttackParams
 from pipeline.data.record import derive_record, width
 
 log = logging.getLogger(__name__)
-
-METHODS = ("l1", "scan", "search", "pruned")  # who found an example: attack.zarr's `method`
-
 
 @dataclass
 class Example:
@@ -266,7 +264,8 @@ def shrink_many(margins: Margins, work: list[tuple[Target, Example]]) -> list[Ex
 
 @dataclass
 class Batch:
-    """A batch's examples of every kind of the record space (RecordSpace.KINDS) and its one-edit scans."""
+    """A batch's examples of every kind of the record space (RecordSpace.KINDS in
+    pipeline/attack/spaces/record.py) and its one-edit scans."""
 
     result: AttackResult  # (n, 3, …): first, best, l1_best
     method: np.ndarray  # (n, 3) int8 index into METHODS; -1: no example

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 
 from pipeline.attack.entry_errors import Candidates, apply, candidates
-from pipeline.attack.l1 import RecordSpace, margin
+from pipeline.attack.l1 import margin
+from pipeline.attack.spaces.record import MIN_MARGIN  # a flip must survive being re-derived anywhere
 from pipeline.data.record import derive_record
-
-MIN_MARGIN = RecordSpace.MIN_MARGIN  # a flip must survive being re-derived anywhere, as in record space
 
 ERROR_FIELDS = ("hour", "feature", "kind", "recorded", "erroneous", "dropped", "margin")
 

@@ -17,8 +17,9 @@ as with ISTA; a scalar threshold η·λ would let every cell through.
 
 The batch loss is the *sum* of per-sample losses, so a sample's optimization does not depend on its
 batch. It does not stop at the first success: it runs `max_iter` updates and keeps, per sample, the
-**first** flipped iterate and the **best** one: the flipped iterate with the smallest L1 (ties: the
-larger margin), whatever κ and λ.
+**first** flipped iterate and the **best** one, whatever κ and λ: the flipped iterate that ranks first by
+the space's rule (pipeline/attack/spaces/: the smallest L1 in the tensor space, the fewest edited values
+in the record space), ties broken by the larger margin.
 
 >>> result = L1Attack(model, AttackParams(max_iter=100)).run(x, target, mask)   # doctest: +SKIP
 >>> result.perturbation[:, BEST]                                                 # (batch, 48, 19)
@@ -31,10 +32,10 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.attack.spaces.base import BEST, FIRST, KINDS, Space  # noqa: F401 (KINDS: the result's kinds)
+from pipeline.attack.spaces.tensor import TensorSpace
 from pipeline.config import ATTACK_OPTIMIZERS, AttackParams
 
-FIRST, BEST = 0, 1
-KINDS = ("first", "best")
 ADAM_BETAS, RMSPROP_ALPHA, EPS = (0.9, 0.999), 0.99, 1e-8  # torch.optim's defaults
 
 
@@ -122,66 +123,6 @@ class GradientStep:
         return self.m / (1 - b1 ** self.t) / metric, metric
 
 
-class TensorSpace:
-    """Sun et al.'s attack: the variable P changes the model's input x itself, cell by cell
-    (`allowed`: only these cells, e.g. the recorded ones for ``observed_only``); x + P stays in [0, 1]."""
-
-    name = "tensor"
-    MIN_MARGIN = 0.0  # the margin Z_o − Z_t above which an iterate counts as flipped: any flip, as Sun et al.
-    KINDS = KINDS  # the examples attack.zarr keeps per target
-    KIND = {"long_name": "example kind: first = first iterate that flipped the prediction, best = flipped "
-                         "iterate with the smallest L1 (ties: the larger margin)"}
-
-    def __init__(self, x: torch.Tensor, allowed: torch.Tensor | None = None):
-        self.x, self.allowed = x, allowed
-        self.lower, self.upper = -x, 1.0 - x
-
-    def input(self, p: torch.Tensor) -> torch.Tensor:
-        return self.x + p
-
-    def project(self, p: torch.Tensor) -> torch.Tensor:
-        p = torch.minimum(torch.maximum(p, self.lower), self.upper)
-        return p * self.allowed if self.allowed is not None else p
-
-
-class RecordSpace:
-    """The variable δ edits the recorded values (in each feature's scaled units, so that λ weighs every
-    feature alike; recorded cells only). The model sees what `transform` derives from the edited record
-    v + δ·width (clinical units, float64). `lower` ≤ δ ≤ `upper` keeps every edited value plausible
-    (inside the feature's range filter, where `prepare` keeps it).
-
-    An example counts only with a margin above MIN_MARGIN: best examples sit at the decision boundary,
-    and one must stay flipped when its record is re-derived elsewhere (another batch size and LSTM
-    kernel, events re-read from CSV text)."""
-
-    name = "record"
-    MIN_MARGIN = 1e-3
-    KINDS = ("first", "best", "l1_best")
-    KIND = {"long_name": "example kind: first = the L1 attack's first flipped iterate; best = the sparsest example "
-                         "any search found (fewest edited values, then the smallest L1 of the edit; `method` "
-                         "says which search); l1_best = the L1 attack's own sparsest iterate (same order)"}
-
-    def __init__(self, value: torch.Tensor, width: torch.Tensor, recorded: torch.Tensor, lower: torch.Tensor,
-                 upper: torch.Tensor, transform: torch.nn.Module):
-        self.value, self.width, self.transform = value, width, transform
-        self.allowed = recorded.to(lower.dtype)
-        self.lower, self.upper = lower * self.allowed, upper * self.allowed
-
-    def input(self, delta: torch.Tensor) -> torch.Tensor:
-        return self.transform(self.value + delta.double() * self.width)
-
-    def project(self, delta: torch.Tensor) -> torch.Tensor:
-        return torch.minimum(torch.maximum(delta, self.lower), self.upper) * self.allowed
-
-
-Space = TensorSpace | RecordSpace
-
-
-def tensor_space(x: torch.Tensor, mask: torch.Tensor | None, observed_only: bool) -> TensorSpace:
-    """The tensor space of input x (n, time, feature), restricted to `mask` with ``observed_only``."""
-    return TensorSpace(x, mask.to(x.device).float() if (observed_only and mask is not None) else None)
-
-
 ONEDNN_MAX_BATCH = 128  # on the CPU, batches from this size on run PyTorch's LSTM kernel
 
 
@@ -223,24 +164,26 @@ class L1Attack:
         self.params = params
         self.device = next(model.parameters()).device
 
-    def space(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> TensorSpace:
-        return tensor_space(x.to(self.device), mask, self.params.observed_only)
+    def space(self, x: torch.Tensor | Space, mask: torch.Tensor | None = None) -> Space:
+        """`x` itself if it is a space, else the tensor space of input x (n, time, feature)."""
+        if isinstance(x, Space):
+            return x
+        return TensorSpace.of(x.to(self.device), mask, self.params.observed_only)
 
     def run(self, x: torch.Tensor | Space, target: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
-        """x (n, time, feature) in [0, 1] — or a :class:`RecordSpace` (or any space) to search in;
+        """x (n, time, feature) in [0, 1] — or a space to search in (pipeline/attack/spaces/);
         target (n,) the correct class; mask (n, time, feature) bool, used by ``observed_only``.
 
         With ``lam_search`` = R > 1 the budget of ``max_iter`` updates is split over R runs from P = 0.
         After each run a sample's λ goes up if the run found an example for it and down if not (×/÷ 10
         until bracketed, then the geometric midpoint, as EAD searches its constant). First and best are
-        kept over all runs, and iterations count the whole budget. Best: in tensor space the smallest
-        L1; in record space the fewest edited values, then the smallest L1.
+        kept over all runs, and iterations count the whole budget. Best: the flipped iterate that ranks
+        first by the space's :meth:`~pipeline.attack.spaces.base.Space.score`, then by the larger margin.
         """
-        space = x if isinstance(x, TensorSpace | RecordSpace) else self.space(x, mask)
+        space = self.space(x, mask)
         target = target.to(self.device).long()
         n = len(target)
-        book = _Book(n, space.lower.shape[1:], self.device, fewest_first=space.name == "record",
-                     min_margin=space.MIN_MARGIN)
+        book = _Book(n, space.lower.shape[1:], self.device, space)
         lam = torch.full((n,), self.params.lam, dtype=torch.float64, device=self.device)
         low, high = torch.zeros_like(lam), torch.full_like(lam, float("inf"))
         spent = 0
@@ -261,7 +204,7 @@ class L1Attack:
         `lam` (n,): a λ per sample instead of the configured one; `max_iter`: another number of updates.
         """
         p = self.params
-        space = x if isinstance(x, TensorSpace | RecordSpace) else self.space(x, mask)
+        space = self.space(x, mask)
         max_iter = p.max_iter if max_iter is None else max_iter
         n = len(target)
         lam = torch.full((n,), p.lam, dtype=torch.float64) if lam is None else lam
@@ -299,22 +242,29 @@ class L1Attack:
                 pert = new
 
 
-class _Book:
-    """Keeps the first and the best flipped iterate of every sample: the smallest L1 (ties: the larger
-    margin) or, with `fewest_first`, the fewest changed cells, then the smallest L1, then the margin."""
+def ranks_before(score: tuple[torch.Tensor, ...], than: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, whether `score` comes before `than` in lexicographic order, and whether they are equal."""
+    before = torch.zeros_like(score[0], dtype=torch.bool)
+    equal = torch.ones_like(before)
+    for a, b in zip(score, than, strict=True):
+        before |= equal & (a < b)
+        equal &= a == b
+    return before, equal
 
-    def __init__(self, n: int, shape: torch.Size, device: torch.device, fewest_first: bool = False,
-                 min_margin: float = 0.0):
-        self.min_margin = min_margin
+
+class _Book:
+    """Keeps the first and the best flipped iterate of every sample: the one whose `space.score` ranks
+    first (ties: the larger margin)."""
+
+    def __init__(self, n: int, shape: torch.Size, device: torch.device, space: Space):
+        self.space, self.min_margin = space, space.MIN_MARGIN
         self.perturbation = torch.zeros((n, 2, *shape), device=device)
         self.found = torch.zeros((n, 2), dtype=torch.bool, device=device)
         self.iteration = torch.full((n, 2), -1, dtype=torch.long, device=device)
         self.margin = torch.full((n, 2), float("nan"), device=device)
         self.lam = torch.full((n, 2), float("nan"), dtype=torch.float64, device=device)
         self.logits = torch.full((n, 2, 2), float("nan"), device=device)
-        self.l1 = torch.full((n,), float("inf"), device=device)  # of the best so far
-        self.l0 = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=device) if fewest_first \
-            else None
+        self.score = None  # of the best so far; None: none found yet
 
     @torch.no_grad()
     def record(self, it: int, pert: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
@@ -322,14 +272,13 @@ class _Book:
         """Take iterate `it` where it is a first or a better example; returns which samples it flipped."""
         m = margin(logits, target)
         flipped = m > self.min_margin
-        l1 = pert.abs().sum(dim=(1, 2))
+        score = self.space.score(pert)
         first = flipped & ~self.found[:, FIRST]
-        smaller = (l1 < self.l1) | ((l1 == self.l1) & (m > self.margin[:, BEST]))
-        if self.l0 is not None:
-            l0 = (pert != 0).sum(dim=(1, 2))
-            smaller = (l0 < self.l0) | ((l0 == self.l0) & smaller)
-            self.l0 = torch.where(flipped & smaller, l0, self.l0)
-        better = flipped & smaller
+        if self.score is None:
+            self.score = tuple(torch.full_like(s, torch.inf if s.is_floating_point() else torch.iinfo(s.dtype).max)
+                               for s in score)
+        before, equal = ranks_before(score, self.score)
+        better = flipped & (before | (equal & (m > self.margin[:, BEST])))
         for kind, take in ((FIRST, first), (BEST, better)):
             self.perturbation[take, kind] = pert[take]
             self.found[take, kind] = True
@@ -337,7 +286,7 @@ class _Book:
             self.margin[take, kind] = m[take]
             self.lam[take, kind] = lam[take]
             self.logits[take, kind] = logits[take]
-        self.l1 = torch.where(better, l1, self.l1)
+        self.score = tuple(torch.where(better, s, best) for s, best in zip(score, self.score, strict=True))
         return flipped
 
     def result(self) -> AttackResult:

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.attack.fewest_errors import Margins
-from pipeline.attack.l1 import RecordSpace
+from pipeline.attack.spaces.record import MIN_MARGIN
 from pipeline.data.record import derive_record, plan, width
 
-MIN_MARGIN = RecordSpace.MIN_MARGIN
 POINTS = 16  # points per p5…p95 range along the fastest-moving hour (benchmarks/README.md)
 SECTIONS, ROUNDS = 8, 4  # the bracket around the smallest flipping edit shrinks 9⁴ = 6,561-fold
 

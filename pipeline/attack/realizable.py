@@ -2,9 +2,10 @@
 
 An example is realizable when writing its edit into the record — the recorded values only — and deriving
 the model's input with the transform `prepare` uses (pipeline/data/record.py, the run's statistics) still flips
-the prediction. For a record-space run that is the example itself, re-derived in numpy; for a
-tensor-space run it keeps only the changes of recorded cells (a change of an imputed cell is no edit of
-the record) and lets the imputed cells follow, as `prepare` would.
+the prediction. How an example is written into the record is the space's (pipeline/attack/spaces/):
+for a record-space run it is the example itself, re-derived in numpy; for a tensor-space run it keeps
+only the changes of recorded cells (a change of an imputed cell is no edit of the record) and lets the
+imputed cells follow, as `prepare` would.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from pipeline.attack import spaces
 from pipeline.attack.l1 import margin
 from pipeline.data.record import derive, feature_stats, plan, width
 from pipeline.susceptibility.scores import direction_of
@@ -23,17 +25,8 @@ BATCH = 1024
 
 def edited_values(attack: xr.Dataset, data: xr.Dataset, kind: str, rows: np.ndarray) -> np.ndarray:
     """The recorded values (clinical units, float64) of targets `rows` with their example of `kind`
-    written in: record space, v + δ·(p95 − p5) exactly as the attack computed it; tensor space, each
-    changed recorded cell set to the clinical value of its changed input, x + P."""
-    index = attack.dataset_index.values[rows]
-    value, mask = data["value"].values[index], data["mask"].values[index]
-    stats = feature_stats(data)
-    if attack.attrs.get("space") == "record":
-        delta = attack["edit"].sel(kind=kind).values[rows].astype(np.float64)
-        return np.where(mask, np.where(mask, value, 0.0) + delta * width(stats), np.nan)
-    p = attack.perturbation.sel(kind=kind).values[rows]
-    after = (data.x.values[index] + p).astype(np.float64) * width(stats) + stats["p5"]
-    return np.where(mask & (p != 0), after, value)
+    written in, as the store's space writes an example into the record."""
+    return spaces.of(attack).edited_values(attack, data, kind, rows)
 
 
 def rederived_flips(attack: xr.Dataset, data: xr.Dataset, model: torch.nn.Module, kind: str) -> np.ndarray:

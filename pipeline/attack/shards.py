@@ -26,14 +26,14 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
-from pipeline.attack.fewest_edits import METHODS, Batch, sparsest
-from pipeline.attack.l1 import AttackResult, L1Attack, RecordSpace, TensorSpace
+from pipeline.attack import spaces
+from pipeline.attack.l1 import L1Attack
+from pipeline.attack.spaces.base import Space
 from pipeline.attack.targets import TargetInputs, select_targets
 from pipeline.config import AttackConfig, AttackParams, ConfigError, PipelineConfig
-from pipeline.data.record import width
 from pipeline.errors import blaming
 from pipeline.features import NAMES
-from pipeline.infra import cf, rundir
+from pipeline.infra import cf, layout, rundir
 from pipeline.infra.checkpoint import Checkpoint
 from pipeline.infra.launch import run_array, tuned
 from pipeline.infra.rundir import RunDir
@@ -41,7 +41,6 @@ from pipeline.model import load_model, training
 
 log = logging.getLogger(__name__)
 
-PARTIAL = ".attack.zarr.partial"
 VARIABLES = ("perturbation", "found", "iteration", "margin", "lam", "logits")
 
 
@@ -69,36 +68,12 @@ def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: 
 
     one = cf.DIMENSIONLESS
     cells = ("sample", "kind", "time", "feature")
-    record = attrs["attack_config"].get("space") == "record"
-    space = RecordSpace if record else TensorSpace
+    space = spaces.get(attrs["space"])
     k = len(space.KINDS)
-    edits = {
-        "edit": (cells, empty((n, k, n_time, n_feat), np.float32, 0.0),
-                 {"long_name": "edit δ of the recorded values, scaled units (0: cell not edited)", "units": one,
-                  "description": "new − old recorded value in scaled units; × (p95 − p5) for clinical units"}),
-        "edit_clinical": (cells, empty((n, k, n_time, n_feat), np.float32, 0.0),
-                          {"long_name": "edit of the recorded values, new − old, in the feature's clinical unit "
-                                        "(coordinate `unit`; 0: cell not edited)"}),
-        "method": (("sample", "kind"), empty((n, k), np.int8, -1),
-                   {"long_name": "the search that found the example (-1: none)",
-                    "flag_values": list(range(len(METHODS))), "flag_meanings": " ".join(METHODS),
-                    "description": "l1: an iterate of the L1 attack; scan: the one-edit scan; search: the "
-                                   "fewest-edit beam search; pruned: the L1 example with edits dropped or shrunk "
-                                   "(docs/methods.md §10)"}),
-        "one_edit": (("sample", "time", "feature"), empty((n, n_time, n_feat), np.float32, np.nan),
-                     {"long_name": "the smallest edit of this recorded value alone that flips the prediction, "
-                                   "new − old in the feature's clinical unit (coordinate `unit`; NaN: it cannot "
-                                   "alone, or nothing was recorded)"}),
-        "one_edit_margin": (("sample", "time", "feature"), empty((n, n_time, n_feat), np.float32, np.nan),
-                            {"long_name": "the largest margin Z_o − Z_t the one-edit scan found for this value "
-                                          "alone (NaN: nothing was recorded)", "units": one}),
-    } if record else {}
-    effect = "the change of the model's input that the edit of the record causes, T(v + δ) − T(v)" if record \
-        else "adversarial perturbation P of the scaled input x"
     ds = xr.Dataset(
-        {**edits,
+        {**space.variables(n, n_time, n_feat, empty),
          "perturbation": (cells, empty((n, k, n_time, n_feat), np.float32, 0.0),
-                          {"long_name": effect, "units": one,
+                          {"long_name": space.EFFECT, "units": one,
                            "description": "P in scaled [0, 1] units; × (p95 − p5) for clinical units"}),
          "found": (("sample", "kind"), empty((n, k), bool, False),
                    {"long_name": "an example of this kind was found (the prediction flipped)"}),
@@ -148,26 +123,22 @@ def resumable(partial: Path, attrs: dict) -> bool:
     return found == json.loads(json.dumps(store_attrs(attrs)))
 
 
-def progress_path(run_dir: Path, shard: int) -> Path:
-    return Path(run_dir) / "attack-shards" / f"shard-{shard}.json"
-
-
 def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, batch_size: int,
                  workers: int = 1) -> dict:
     """One shard (a task): attack targets start…stop batch by batch, resuming after a requeue."""
     training.set_threads(workers)
-    run = Path(run_dir)
-    store = zarr.open_group(run / PARTIAL, mode="r+")
-    checkpoint = Checkpoint(progress_path(run, shard), key={"targets": [start, stop], "params": params,
+    run = RunDir(run_dir)
+    store = zarr.open_group(run.partial(layout.ATTACK), mode="r+")
+    checkpoint = Checkpoint(run.shard_progress("attack", shard), key={"targets": [start, stop], "params": params,
                                                              "batch_size": batch_size})
     progress = checkpoint.load() or {"done": [], "writes": []}
     if progress.get("complete"):
         return progress
     device = training.device()
-    model = load_model(run, device)
+    model = load_model(run.path, device)
     config = AttackParams(**params)
     attack = L1Attack(model, config)
-    inputs = TargetInputs.load(RunDir(run), store["dataset_index"][start:stop], config.space)
+    inputs = TargetInputs.load(run, store["dataset_index"][start:stop], config.space)
     target = store["y"][start:stop].astype(np.int64)
     batches = [(b, min(b + batch_size, stop)) for b in range(start, stop, batch_size)]
     bar = tqdm(total=stop - start, desc=f"shard {shard}", unit="target", initial=sum(b1 - b0 for b0, b1 in batches
@@ -180,10 +151,9 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
         space = inputs.space(config, device, rows)
         result = attack.run(space, torch.from_numpy(target[rows]))
         successes += int(result.found[:, 0].sum())
-        if isinstance(space, RecordSpace):  # the fewest edits: the one-edit scan, the search, pruned L1 examples
-            result = sparsest(attack.model, result, inputs.targets(target, rows), config)
-        with blaming(run / PARTIAL):
-            write_batch(store, space, inputs, result, b0, b1)
+        batch = space.refine(attack.model, result, inputs, target, rows, config)  # record: the fewest edits
+        with blaming(run.partial(layout.ATTACK)):
+            write_batch(store, space, batch, b0, b1)
         progress["done"].append(b0)
         progress["writes"].append([b0, b1])
         progress["successes"] = successes
@@ -199,33 +169,12 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     return progress
 
 
-def write_batch(store: zarr.Group, space: RecordSpace | TensorSpace, inputs: TargetInputs,
-                result: AttackResult | Batch, b0: int, b1: int) -> None:
-    """One batch's examples into rows b0…b1 of the store in the making."""
-    if isinstance(result, Batch):  # record space
-        w = width(inputs.stats)
-        store["method"][b0:b1] = result.method
-        store["one_edit"][b0:b1] = result.one_edit * w
-        store["one_edit_margin"][b0:b1] = result.one_edit_margin
-        result = result.result
-        edit = result.perturbation.cpu().numpy()
-        store["edit"][b0:b1] = edit
-        store["edit_clinical"][b0:b1] = edit * w
-        store["perturbation"][b0:b1] = effect(space, result.perturbation).cpu().numpy()
-    else:
-        store["perturbation"][b0:b1] = result.perturbation.cpu().numpy()
-    store["found"][b0:b1] = result.found.cpu().numpy()
-    store["iteration"][b0:b1] = result.iteration.cpu().numpy().astype(np.int32)
-    for name in VARIABLES[3:]:
-        store[name][b0:b1] = getattr(result, name).cpu().numpy()
-
-
-@torch.no_grad()
-def effect(space: RecordSpace, edit: torch.Tensor) -> torch.Tensor:
-    """(n, kind, time, feature): how each edit of the record changes the model's input, T(u + δ) − T(u)
-    (exactly 0 in every cell the edit does not reach)."""
-    clean = space.input(torch.zeros_like(space.lower))
-    return torch.stack([space.input(edit[:, k]) - clean for k in range(edit.shape[1])], dim=1)
+def write_batch(store: zarr.Group, space: Space, batch, b0: int, b1: int) -> None:
+    """One batch's examples (what `space.refine` returned) into rows b0…b1 of the store in the making."""
+    result = space.write(store, batch, b0, b1)
+    for name in VARIABLES:
+        values = getattr(result, name).cpu().numpy()
+        store[name][b0:b1] = values.astype(np.int32) if name == "iteration" else values
 
 
 def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
@@ -234,16 +183,15 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     targets = select_targets(run_dir, a.targets)
     if targets.empty:
         raise ConfigError(f"[attack] targets = {a.targets!r}: no correctly classified sample to attack")
-    if params.space == "record":
-        TargetInputs.load(run_dir, np.zeros(0, np.int64), "record")  # a store without the record: one line, now
+    TargetInputs.load(run_dir, np.zeros(0, np.int64), params.space)  # a store the space cannot read: one line, now
     attrs = {"attack_config": dataclasses.asdict(params.params()), "space": params.space, "params_source": source,
              "targets": a.targets,
              "batch_size": a.batch_size, "seed": cfg.run.seed, **run_dir.model_record(),
-             "inputs": run_dir.fingerprints("dataset.zarr", "split.json")}  # a partial store resumes only if all match
-    partial = run_dir.path / PARTIAL
+             "inputs": run_dir.data_fingerprints()}  # a partial store resumes only if all match
+    partial = run_dir.partial(layout.ATTACK)
     if not resumable(partial, attrs):
         shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(run_dir.path / "attack-shards", ignore_errors=True)
+        shutil.rmtree(run_dir.shards_dir("attack"), ignore_errors=True)
         with rundir.atomic_path(partial) as tmp:  # whole or absent: a kill while allocating leaves no husk
             allocate(tmp, targets, run_dir.dataset().sizes["time"], a.chunk_samples, attrs)
     else:
@@ -263,13 +211,13 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
         raise RuntimeError(f"attack: the shards wrote {len(covered)} target rows for {len(targets)} targets")
     with rundir.consolidated_zarr_v3():
         zarr.consolidate_metadata(str(partial))
-    with rundir.atomic_path(run_dir.path / "attack.zarr") as tmp:
+    with rundir.atomic_path(run_dir / layout.ATTACK) as tmp:
         partial.rename(tmp)
-    store = xr.open_zarr(run_dir.path / "attack.zarr", consolidated=False)
+    store = xr.open_zarr(run_dir / layout.ATTACK, consolidated=False)
     found = store.found.values
     log.info("attack: success rate %.1f%% (%d of %d targets)", 100 * found[:, 0].mean(), found[:, 0].sum(),
              len(found))
-    if "edit" in store:  # record space: how few edits flip (best: the sparsest example of any search)
+    if spaces.of(store).EDITS_RECORD:  # how few edits flip (best: the sparsest example of any search)
         best = store.sel(kind="best")
         edits = np.where(best.found.values, (best["edit"].values != 0).sum(axis=(1, 2)), 0)
         for k in range(1, params.max_edits + 1):

@@ -12,12 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.attack.fewest_edits import Target
-from pipeline.attack.l1 import RecordSpace, Space, tensor_space
+from pipeline.attack import spaces
+from pipeline.attack.spaces.base import Space
 from pipeline.config import AttackParams
-from pipeline.data.record import Transform, feature_stats, width
-from pipeline.errors import InputError
-from pipeline.features import FEATURES
+from pipeline.data.record import feature_stats
+from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model, training
 
@@ -48,51 +47,13 @@ class TargetInputs:
 
     @classmethod
     def load(cls, run_dir: RunDir, index: np.ndarray, space: str) -> TargetInputs:
+        """Samples `index` of the run's dataset.zarr, as the attack space named `space` reads them."""
         ds = run_dir.dataset()
-        if space == "record" and "value" not in ds:
-            raise InputError(f"{run_dir / 'dataset.zarr'} holds no recorded values (made before the record was "
-                             "kept): run `prepare --force` for attack.space = \"record\", or use attack.space=tensor")
+        reader = spaces.get(space)
+        reader.check_dataset(ds, run_dir / layout.DATASET)
         return cls(np.ascontiguousarray(ds.x.values[index], dtype=np.float32), ds["mask"].values[index],
-                   ds["value"].values[index] if space == "record" else None,
-                   feature_stats(ds))
-
-    def targets(self, y: np.ndarray, rows: slice) -> list[Target]:
-        """The record-space targets `rows` (of class y[rows]) for the fewest-edit search, with the box the
-        attack uses (float32, as RecordSpace holds it)."""
-        value, mask = self.value[rows], self.mask[rows]
-        lower, upper = plausible_edits(value, mask, self.stats)
-        return [Target(v, int(c), self.stats, lo, hi) for v, c, lo, hi in
-                zip(value, y[rows], lower.astype(np.float32), upper.astype(np.float32), strict=True)]
+                   ds["value"].values[index] if reader.READS_RECORD else None, feature_stats(ds))
 
     def space(self, params: AttackParams, device: torch.device, rows: slice | None = None) -> Space:
-        """The attack's search space for samples `rows` (default: all): tensor (Sun et al.) or record (edits of
-        recorded values)."""
-        rows = slice(None) if rows is None else rows
-        mask = self.mask[rows]
-        if params.space == "tensor":
-            return tensor_space(torch.from_numpy(self.x[rows]).to(device), torch.from_numpy(mask),
-                                params.observed_only)
-        value = self.value[rows]
-        lower, upper = plausible_edits(value, mask, self.stats)
-        as_tensor = lambda a, dtype=torch.float32: torch.as_tensor(np.array(a), dtype=dtype, device=device)  # noqa: E731
-        return RecordSpace(as_tensor(np.where(mask, value, 0.0), torch.float64),
-                           as_tensor(width(self.stats), torch.float64), torch.from_numpy(mask).to(device),
-                           as_tensor(lower), as_tensor(upper), Transform(mask, self.stats, device))
-
-
-# an edited value stays this share of the feature's range inside it: float32 rounding of the edit must
-# never carry it onto the excluded lower end or past the upper one
-EDGE = 1e-6
-
-
-def plausible_edits(value: np.ndarray, mask: np.ndarray, stats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per recorded cell, the range of δ (scaled units) that keeps v + δ·(p95 − p5) plausible — inside the
-    feature's range filter lo < v ≤ hi, where prepare keeps it; 0 … 0 where nothing was recorded."""
-    lo = np.array([f.lo for f in FEATURES])
-    hi = np.array([f.hi for f in FEATURES])
-    edge = EDGE * (hi - lo)
-    v = np.nan_to_num(value)
-    w = width(stats)
-    lower = np.where(mask, np.minimum(((lo + edge) - v) / w, 0.0), 0.0)
-    upper = np.where(mask, np.maximum(((hi - edge) - v) / w, 0.0), 0.0)
-    return lower, upper
+        """The attack's search space (`params.space`) for samples `rows` (default: all)."""
+        return spaces.get(params.space).build(self, params, device, slice(None) if rows is None else rows)

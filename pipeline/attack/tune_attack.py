@@ -24,7 +24,6 @@ import dataclasses
 import json
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -34,7 +33,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from pipeline.attack.l1 import BEST, AttackResult, L1Attack
 from pipeline.attack.targets import TargetInputs, select_targets
 from pipeline.config import ATTACK_OPTIMIZERS, AttackParams, ConfigError, PipelineConfig
-from pipeline.infra import rundir, study
+from pipeline.infra import layout, rundir, study
 from pipeline.infra.launch import write_best
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model, training
@@ -120,14 +119,14 @@ def best_trial(trials: list[optuna.trial.FrozenTrial], objective: str) -> optuna
 def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: int, settings: dict) -> int:
     """One worker (a task): attacks the fixed targets with each trial's parameters."""
     training.set_threads(settings["workers"])
-    run = Path(run_dir)
-    index = np.array(json.loads((run / "tune-attack" / "targets.json").read_text())["dataset_index"])
+    run = RunDir(run_dir)
+    index = np.array(json.loads(run.tuning_file("tune-attack", layout.TUNING_TARGETS).read_text())["dataset_index"])
     device = training.device()
-    model = load_model(run, device)
+    model = load_model(run.path, device)
     attack = AttackParams(**settings["attack"])
-    inputs = TargetInputs.load(RunDir(run), index, attack.space)
+    inputs = TargetInputs.load(run, index, attack.space)
     space = inputs.space(attack, device)  # no tunable key changes the space
-    y = torch.from_numpy(RunDir(run).dataset().y.values[index].astype(np.int64))
+    y = torch.from_numpy(run.dataset().y.values[index].astype(np.int64))
 
     def objective(trial: optuna.Trial) -> float:
         params = trial_attack(trial, attack, settings["params"])
@@ -140,7 +139,7 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
                  {n: getattr(params, n) for n in settings["params"]})
         return value
 
-    return study.run_worker(storage, run, name, objective, trials, worker, seed=settings["seed"],
+    return study.run_worker(storage, run.path, name, objective, trials, worker, seed=settings["seed"],
                             heartbeat_s=settings["heartbeat_s"], startup_trials=settings["startup_trials"])
 
 
@@ -154,7 +153,7 @@ def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     targets = select_targets(run_dir, cfg.attack.targets)
     rng = np.random.default_rng(cfg.run.seed)
     chosen = np.sort(rng.permutation(targets["dataset_index"].to_numpy())[:min(ta.targets, MAX_TARGETS)])
-    rundir.write_json(run_dir.path / "tune-attack" / "targets.json", {"dataset_index": chosen.tolist()})
+    rundir.write_json(run_dir.tuning_file("tune-attack", layout.TUNING_TARGETS), {"dataset_index": chosen.tolist()})
     direction = "maximize" if ta.objective in MAXIMIZE else "minimize"
     settings = {"objective": ta.objective, "params": list(ta.params), "attack": dataclasses.asdict(cfg.attack.params()),
                 "startup_trials": ta.startup_trials}

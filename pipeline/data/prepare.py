@@ -31,7 +31,7 @@ from pipeline.data.record import feature_stats
 from pipeline.errors import InputError
 from pipeline.features import CHART, FEATURES, LAB, NAMES
 from pipeline.hashing import file_sha256
-from pipeline.infra import cf
+from pipeline.infra import cf, layout
 from pipeline.infra.rundir import RunDir, atomic_path, consolidated_zarr_v3, package_versions
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ SMALL_TABLES = ("PATIENTS", "ADMISSIONS", "ICUSTAYS")
 
 
 def mimic_dir_of(cfg: PipelineConfig, run_dir: RunDir) -> Path:
-    return Path(cfg.prepare.mimic_dir) if cfg.prepare.mimic_dir else run_dir / "raw"
+    return Path(cfg.prepare.mimic_dir) if cfg.prepare.mimic_dir else run_dir.raw_dir
 
 
 def source_of(cfg: PipelineConfig, run_dir: RunDir) -> Path:
@@ -51,7 +51,7 @@ def source_of(cfg: PipelineConfig, run_dir: RunDir) -> Path:
         if not cfg.synth.meds:
             raise ConfigError("[prepare] source = \"meds\" needs prepare.meds_dir (the MEDS root), or synthetic "
                               "data written as MEDS too (synth.meds = true: <run-dir>/raw/meds)")
-        return run_dir / "raw" / "meds"
+        return run_dir.raw_dir / layout.MEDS
     return mimic_dir_of(cfg, run_dir)
 
 
@@ -60,11 +60,11 @@ def prepare(cfg: PipelineConfig, run_dir: RunDir) -> None:
     source = source_of(cfg, run_dir)
     if cfg.prepare.stats_from:
         frozen_stats(cfg.prepare)  # a mismatched store stops the stage before anything is read or written
-    with atomic_path(run_dir / "dataset.zarr") as tmp:
+    with atomic_path(run_dir / layout.DATASET) as tmp:
         ds = build_dataset(source, cfg.prepare, work_dir=run_dir.path, workers=cfg.run.workers,
                            seed=cfg.run.seed)
         write_store(ds, tmp, cfg.prepare.chunk_samples)
-    log.info("wrote %s: %d samples (%d positive), %.1f%% of cells observed", run_dir / "dataset.zarr",
+    log.info("wrote %s: %d samples (%d positive), %.1f%% of cells observed", run_dir / layout.DATASET,
              ds.sizes["sample"], int(ds.y.sum()), 100 * float(ds["mask"].mean()))
 
 

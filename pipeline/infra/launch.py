@@ -52,7 +52,7 @@ def tuned(run_dir: RunDir, stage: str, table: T) -> tuple[T, str]:
     values = (run_dir.best_params(stage) or {}).get("params")
     if not values:  # not tuned, or no trial was better than the config
         return table, f"the config's [{STAGES[stage].tunes}] table"
-    return dataclasses.replace(table, **values), f"{run_dir.path / stage / 'best.json'} ({', '.join(sorted(values))})"
+    return dataclasses.replace(table, **values), f"{run_dir.tuning_file(stage)} ({', '.join(sorted(values))})"
 
 
 
@@ -60,5 +60,5 @@ def write_best(run_dir: RunDir, stage: str, study: Any, record: dict[str, Any]) 
     """``<stage>/best.json`` of a tuning stage: `record` (the best trial, its value, ``params``: the keys
     :func:`tuned` applies) and, in one format for both stages, the study's name and its trials by state."""
     states = [t.state.name for t in study.trials]
-    rundir.write_json(run_dir.path / stage / "best.json", {
+    rundir.write_json(run_dir.tuning_file(stage), {
         **record, "study": study.study_name, "trials": {state: states.count(state) for state in sorted(set(states))}})

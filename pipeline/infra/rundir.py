@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
@@ -27,99 +26,26 @@ from typing import Any
 from pipeline import hashing
 from pipeline.config import redacted
 from pipeline.errors import MissingArtifact, StageBusy
+from pipeline.infra import layout
+from pipeline.infra.atomic import (  # noqa: F401 (re-exported: the stages write through rundir)
+    HOST,
+    atomic_path,
+    glob_escape,
+    owner_tag,
+    process_ended,
+    recover_replaced,
+    remove_dead_temporaries,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from pipeline.infra.registry import writers
 
 PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "dask", "xarray", "zarr", "optuna", "submitit",
             "mimic-adversarial-pipeline")
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-HOST = socket.gethostname()
 PROBE_RETRIES = 20  # × 50 ms: how long a stage's lock is tried before it is reported busy
-
-
-def owner_tag() -> str:
-    """Host and process id, in the names of temporaries: a later run can tell whose they are."""
-    return f"{HOST}-{os.getpid()}"
-
-
-def _dead_owner(name: str) -> bool:
-    """A temporary named ``….tmp-HOST-PID`` / ``….old-HOST-PID`` of a process on this host that has ended."""
-    owner = name.rpartition(".tmp-")[2] if ".tmp-" in name else name.rpartition(".old-")[2]
-    host, _, pid = owner.rpartition("-")
-    if host != HOST or not pid.isdigit():
-        return False  # another machine's (a Slurm task's): it may be alive
-    return process_ended(int(pid))
-
-
-def process_ended(pid: int) -> bool:
-    """Whether process `pid` of this host has ended (one we may not signal is alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `final` to write (a file or a directory); rename it on success.
-
-    On an exception the temporary is removed and `final` is left as it was.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{owner_tag()}")
-    _remove(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    if final.is_dir() and not final.is_symlink():
-        # a directory cannot be replaced in one rename: move the old one aside first
-        old = final.with_name(f".{final.name}.old-{owner_tag()}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-
-
-def recover_replaced(final: Path) -> None:
-    """Finish or undo what a killed :func:`atomic_path` left beside `final` (call it holding the lock
-    of the stage that writes `final`: no live process is writing it then).
-
-    A killed process can leave ``.NAME.tmp-*`` (a partial output: removed) and, if it died between
-    the two renames of a directory, ``.NAME.old-*`` (the previous output, complete) with `final`
-    missing: the complete new output (its ``.tmp-`` of the same owner) is put in place if it is
-    there, else the previous one is restored.
-    """
-    final = Path(final)
-    for old in final.parent.glob(f".{glob_escape(final.name)}.old-*"):
-        tmp = final.with_name(f".{final.name}.tmp-{old.name.rpartition('.old-')[2]}")
-        if not final.exists():
-            (tmp if tmp.exists() else old).rename(final)
-        if old.exists():
-            _remove(old)
-    for tmp in final.parent.glob(f".{glob_escape(final.name)}.tmp-*"):
-        _remove(tmp)
-
-
-def remove_dead_temporaries(folder: Path) -> list[Path]:
-    """Temporaries under `folder` whose writer (a process on this host) has ended: removed."""
-    found = [p for p in Path(folder).rglob(".*.tmp-*") if _dead_owner(p.name)] if Path(folder).is_dir() else []
-    for path in found:
-        _remove(path)
-    return found
 
 
 def _locked(handle, how: int, tries: int) -> bool:
@@ -134,10 +60,6 @@ def _locked(handle, how: int, tries: int) -> bool:
     return False
 
 
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
 @contextlib.contextmanager
 def consolidated_zarr_v3() -> Iterator[None]:
     """Silence zarr's warning that consolidated metadata is outside the v3 spec: we write it once, at
@@ -145,19 +67,6 @@ def consolidated_zarr_v3() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         yield
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode())
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def package_versions() -> dict[str, str]:
@@ -195,14 +104,58 @@ class RunDir:
 
     @property
     def manifest_path(self) -> Path:
-        return self.path / "manifest.json"
+        return self.path / layout.MANIFEST
 
     def marker(self, stage: str) -> Path:
-        return self.path / ".stages" / f"{stage}.json"
+        return self.path / layout.STAGES / f"{stage}.json"
 
     def jobs_dir(self, stage: str) -> Path:
         """Where submitit keeps a stage's pickles and logs (a shared file system on a cluster)."""
-        return self.path / "jobs" / stage
+        return self.path / layout.JOBS / stage
+
+    # ---- the layout (pipeline/infra/layout.py): every other path of the run directory ------
+    @property
+    def model_dir(self) -> Path:
+        return self.path / layout.MODEL
+
+    def cv_file(self, name: str) -> Path:
+        return self.path / layout.CV / name
+
+    def fold_dir(self, fold: int) -> Path:
+        return self.path / layout.CV / f"fold-{fold}"
+
+    def tuning_file(self, stage: str, name: str = layout.BEST) -> Path:
+        """A file of tuning stage `stage`'s folder (default: its best trial)."""
+        return self.path / stage / name
+
+    def shards_dir(self, stage: str) -> Path:
+        """Where an array stage's shards record their progress (removed once the stage is complete)."""
+        return self.path / f"{stage}-shards"
+
+    def shard_progress(self, stage: str, shard: int) -> Path:
+        return self.shards_dir(stage) / f"shard-{shard}.json"
+
+    def partial(self, name: str) -> Path:
+        """Where the store `name` is made before it is renamed into place."""
+        return self.path / f".{name}.partial"
+
+    def table(self, name: str) -> Path:
+        return self.path / layout.TABLES / name
+
+    def figure(self, name: str) -> Path:
+        return self.path / layout.FIGURES / name
+
+    @property
+    def report(self) -> Path:
+        return self.path / layout.REPORT
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.path / layout.RAW
+
+    def data_fingerprints(self) -> dict[str, str | None]:
+        """The sha256 of the data every model and attack reads: dataset.zarr and split.json."""
+        return self.fingerprints(layout.DATASET, layout.SPLIT)
 
     # ---- artifacts: the one place that knows where each lives and which stage makes it -----
     def artifact(self, name: str) -> Path:
@@ -217,11 +170,11 @@ class RunDir:
         """dataset.zarr as an xarray Dataset, opened lazily (dims sample, time, feature)."""
         import xarray as xr  # deferred: the CLI and every stage import rundir; most need no xarray
 
-        return xr.open_zarr(self.artifact("dataset.zarr"), consolidated=False)
+        return xr.open_zarr(self.artifact(layout.DATASET), consolidated=False)
 
     def split(self) -> dict[str, Any]:
         """split.json: {"test": [...], "fold": [[...], ...], "seed", "test_fraction", "folds"}."""
-        return json.loads(self.artifact("split.json").read_text())
+        return json.loads(self.artifact(layout.SPLIT).read_text())
 
     def fingerprint(self, name: str) -> str | None:
         """sha256 of an artifact (a file, or every file of a folder or store by relative path); None if absent."""
@@ -248,30 +201,31 @@ class RunDir:
 
     def best_params(self, stage: str) -> dict[str, Any] | None:
         """`stage`'s tuning record (tune-model, tune-attack), or None when that stage did not run."""
-        path = self.path / stage / "best.json"
+        path = self.tuning_file(stage)
         return json.loads(path.read_text()) if path.exists() else None
 
     def model_record(self) -> dict[str, Any]:
         """model/model.json (parameters and provenance) and the sha256 of the weights."""
-        folder = self.artifact("model")
-        return {"weights_sha256": hashing.file_sha256(folder / "weights.pt"),
-                "model": json.loads((folder / "model.json").read_text())}
+        folder = self.artifact(layout.MODEL)
+        return {"weights_sha256": hashing.file_sha256(folder / layout.WEIGHTS),
+                "model": json.loads((folder / layout.MODEL_META).read_text())}
 
     def test_metrics(self) -> dict[str, Any] | None:
-        path = self.path / "model" / "test_metrics.json"
+        path = self.model_dir / layout.TEST_METRICS
         return json.loads(path.read_text()) if path.exists() else None
 
     def cv_summary(self) -> dict[str, Any] | None:
         """cv/summary.json: mean ± sd over folds and the chosen epoch count; None before `cv` ran."""
-        path = self.path / "cv" / "summary.json"
+        path = self.cv_file(layout.CV_SUMMARY)
         return json.loads(path.read_text()) if path.exists() else None
 
     def held_out_predictions(self) -> tuple[list, Any]:
         """Held-out predictions (sample, y, prob): one DataFrame per CV fold, and the test set's or None."""
         import pandas as pd  # deferred, as xarray above
 
-        folds = sorted((self.path / "cv").glob("fold-*/predictions.csv"), key=lambda p: int(p.parent.name[5:]))
-        test = self.path / "model" / "test_predictions.csv"
+        folds = sorted((self.path / layout.CV).glob(f"fold-*/{layout.FOLD_PREDICTIONS}"),
+                       key=lambda p: int(p.parent.name[5:]))
+        test = self.model_dir / layout.TEST_PREDICTIONS
         return [pd.read_csv(f) for f in folds], (pd.read_csv(test) if test.exists() else None)
 
     def attack_store(self):
@@ -279,7 +233,7 @@ class RunDir:
         import xarray as xr  # deferred: the CLI and every stage import rundir; most need no xarray
 
         with consolidated_zarr_v3():
-            return xr.open_zarr(self.artifact("attack.zarr"))
+            return xr.open_zarr(self.artifact(layout.ATTACK))
 
     # ---- manifest -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -341,7 +295,7 @@ class RunDir:
             handle.close()
 
     def lock_path(self, stage: str) -> Path:
-        return self.path / ".stages" / f"{stage}.lock"
+        return self.path / layout.STAGES / f"{stage}.lock"
 
     def running(self, stage: str) -> str | None:
         """Who runs `stage` in this run directory now (its lock's holder, as the lock file says), or None."""

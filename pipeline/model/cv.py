@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline import figures
 from pipeline.config import PipelineConfig
-from pipeline.infra import rundir
+from pipeline.infra import layout, rundir
 from pipeline.infra.checkpoint import Checkpoint
 from pipeline.infra.launch import run_array, stage_seed
 from pipeline.infra.rundir import RunDir
@@ -29,32 +28,29 @@ from pipeline.model.archs import params_from_dict
 log = logging.getLogger(__name__)
 
 
-def fold_dir(run_dir: Path, fold: int) -> Path:
-    return Path(run_dir) / "cv" / f"fold-{fold}"
-
-
 def run_fold(run_dir: str, fold: int, params: dict, epochs: int, seed: int, workers: int) -> dict:
     """Train and evaluate one fold (a task: runs in a Slurm array, a local process or in-process).
 
     Resumes from ``checkpoint.pt`` after a requeue; a fold that is done is not redone.
     """
-    folder = fold_dir(run_dir, fold)
-    inputs = rundir.RunDir(run_dir).fingerprints("dataset.zarr", "split.json")
+    run = RunDir(run_dir)
+    folder = run.fold_dir(fold)
+    inputs = run.data_fingerprints()
     work = json.loads(json.dumps({"params": params, "epochs": epochs, "seed": seed, "inputs": inputs}))
-    if (folder / "done.json").exists():
-        done = json.loads((folder / "done.json").read_text())
+    if (folder / layout.FOLD_DONE).exists():
+        done = json.loads((folder / layout.FOLD_DONE).read_text())
         if {k: done.get(k) for k in work} == work:
             return done
         log.info("fold %d: done with other parameters or data; trained again", fold)
     training.set_threads(workers)
-    data = training.load_data(Path(run_dir))
-    split = rundir.RunDir(run_dir).split()
+    data = training.load_data(run.path)
+    split = run.split()
     train_idx, held_out = training.fold_indices(split, fold)
     trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)
     history: list[dict] = []
     # progress resumes only for exactly this work: a run of another length (even a longer one, whose
     # first epochs would match) is not continued, so a fold never holds more epochs than asked for
-    checkpoint = Checkpoint(folder / "checkpoint.pt", key={"fold": fold, **work})
+    checkpoint = Checkpoint(folder / layout.FOLD_CHECKPOINT, key={"fold": fold, **work})
     if (saved := checkpoint.load()) is not None:
         trainer.load_state(saved["trainer"])
         history = saved["history"]
@@ -69,25 +65,25 @@ def run_fold(run_dir: str, fold: int, params: dict, epochs: int, seed: int, work
     training.fit(trainer, held_out, epochs, on_epoch)
     prob = trainer.predict(held_out)
     predictions = pd.DataFrame({"sample": held_out, "y": data.y[held_out], "prob": prob})
-    rundir.write_text(folder / "predictions.csv", predictions.to_csv(index=False))
-    rundir.write_text(folder / "metrics.csv", pd.DataFrame(history).to_csv(index=False))
-    figures.learning_curve(pd.DataFrame(history), folder / "learning_curve.png", f"fold {fold}")
+    rundir.write_text(folder / layout.FOLD_PREDICTIONS, predictions.to_csv(index=False))
+    rundir.write_text(folder / layout.FOLD_METRICS, pd.DataFrame(history).to_csv(index=False))
+    figures.learning_curve(pd.DataFrame(history), folder / layout.FOLD_CURVE, f"fold {fold}")
     done = {"fold": fold, **work, "n_train": len(train_idx),
             "n_held_out": len(held_out), "final": metrics.evaluate(prob, data.y[held_out])}
-    rundir.write_json(folder / "done.json", done)
+    rundir.write_json(folder / layout.FOLD_DONE, done)
     return done
 
 
-def summarize(run_dir: Path, folds: int) -> dict:
+def summarize(run_dir: RunDir, folds: int) -> dict:
     """Mean ± sd over folds of the final-epoch metrics, and the epoch count with the lowest mean held-out loss.
 
     Loss rather than AUROC: AUROC is often flat after an epoch or two (ranking is learnt early) while the
     probabilities are still far from calibrated, and the attack's targets depend on the 0.5 threshold.
     """
-    per_epoch = pd.concat([pd.read_csv(fold_dir(run_dir, k) / "metrics.csv").assign(fold=k) for k in range(folds)])
+    per_epoch = pd.concat([pd.read_csv(run_dir.fold_dir(k) / layout.FOLD_METRICS).assign(fold=k) for k in range(folds)])
     mean = per_epoch.groupby("epoch")[["loss", "auroc"]].mean()
     best = int(mean["loss"].idxmin())
-    final = pd.DataFrame([json.loads((fold_dir(run_dir, k) / "done.json").read_text())["final"]
+    final = pd.DataFrame([json.loads((run_dir.fold_dir(k) / layout.FOLD_DONE).read_text())["final"]
                           for k in range(folds)])
     summary = {
         "folds": folds,
@@ -100,9 +96,9 @@ def summarize(run_dir: Path, folds: int) -> dict:
         "best_epoch_mean_auroc": float(mean.auroc[best]),
         "provenance": "every figure is computed on held-out folds only (never on training data)",
     }
-    rundir.write_json(Path(run_dir) / "cv" / "summary.json", summary)
+    rundir.write_json(run_dir.cv_file(layout.CV_SUMMARY), summary)
     table = pd.DataFrame({"mean": final.mean(), "sd": pd.Series(summary["sd"])})
-    rundir.write_text(Path(run_dir) / "cv" / "summary.csv", table.to_csv(index_label="metric"))
+    rundir.write_text(run_dir.cv_file(layout.CV_TABLE), table.to_csv(index_label="metric"))
     return summary
 
 
@@ -112,7 +108,7 @@ def cv(cfg: PipelineConfig, run_dir: RunDir) -> None:
     seed = stage_seed(cfg, "cv")
     calls = [(str(run_dir.path), k, params, cfg.cv.epochs, seed + k, cfg.run.workers) for k in range(cfg.cv.folds)]
     run_array(cfg, run_dir, "cv", run_fold, calls)
-    summary = summarize(run_dir.path, cfg.cv.folds)
+    summary = summarize(run_dir, cfg.cv.folds)
     m, sd = summary["mean"], summary["sd"]
     log.info("cv: held-out AUROC %.4f ± %.4f, AUPRC %.4f ± %.4f, F1 %.4f ± %.4f; best epoch count %d",
              m["auroc"], sd["auroc"], m["auprc"], sd["auprc"], m["f1"], sd["f1"], summary["best_epoch"])

@@ -25,6 +25,7 @@ from torch import nn
 from pipeline.config import ModelParams
 from pipeline.errors import InputError
 from pipeline.hashing import file_sha256
+from pipeline.infra import layout
 
 
 class ModelShapeError(InputError):
@@ -51,21 +52,21 @@ def load_user(params: ModelParams, device: str | torch.device = "cpu") -> tuple[
 def load_stored(folder: Path, record: dict, device: str | torch.device = "cpu") -> nn.Module:
     """The external model as `train` stored it in `folder` (model/)."""
     if record["form"] == "torchscript":
-        return torchscript(folder / "weights.pt", device)
+        return torchscript(folder / layout.WEIGHTS, device)
     module_name, _, name = record["factory"].partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as e:
-        raise InputError(f"{folder / 'model.json'}: the model's factory {record['factory']!r} cannot be imported "
+        raise InputError(f"{folder / layout.MODEL_META}: the model's factory {record['factory']!r} cannot be imported "
                          f"({e}); install it where this runs") from None
-    return from_factory(record["factory"], factory, folder / "weights.pt", device)
+    return from_factory(record["factory"], factory, folder / layout.WEIGHTS, device)
 
 
 def store(folder: Path, params: ModelParams) -> None:
     """Copy the model's one file (the TorchScript archive, or the factory's state_dict) as weights.pt."""
     source = Path(params.weights if ":" in params.external else params.external)
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, folder / "weights.pt")
+    shutil.copyfile(source, folder / layout.WEIGHTS)
 
 
 def torchscript(path: Path, device) -> nn.Module:

@@ -12,26 +12,28 @@ import torch
 from torch import nn
 
 from pipeline.errors import MissingArtifact
+from pipeline.infra import layout
+from pipeline.infra.rundir import RunDir
 from pipeline.model import archs, external
 
 
 def save_model(folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """weights.pt + model.json (params and provenance) in `folder` (the caller makes it atomic)."""
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), folder / "weights.pt")
-    (folder / "model.json").write_text(json.dumps({"params": dataclasses.asdict(model.params), **meta},
+    torch.save(model.state_dict(), folder / layout.WEIGHTS)
+    (folder / layout.MODEL_META).write_text(json.dumps({"params": dataclasses.asdict(model.params), **meta},
                                                   indent=2, sort_keys=True) + "\n")
 
 
 def load_model(run_dir: Path | str, device: str | torch.device = "cpu") -> nn.Module:
     """The final model of a run (stage `train`), in eval mode: float32 (n, 48, 19) → logits (n, 2)."""
-    folder = Path(run_dir) / "model"
-    if not (folder / "model.json").exists():
+    folder = RunDir(run_dir).model_dir
+    if not (folder / layout.MODEL_META).exists():
         raise MissingArtifact(f"{folder}: no trained model (run the `train` stage first)")
-    meta = json.loads((folder / "model.json").read_text())
+    meta = json.loads((folder / layout.MODEL_META).read_text())
     if "external" in meta:  # the user's model, as `train` stored it
         return external.load_stored(folder, meta["external"], device)
     params = archs.params_from_dict(meta["params"])
     model = archs.build(params, n_features=meta.get("n_features", 19), n_time=meta.get("n_time", 48))
-    model.load_state_dict(torch.load(folder / "weights.pt", map_location=device, weights_only=True))
+    model.load_state_dict(torch.load(folder / layout.WEIGHTS, map_location=device, weights_only=True))
     return model.to(device).eval()

@@ -21,7 +21,7 @@ import torch
 
 from pipeline import figures
 from pipeline.config import ConfigError, PipelineConfig
-from pipeline.infra import rundir
+from pipeline.infra import layout, rundir
 from pipeline.infra.checkpoint import Checkpoint
 from pipeline.infra.launch import run_array, stage_seed
 from pipeline.infra.rundir import RunDir
@@ -35,13 +35,13 @@ log = logging.getLogger(__name__)
 def train_final(run_dir: str, params: dict, epochs: int, seed: int, workers: int, provenance: dict) -> dict:
     """The task: train on all non-test samples (resumable per epoch), then predict the test set once."""
     training.set_threads(workers)
-    run = Path(run_dir)
-    data = training.load_data(run)
-    split = RunDir(run).split()
+    run = RunDir(run_dir)
+    data = training.load_data(run.path)
+    split = run.split()
     train_idx, test_idx = training.non_test_indices(split), np.array(sorted(split["test"]))
     trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)
-    inputs = RunDir(run).fingerprints("dataset.zarr", "split.json")
-    checkpoint = Checkpoint(run / "model-checkpoint.pt", key={"params": params, "epochs": epochs, "seed": seed,
+    inputs = run.data_fingerprints()
+    checkpoint = Checkpoint(run / layout.TRAIN_CHECKPOINT, key={"params": params, "epochs": epochs, "seed": seed,
                                                               "inputs": inputs})  # exactly this work, or afresh
     losses: list[float] = []
     if (saved := checkpoint.load()) is not None:
@@ -55,20 +55,20 @@ def train_final(run_dir: str, params: dict, epochs: int, seed: int, workers: int
     prob = trainer.predict(test_idx)
     meta = {"n_features": int(data.x.shape[2]), "n_time": int(data.x.shape[1]), "epochs": epochs, "seed": seed,
             "n_train": len(train_idx), "n_test": len(test_idx), **provenance}
-    with rundir.atomic_path(run / "model") as folder:
+    with rundir.atomic_path(run.model_dir) as folder:
         save_model(folder, trainer.model.cpu(), meta)
         test_metrics = write_test_results(folder, run, test_idx, data.y[test_idx], prob)
-        figures.training_loss(losses, folder / "training_loss.png", "final model: training loss per epoch")
+        figures.training_loss(losses, folder / layout.TRAINING_LOSS, "final model: training loss per epoch")
     checkpoint.clear()
     return test_metrics
 
 
-def write_test_results(folder: Path, run: Path, test_idx: np.ndarray, y: np.ndarray, prob: np.ndarray) -> dict:
+def write_test_results(folder: Path, run: RunDir, test_idx: np.ndarray, y: np.ndarray, prob: np.ndarray) -> dict:
     """test_predictions.csv and .parquet (MEDS form) and test_metrics.json: the one evaluation on the test set."""
-    pd.DataFrame({"sample": test_idx, "y": y, "prob": prob}).to_csv(folder / "test_predictions.csv", index=False)
-    write_meds_predictions(folder / "test_predictions.parquet", RunDir(run).dataset(), test_idx, prob)
+    pd.DataFrame({"sample": test_idx, "y": y, "prob": prob}).to_csv(folder / layout.TEST_PREDICTIONS, index=False)
+    write_meds_predictions(folder / layout.TEST_PREDICTIONS_MEDS, run.dataset(), test_idx, prob)
     test_metrics = metrics.evaluate(prob, y)
-    (folder / "test_metrics.json").write_text(json.dumps(
+    (folder / layout.TEST_METRICS).write_text(json.dumps(
         {**test_metrics, "provenance": "held-out test set, evaluated once; never seen by tuning or CV"},
         indent=2) + "\n")
     return test_metrics
@@ -84,13 +84,13 @@ def store_external(cfg: PipelineConfig, run_dir: RunDir) -> dict:
     with torch.no_grad():
         prob = torch.cat([torch.softmax(model(data.x[test_idx[i:i + 1024]]), dim=1)[:, 1]
                           for i in range(0, len(test_idx), 1024)]).double().numpy()
-    with rundir.atomic_path(run_dir.path / "model") as folder:
+    with rundir.atomic_path(run_dir.model_dir) as folder:
         external.store(folder, cfg.model)
-        (folder / "model.json").write_text(json.dumps({
+        (folder / layout.MODEL_META).write_text(json.dumps({
             "external": record, "params": {}, "n_features": int(data.x.shape[2]), "n_time": int(data.x.shape[1]),
             "n_test": len(test_idx), "params_source": f"{record['source']} (trained elsewhere)"},
             indent=2, sort_keys=True) + "\n")
-        return write_test_results(folder, run_dir.path, test_idx, data.y[test_idx], prob)
+        return write_test_results(folder, run_dir, test_idx, data.y[test_idx], prob)
 
 
 def write_meds_predictions(path: Path, ds, samples: np.ndarray, prob: np.ndarray) -> None:
@@ -112,8 +112,8 @@ def final_epochs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[int, str]:
         return cfg.train.epochs, "[train] epochs"
     summary = run_dir.cv_summary()
     if summary is None:
-        raise ConfigError(f"{run_dir.path / 'cv' / 'summary.json'}: not found; run `cv` first or set [train] epochs")
-    return summary["best_epoch"], f"{run_dir.path / 'cv' / 'summary.json'} (lowest mean held-out loss)"
+        raise ConfigError(f"{run_dir.cv_file(layout.CV_SUMMARY)}: not found; run `cv` first or set [train] epochs")
+    return summary["best_epoch"], f"{run_dir.cv_file(layout.CV_SUMMARY)} (lowest mean held-out loss)"
 
 
 def train(cfg: PipelineConfig, run_dir: RunDir) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from pipeline.config import ConfigError, ModelParams, PipelineConfig
-from pipeline.infra import rundir
+from pipeline.infra import layout, rundir
 from pipeline.infra.launch import tuned
 from pipeline.infra.rundir import RunDir
 from pipeline.model import metrics
@@ -78,18 +78,18 @@ def fit_inputs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[Data, dict, str]:
     config), and the model parameters as a dict (tune-model's when it ran) with where they came from."""
     cfg.model.check()  # in the driver: a bad [model] is one line before any task starts
     data = load_data(run_dir.path, cfg.cv.meds_split)
-    ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed, remake=run_dir.forced,
+    ensure_split(run_dir, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed, remake=run_dir.forced,
                  held_out=data.held_out)
     params, source = tuned(run_dir, "tune-model", cfg.model)
     return data, dataclasses.asdict(params), source
 
 
-def ensure_split(run_dir: Path, y: np.ndarray, test_fraction: float, folds: int, seed: int,
+def ensure_split(run_dir: RunDir, y: np.ndarray, test_fraction: float, folds: int, seed: int,
                  remake: bool = False, held_out: np.ndarray | None = None) -> dict:
     """The run's split, made once and saved. A later stage with other settings or another cohort is an
     error naming the difference — unless it was forced (`remake`): then the split is made again, and the
     stages after it see their input changed."""
-    path = Path(run_dir) / "split.json"
+    path = run_dir / layout.SPLIT
     if path.exists():
         split = json.loads(path.read_text())
         differ = split_differences(split, len(y), seed, test_fraction, folds, held_out)

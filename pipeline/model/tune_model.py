@@ -132,7 +132,7 @@ def tune_model(cfg: PipelineConfig, run_dir: RunDir) -> None:
     cfg.model.check()
     study.check_driver(cfg.run.storage)
     data = training.load_data(run_dir.path, cfg.cv.meds_split)
-    training.ensure_split(run_dir.path, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed,
+    training.ensure_split(run_dir, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed,
                           remake=run_dir.forced, held_out=data.held_out)
     settings = {"tune": dataclasses.asdict(tm), "arch": cfg.model.arch}
     archs = archs_searched(tm, cfg.model.arch)

@@ -21,9 +21,10 @@ import pandas as pd
 import xarray as xr
 
 from pipeline import figures
+from pipeline.attack import spaces
 from pipeline.attack.realizable import imputed_share, record_edits, rederived_flips
 from pipeline.config import PipelineConfig
-from pipeline.infra import cf, rundir
+from pipeline.infra import cf, layout, rundir
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
 from pipeline.susceptibility import entry_report, report
@@ -58,9 +59,7 @@ def examples(attack: xr.Dataset) -> xr.Dataset:
         out["edits"], out["edit_l1"] = edit.l0, edit.l1
     out["found"] = attack.found
     if "method" in attack:  # decoded with the store's own codes
-        codes = dict(zip(attack.method.attrs["flag_values"], attack.method.attrs["flag_meanings"].split(), strict=True))
-        out["method"] = (("sample", "kind"), np.vectorize(lambda c: codes.get(int(c), ""), otypes=[object])(
-            attack.method.values))
+        out["method"] = cf.decode(attack.method.compute())
     out["iteration"] = attack.iteration.where(attack.iteration >= 0)  # NaN: none, or another search's example
     return out.assign_coords(direction=("sample", direction_of(attack.pred).values)).compute()
 
@@ -181,14 +180,13 @@ def changed_cells(attack: xr.Dataset, data: xr.Dataset, kind: str = "best") -> p
         "change_scaled": p[sample, hour, feature]})
 
 
-def draw(run_dir: Path, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[str, str]:
+def draw(run_dir: RunDir, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[str, str]:
     """Every figure of the report; returns file name → caption."""
-    out = Path(run_dir) / "figures"
     captions = {}
 
     def fig(name: str, caption: str) -> Path:
         captions[name] = caption
-        return out / name
+        return run_dir.figure(name)
 
     figures.score_heatmaps(sus.gpp, sus.n,
                            fig("gpp_heatmap.png", "GPP: share of successful examples that changed a cell"),
@@ -225,29 +223,29 @@ def draw(run_dir: Path, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dict[
     iterated = [k for k in ex.kind.values if bool((ex.iteration.sel(kind=k).notnull() | ~ex.found.sel(kind=k)).all())]
     figures.iteration_cdf(ex.iteration.sel(kind=iterated), ex.found.sel(kind=iterated), ex.direction, max_iter,
                           fig("iteration_cdf.png", "iteration at which the L1 attack found its examples (CDF)"))
-    folds, test = RunDir(run_dir).held_out_predictions()
+    folds, test = run_dir.held_out_predictions()
     if folds:
         figures.cv_curves(folds, test, fig("cv_roc_pr.png", "ROC and precision–recall curves of the held-out "
                                                            "CV folds and of the test set"))
     return captions
 
 
-def entry_errors(path: Path, data: xr.Dataset, captions: dict[str, str]) -> tuple[list[str], pd.DataFrame | None]:
+def entry_errors(run_dir: RunDir, data: xr.Dataset, captions: dict[str, str]) -> tuple[list[str], pd.DataFrame | None]:
     """The `errors` stage's results, when it ran: verified, tabulated, drawn; the report's lines and the
     k-error table."""
-    store = entry_report.load(path)
+    store = entry_report.load(run_dir)
     if store is None:
         return [], None
-    verified = entry_report.verify(store, data, load_model(path))
+    verified = entry_report.verify(store, data, load_model(run_dir.path))
     errors = entry_report.errors_table(store)
     k, kinds, features = (entry_report.k_table(store, verified), entry_report.by_kind(errors, store),
                           entry_report.by_feature(errors))
     for name, frame in (("errors", errors), ("errors_k", k), ("errors_kind", kinds), ("errors_feature", features)):
-        rundir.write_text(path / "tables" / f"{name}.csv", frame.to_csv(index=False))
+        rundir.write_text(run_dir.table(f"{name}.csv"), frame.to_csv(index=False))
     share, flips = entry_report.heat(errors, store, data.sizes["time"])
     name = "errors_heatmap.png"
     captions[name] = "entry errors: share of flipped targets with an erroneous entry at each hour and feature"
-    figures.score_heatmaps(share, flips, path / "figures" / name, "where the flipping entry errors were made",
+    figures.score_heatmaps(share, flips, run_dir.figure(name), "where the flipping entry errors were made",
                            "share of flipped targets")
     for row in k.itertuples():
         log.info("analyze: entry errors, %s: %d of %d targets flipped, %d verified", row.direction, row.flipped,
@@ -256,21 +254,20 @@ def entry_errors(path: Path, data: xr.Dataset, captions: dict[str, str]) -> tupl
 
 
 def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
-    path = run_dir.path
-    attack, data = open_run(path)
+    attack, data = open_run(run_dir.path)
     log.info("analyze: %d targets, %d with a successful example", attack.sizes["sample"],
              int(attack.found.sel(kind="first").sum()))
     sus = compute(attack, data)
-    with rundir.atomic_path(path / "susceptibility.zarr") as tmp, rundir.consolidated_zarr_v3():
+    with rundir.atomic_path(run_dir / layout.SUSCEPTIBILITY) as tmp, rundir.consolidated_zarr_v3():
         sus.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
     tables: dict[str, dict] = {}
     for d in DIRECTIONS:
         ranked = ranking_table(sus, d)
         clinical = clinical_table(attack, data, d)
-        rundir.write_text(path / "tables" / f"susceptibility_{d}.csv", ranked.to_csv(index=False))
+        rundir.write_text(run_dir.table(f"susceptibility_{d}.csv"), ranked.to_csv(index=False))
         markdown = ranking_markdown(ranked, d, cfg.analyze.top_features)
-        rundir.write_text(path / "tables" / f"susceptibility_{d}.md", markdown)
-        rundir.write_text(path / "tables" / f"clinical_{d}.csv", clinical.to_csv(index=False))
+        rundir.write_text(run_dir.table(f"susceptibility_{d}.md"), markdown)
+        rundir.write_text(run_dir.table(f"clinical_{d}.csv"), clinical.to_csv(index=False))
         tables[d] = {"ranking": markdown, "clinical": clinical, "successes": int(sus.n.sel(direction=d).max())}
         if tables[d]["successes"]:
             top = ranked.iloc[0]
@@ -279,32 +276,32 @@ def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
         else:  # no scores to rank (they are NaN): say so rather than name the first feature
             log.info("analyze: %s, no successful example: no susceptibility scores", d)
     ex = examples(attack)
-    space = attack.attrs.get("space", "tensor")
-    captions = draw(path, sus, ex, int(attack.attrs["attack_config"]["max_iter"]))
-    realizable = realizability(attack, data, path)
+    space = spaces.of(attack)
+    captions = draw(run_dir, sus, ex, int(attack.attrs["attack_config"]["max_iter"]))
+    realizable = realizability(attack, data, run_dir.path)
     imputed = {(d, str(k)): imputed_share(attack, data, str(k), d) for d in DIRECTIONS for k in attack.kind.values}
-    summary = report.summary(sus, ex, realizable, imputed if space == "tensor" else None)
-    rundir.write_json(path / "tables" / "summary.json", summary)
+    summary = report.summary(sus, ex, realizable, imputed if space.REPORTS_IMPUTED else None)
+    rundir.write_json(run_dir.table(layout.SUMMARY), summary)
     for row in summary:
         if row["kind"] == "best" and "realizable" in row:
             log.info("analyze: %s, %d of %d best examples re-derive from the edited record to a flip", row["direction"],
                      row["realizable"], row["successes"])
     changes = changed_cells(attack, data)
-    rundir.write_text(path / "tables" / "changes_best.csv", changes.to_csv(index=False))
-    edits = record_edits(attack, data) if space == "record" else None
+    rundir.write_text(run_dir.table("changes_best.csv"), changes.to_csv(index=False))
+    edits = record_edits(attack, data) if space.EDITS_RECORD else None
     if edits is not None:
-        rundir.write_text(path / "tables" / "edits_best.csv", edits.to_csv(index=False))
+        rundir.write_text(run_dir.table("edits_best.csv"), edits.to_csv(index=False))
         for d in DIRECTIONS:
             tables[d]["edits"] = edit_table(edits, data, d)
-            rundir.write_text(path / "tables" / f"edits_{d}.csv", tables[d]["edits"].to_csv(index=False))
+            rundir.write_text(run_dir.table(f"edits_{d}.csv"), tables[d]["edits"].to_csv(index=False))
             tables[d]["one_edit"] = feature_table(attack, data, d)
-            rundir.write_text(path / "tables" / f"one_edit_{d}.csv", tables[d]["one_edit"].to_csv(index=False))
-    entry, k_errors = entry_errors(path, data, captions)
+            rundir.write_text(run_dir.table(f"one_edit_{d}.csv"), tables[d]["one_edit"].to_csv(index=False))
+    entry, k_errors = entry_errors(run_dir, data, captions)
     fewest = report.fewest_section(summary, k_errors, sus, tables) if edits is not None else []
-    rundir.write_text(path / "report.md", report.render(path, data, attack, summary, tables, captions, changes,
+    rundir.write_text(run_dir.report, report.render(run_dir.path, data, attack, summary, tables, captions, changes,
                                                         edits, [*fewest, *entry]))
-    log.info("analyze: report %s (%d figures)", path / "report.md", len(captions))
+    log.info("analyze: report %s (%d figures)", run_dir.report, len(captions))
 
 
 def load_summary(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "tables" / "summary.json").read_text())
+    return json.loads(RunDir(run_dir).table(layout.SUMMARY).read_text())

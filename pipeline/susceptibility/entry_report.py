@@ -3,8 +3,6 @@ heat map of where the errors were made and the simplest flips spelled out (docs/
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
@@ -14,14 +12,15 @@ from pipeline.attack.entry_errors import apply, mean_after
 from pipeline.attack.l1 import margin
 from pipeline.data.record import derive_record, feature_stats
 from pipeline.features import BY_NAME, FEATURES
-from pipeline.infra import cf
+from pipeline.infra import cf, layout
+from pipeline.infra.rundir import RunDir
 from pipeline.susceptibility.scores import DIRECTIONS, label
 
 SHOWN = 5  # simplest flips spelled out in the report
 
 
-def load(run_dir: Path) -> xr.Dataset | None:
-    path = Path(run_dir) / "errors.zarr"
+def load(run_dir: RunDir) -> xr.Dataset | None:
+    path = run_dir / layout.ERRORS
     return xr.open_zarr(path, consolidated=False).load() if path.exists() else None
 
 

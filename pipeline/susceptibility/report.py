@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from pipeline.attack import spaces
+from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir
 from pipeline.model.archs import ARCHS, TRAINING
 from pipeline.susceptibility.scores import DIRECTIONS, label
@@ -111,7 +113,7 @@ def data_section(data: xr.Dataset) -> list[str]:
 
 def model_section(run_dir: Path) -> list[str]:
     run = RunDir(run_dir)
-    model = run.model_record()["model"] if (run_dir / "model").exists() else {}
+    model = run.model_record()["model"] if run.model_dir.exists() else {}
     cv = run.cv_summary()
     test = run.test_metrics()
     lines = ["## Model", "", *model_lines(model), ""]
@@ -129,7 +131,7 @@ def model_section(run_dir: Path) -> list[str]:
 
 def test_set(run_dir: Path) -> str:
     """Where the test set came from, in words (split.json's `test_from`)."""
-    path = run_dir / "split.json"
+    path = RunDir(run_dir) / layout.SPLIT
     if not path.exists():
         return "not made"
     split = json.loads(path.read_text())
@@ -139,41 +141,11 @@ def test_set(run_dir: Path) -> str:
             f"seed {split['seed']}")
 
 
-SPACES = {
-    "record": (
-        "**What the attack changes: the record.** An adversarial example here is a set of edits of recorded "
-        "values — a lab result or a vital sign as it was entered, at the hour it was entered — such as a "
-        "data-entry error would make. The model does not read the record directly: `prepare` fills the hours "
-        "between two measurements by interpolation, carries the first and last measurement to the edges of "
-        "the 48 hours and uses the feature's median where it was never measured. An edited value therefore "
-        "also moves every hour filled from it, exactly as it would if the wrong value had been in the chart. "
-        "Edited values stay inside the range `prepare` accepts for the feature, and every example is checked "
-        "by deriving the model's input from the edited record again."),
-    "tensor": (
-        "**What the attack changes: the model's input (Sun et al.'s attack).** An example here changes cells "
-        "of the 48 × 19 input directly, including hours that no one measured and `prepare` filled in. Such a "
-        "change is not an edit anyone could make to the record; the share of changed cells that were never "
-        "recorded, and how many examples still flip when only their changes of recorded values are kept, "
-        "are given below. `attack.space = \"record\"` searches edits of the record instead."),
-}
-
-
-KIND_TEXT = {
-    "record": "*first* is the L1 attack's first iterate that flipped the prediction; *l1_best* its flipped iterate "
-              "with the fewest edited values, then the smallest L1 of the edit (over the whole budget and every "
-              "run of the λ search); *best* the sparsest example any search found — the one-edit scan, the "
-              "fewest-edit search, the pruned L1 example or the L1 attack (docs/methods.md §10). L0, L1 and L∞ "
-              "measure the change of the model's input that the edit causes.",
-    "tensor": "*first* is the first iterate that flipped the prediction, *best* the flipped iterate with the "
-              "smallest L1 (over the whole budget and every run of the λ search).",
-}
-
-
 def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame,
                    edits: pd.DataFrame | None = None) -> list[str]:
     cfg = attack.attrs.get("attack_config", {})
-    space = attack.attrs.get("space", "tensor")
-    record_lines = realizability_lines(rows, space)
+    space = spaces.of(attack)
+    record_lines = realizability_lines(rows, space.REALIZABLE_TEXT)
     rows = pd.DataFrame(rows)
     rows = rows.drop(columns=[c for c in rows.columns if c.startswith(("realizable", "imputed", "share_edits",
                                                                        "found_by"))])
@@ -190,15 +162,15 @@ def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame,
             f"{attack.attrs.get('targets', '?')} set. Parameters ({attack.attrs.get('params_source', '?')}): "
             + _params(cfg) + f"; seed {attack.attrs.get('seed')}.", "",
             "A direction is the prediction before → after (`0to1`, `1to0` in susceptibility.zarr and "
-            "`tables/`). " + KIND_TEXT[space] + " L0 counts the changed cells of the 48 × 19 = 912; L1 and L∞ "
+            "`tables/`). " + space.KIND_TEXT + " L0 counts the changed cells of the 48 × 19 = 912; L1 and L∞ "
             "in scaled units (1 = the feature's p5…p95 range). The last column is the share of all targets in "
             f"the direction whose example changes at most {SPARSE_CELLS} cells.", "",
-            SPACES[space], "",
+            space.PARAGRAPH, "",
             table(rows), *record_lines,
             *(sparsest_edits(edits) if edits is not None else sparsest_examples(changes))]
 
 
-def realizability_lines(rows: list[dict], space: str) -> list[str]:
+def realizability_lines(rows: list[dict], realizable: str) -> list[str]:
     """The edit counts, the realizability check and (tensor space) the share of imputed cells changed."""
     lines = []
     for row in rows:
@@ -212,9 +184,7 @@ def realizability_lines(rows: list[dict], space: str) -> list[str]:
         if "found_by" in row and row["found_by"]:
             parts.append("found by " + ", ".join(f"{METHOD_NAMES.get(m, m)} {n}" for m, n in row["found_by"].items()))
         if "realizable" in row:
-            what = "re-derive from the edited record to a flipped prediction" if space == "record" else \
-                "still flip with only their changes of recorded values kept and the rest re-derived"
-            parts.append(f"{row['realizable']} of {row['successes']} examples {what}")
+            parts.append(f"{row['realizable']} of {row['successes']} examples {realizable}")
         if "imputed_share" in row:
             parts.append(f"{_pct(row['imputed_share'])} of the changed cells were never recorded (imputed)")
         if parts:

@@ -27,6 +27,7 @@ from pipeline.data.synth.tables import (
     true_risk_table,
 )
 from pipeline.data.synth.writing import GzipCsv, WriterThreads, write_table
+from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir, atomic_path
 from pipeline.model.metrics import auroc
 
@@ -87,11 +88,11 @@ def generate(out_dir: Path, admissions: int, seed: int, noise_fraction: float = 
 def synth(cfg: PipelineConfig, run_dir: RunDir) -> None:
     """Stage `synth`: the synthetic MIMIC-III tables in run_dir/raw, written whole or not at all."""
     noise_fraction = cfg.synth.noise_fraction
-    with atomic_path(run_dir / "raw") as tmp:
+    with atomic_path(run_dir.raw_dir) as tmp:
         summary = generate(tmp, cfg.synth.admissions, cfg.run.seed, noise_fraction)
         if cfg.synth.meds:
-            meds_export.write_meds(tmp, tmp / "meds", seed=cfg.run.seed, dataset_name="synthetic MIMIC-III")
-            log.info("synth: the cohort as MEDS too in %s", run_dir / "raw" / "meds")
+            meds_export.write_meds(tmp, tmp / layout.MEDS, seed=cfg.run.seed, dataset_name="synthetic MIMIC-III")
+            log.info("synth: the cohort as MEDS too in %s", run_dir.raw_dir / layout.MEDS)
     for name, n in summary["rows"].items():
         log.info("synth: %-12s %12d rows", name, n)
     oracle = summary["oracle_auroc"]

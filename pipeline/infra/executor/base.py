@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.infra import layout
 from pipeline.infra.executor.outcome import ArrayBusy, Outcome, TaskFailed
 from pipeline.infra.executor.states import arrays_of, earlier_tasks, end_slurm_tasks
 from pipeline.infra.executor.workers import end_local_workers, live_workers
@@ -35,8 +36,8 @@ class Executor:
         """Make sure nothing else writes this stage's outputs: Slurm tasks of an earlier array (recorded in
         ``array.json``, or by job `name`) other than those in `keep` (reattached), and local workers a
         driver left (``workers.json``). Found: ArrayBusy, or with `force` they are stopped and awaited."""
-        slurm = sorted(earlier_tasks(self.jobs_dir / "array.json", name) - set(keep))
-        local = live_workers(self.jobs_dir / "workers.json")
+        slurm = sorted(earlier_tasks(self.jobs_dir / layout.ARRAY_RECORD, name) - set(keep))
+        local = live_workers(self.jobs_dir / layout.LOCAL_WORKERS)
         if not slurm and not local:
             return
         what = ", ".join(filter(None, [f"Slurm array {', '.join(arrays_of(slurm))}" if slurm else "",

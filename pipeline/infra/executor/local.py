@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from pipeline.infra import layout
 from pipeline.infra.executor.base import Executor
 from pipeline.infra.executor.outcome import Outcome, failure
 from pipeline.infra.executor.tasks import LoggedTask, start_worker
@@ -59,14 +60,14 @@ class LocalExecutor(Executor):
                                        for i, args in enumerate(self.calls)]
         # who works for this stage now: a later driver waits for them (they die with this driver, but a
         # process's death takes a moment, and elsewhere than Linux only a poll notices it)
-        write_json(self.jobs_dir / "workers.json", {"host": HOST, "workers": [
+        write_json(self.jobs_dir / layout.LOCAL_WORKERS, {"host": HOST, "workers": [
             [w.pid, process_start(w.pid)] for w in multiprocessing.active_children()]})
 
     def wait(self, progress: bool = True) -> None:
         for _ in tqdm(as_completed(self._futures), total=len(self._futures), desc=self.stage, disable=not progress):
             pass
         self._pool.shutdown()
-        (self.jobs_dir / "workers.json").unlink(missing_ok=True)
+        (self.jobs_dir / layout.LOCAL_WORKERS).unlink(missing_ok=True)
 
     def outcomes(self) -> list[Outcome]:
         outcomes = []

@@ -20,6 +20,7 @@ import submitit
 from tqdm.auto import tqdm
 
 from pipeline.errors import reported_reason
+from pipeline.infra import layout
 from pipeline.infra.executor.base import Executor
 from pipeline.infra.executor.outcome import Outcome
 from pipeline.infra.executor.profile import SlurmProfile, job_name, make_slurm_executor
@@ -39,7 +40,7 @@ class SlurmExecutor(Executor):
                  force: bool = False):
         super().__init__(stage, jobs_dir, workers, force)
         self.profile, self.name = profile, job_name(stage, run_dir)
-        self.record = self.jobs_dir / "array.json"
+        self.record = self.jobs_dir / layout.ARRAY_RECORD
 
     def submit(self, fn: Callable[..., Any], calls: Sequence[tuple]) -> None:
         self.calls = [tuple(c) for c in calls]

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.infra import layout
 from pipeline.infra.executor.outcome import END_WAIT_S, ArrayBusy
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def end_slurm_tasks(tasks: Sequence[str], stage: str) -> None:
 def cancel_run(run_dir: Path) -> list[str]:
     """scancel the arrays a run recorded (``jobs/*/array.json``) that Slurm still shows pending or running;
     returns their job ids. InputError (one line) when scancel is missing or fails."""
-    tasks = {task for record in Path(run_dir).glob("jobs/*/array.json")
+    tasks = {task for record in Path(run_dir).glob(f"{layout.JOBS}/*/{layout.ARRAY_RECORD}")
              for task in json.loads(record.read_text())["tasks"]}
     if not tasks:
         return []

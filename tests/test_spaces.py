@@ -1,0 +1,84 @@
+"""The attack spaces (pipeline/attack/spaces/): each owns what differs between spaces, and what it writes
+into attack.zarr about its examples is true of them."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.attack import spaces
+from pipeline.attack.l1 import ranks_before
+from pipeline.config import AttackConfig, ConfigError
+from tests.runs import copy_trained
+from tests.test_attack_stage import run_attack
+
+
+def l0(a: np.ndarray) -> np.ndarray:
+    return (a != 0).sum(axis=(-2, -1))
+
+
+def l1(a: np.ndarray) -> np.ndarray:
+    return np.abs(a).sum(axis=(-2, -1))
+
+
+@pytest.mark.parametrize("name", spaces.NAMES)
+def test_the_kind_long_name_is_true_of_the_examples(name, trained_run, tmp_path):
+    """attack.zarr's `kind` carries the space's own description, and the examples obey it: in the tensor
+    space best is the flipped iterate with the smallest L1, so never larger than first; in the record space
+    best (any search) and l1_best (the L1 attack) have the fewest edited values, then the smallest L1."""
+    space = spaces.get(name)
+    store = run_attack(copy_trained(trained_run, tmp_path), "--executor", "debug", f"attack.space={name}",
+                       "attack.max_iter=60")
+    assert store.attrs["space"] == name and spaces.of(store) is space
+    assert store.kind.values.tolist() == list(space.KINDS)
+    assert store.kind.attrs["long_name"] == space.KIND["long_name"]
+    assert store.perturbation.attrs["long_name"] == space.EFFECT
+    found = store.found.values
+    assert found[:, 0].sum() > 5, "too few examples to check anything"
+    assert (found[:, 1] | ~found[:, 0]).all()  # an iterate flipped: a best example exists
+    margin = store.margin.values
+    assert (margin[found] > space.MIN_MARGIN).all()
+    both = found[:, 0]
+    if name == "tensor":
+        assert "smallest L1" in space.KIND["long_name"]
+        p = store.perturbation.values[both]
+        assert (l1(p[:, 1]) <= l1(p[:, 0]) + 1e-6).all()
+        assert (l1(p[:, 1]) < l1(p[:, 0]) - 1e-6).any(), "best never improved on first: nothing was checked"
+    else:
+        assert "fewest edited values" in space.KIND["long_name"]
+        edit = store["edit"].values[both]
+        first, best, l1_best = (edit[:, store.kind.values.tolist().index(k)] for k in ("first", "best", "l1_best"))
+        for sparser, than in ((l1_best, first), (best, l1_best)):
+            fewer, same = l0(sparser) < l0(than), l0(sparser) == l0(than)
+            assert (fewer | (same & (l1(sparser) <= l1(than) + 1e-5))).all()
+        assert (l0(best) < l0(first)).any(), "best never had fewer edits than first: nothing was checked"
+        assert set(np.unique(store.method.values[both, 1])) <= set(range(len(store.method.attrs["flag_values"])))
+
+
+def test_the_attack_ranks_by_the_space_score_then_the_margin():
+    fewer, smaller = torch.tensor([1, 2, 2, 2]), torch.tensor([5.0, 1.0, 2.0, 3.0])
+    before, equal = ranks_before((fewer, smaller), (torch.tensor([2, 2, 2, 1]), torch.tensor([1.0, 2.0, 2.0, 0.0])))
+    assert before.tolist() == [True, True, False, False]
+    assert equal.tolist() == [False, False, True, False]
+
+
+def test_each_space_is_a_module_named_as_its_choice():
+    for name in spaces.NAMES:
+        assert spaces.get(name).name == name
+    assert AttackConfig().space == spaces.DEFAULT
+    with pytest.raises(ValueError, match="unknown attack space 'pixel'"):
+        spaces.get("pixel")
+
+
+def test_a_space_refuses_the_keys_it_cannot_take():
+    with pytest.raises(ConfigError, match="observed_only"):
+        AttackConfig(space="record", observed_only=True).check()
+    AttackConfig(space="tensor", observed_only=True).check()
+
+
+def test_a_store_that_names_no_space_is_read_as_the_tensor_space():
+    """attack.zarr written before stores named their space held Sun et al.'s tensor-space examples."""
+
+    class Unnamed:
+        attrs: dict = {}
+
+    assert spaces.of(Unnamed()) is spaces.get("tensor")

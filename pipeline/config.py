@@ -159,10 +159,11 @@ class AttackParams:
     space: str = option(spaces.DEFAULT, "what the attack edits: record = the recorded values (the model sees the "
                         "input prepare derives from the edited record); tensor = the model's input cell by cell "
                         "(Sun et al.)", spaces.NAMES)
-    max_iter: int = option(1000, "proximal updates per target, over all λ-search runs (no early stop)", ge=1)
+    max_iter: int = option(1000, "proximal updates per target, over all λ-search runs (no early stop)", ge=1,
+                           le=1_000_000)
     observed_only: bool = option(False, "tensor space: perturb only cells that were really measured (mask)")
     kappa: float = option(0.0, "confidence margin κ of the hinge max(Z_t − Z_o, −κ)", ge=0)
-    lam: float = option(0.003, "λ, weight of the elementwise L1 norm (the first λ of the λ search)", gt=0)
+    lam: float = option(0.003, "λ, weight of the elementwise L1 norm (the first λ of the λ search)", gt=0, le=1e3)
     lr: float = option(0.1, "step size η of the gradient step on the hinge term (adam: about the move per step)", gt=0)
     optimizer: str = option("adam", "gradient step: sgd = ISTA (threshold η·λ); adam, rmsprop threshold each "
                             "cell in their own metric, η·λ / (√v̂ + ε)", ATTACK_OPTIMIZERS)
@@ -214,10 +215,11 @@ class ErrorsConfig:
 
     kinds: list[str] = option(list(ERROR_KINDS), "error kinds tried: decimal (×10, ÷10), transpose (adjacent "
                               "digits), unit (the feature's usual unit confusions), delete (a value lost)",
-                              ERROR_KINDS)
+                              ERROR_KINDS, min_items=1)
     max_errors: int = option(3, "errors per target at most; a target no such set flips is reported as not flipped",
                              ge=1, le=10)
-    beam: int = option(4, "search width: states kept per step (1 = greedy; the greedy path is always kept)", ge=1)
+    beam: int = option(4, "search width: states kept per step (1 = greedy; the greedy path is always kept)", ge=1,
+                       le=1024)
     targets: str = option("test", "correctly classified samples of the test set or of all samples", ("test", "all"))
     shards: int = option(1, "array tasks, each a contiguous range of targets", ge=1)
     batch_size: int = option(4096, "candidate records per forward pass of the model", ge=1)

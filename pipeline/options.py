@@ -15,11 +15,11 @@ class ConfigError(ValueError):
 
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None, *, ge: float | None = None,
-           gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+           gt: float | None = None, le: float | None = None, lt: float | None = None, min_items: int = 0) -> Any:
     """A config field with its CLI help text, and its allowed values: `choices`, or a range (ge ≥, gt >,
-    le ≤, lt <) checked when the config is loaded."""
+    le ≤, lt <) checked when the config is loaded; a list holds each item once, and at least `min_items`."""
     bounds = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt}.items() if v is not None}
-    metadata = {"help": help, "choices": choices, "bounds": bounds}
+    metadata = {"help": help, "choices": choices, "bounds": bounds, "min_items": min_items}
     if isinstance(default, list):  # a list default is built anew for each instance
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -37,6 +37,15 @@ def check_bounds(where: str, value: Any, bounds: dict[str, float]) -> None:
     if not all(BOUND_OK[k](value, b) for k, b in bounds.items()):
         allowed = " and ".join(f"{BOUND_TEXT[k]} {b:g}" for k, b in bounds.items())
         raise ConfigError(f"{where} = {value!r}: must be {allowed}")
+
+
+def check_items(where: str, value: list, min_items: int) -> None:
+    """ConfigError when a list names an item twice or holds fewer than `min_items`."""
+    twice = sorted({str(v) for v in value if value.count(v) > 1})
+    if twice:
+        raise ConfigError(f"{where} = {value!r}: {', '.join(twice)} listed more than once")
+    if len(value) < min_items:
+        raise ConfigError(f"{where} = {value!r}: needs at least {min_items} item(s)")
 
 
 def check_value(where: str, value: Any, typ: Any) -> Any:
@@ -84,5 +93,7 @@ def build_section(cls: type, values: dict[str, Any], where: str) -> Any:
             if choices and item not in choices:
                 raise ConfigError(f"{where} {key}: {item!r} is not one of {', '.join(choices)}")
         check_bounds(f"{where} {key}", value, fields[key].metadata.get("bounds", {}))
+        if isinstance(value, list):
+            check_items(f"{where} {key}", value, fields[key].metadata.get("min_items", 0))
         kwargs[key] = value
     return cls(**kwargs)

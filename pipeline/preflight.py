@@ -23,6 +23,7 @@ from pipeline.config import ConfigError, PipelineConfig, redacted, to_toml
 from pipeline.infra.executor import IMAGES, SlurmProfile, job_name, load_profile, preview_submission, profile_file
 from pipeline.infra.registry import CHAIN, STAGES, chain, stage_config
 from pipeline.infra.rundir import RunDir
+from pipeline.infra.stages import unfit_outputs
 
 CONTAINER_RUNNERS = ("apptainer", "singularity")
 
@@ -31,7 +32,7 @@ def planned(cfg: PipelineConfig, run_dir: RunDir, stage: str, force: bool) -> li
     """The stages a command will run: `stage`, or for ``run`` the chain (synth only without real
     tables), less the complete ones unless forced."""
     names = chain(cfg) if stage == "run" else [stage]
-    return [n for n in names if force or not run_dir.is_complete(n)]
+    return [n for n in names if force or not run_dir.is_complete(n) or unfit_outputs(n, run_dir)]
 
 
 def preflight(cfg: PipelineConfig, run_dir: RunDir, stages: list[str], submitting: bool = True) -> None:
@@ -54,6 +55,10 @@ def preflight(cfg: PipelineConfig, run_dir: RunDir, stages: list[str], submittin
                 check_accepted(cfg, run_dir, name)
     if cfg.run.storage and any(STAGES[n].storage for n in stages):
         check_storage(cfg.run.storage)
+    if "prepare" in stages and cfg.prepare.stats_from:
+        from pipeline.data.prepare import frozen_stats  # here: it imports xarray and dask, which few runs need
+
+        frozen_stats(cfg.prepare)  # before anything is written: a bad store leaves no run directory behind
 
 
 def check_accepted(cfg: PipelineConfig, run_dir: RunDir, name: str) -> None:

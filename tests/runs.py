@@ -1,6 +1,9 @@
 """Helpers for tests that run stages on the small synthetic run (the `small_run` fixture)."""
 
+import contextlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,3 +84,19 @@ def quick_tuning(run: Path, seed: int, folds: int, *settings: str):
                  "tune-model.max_hidden=32", *settings]) == 0
     best = json.loads((run / "tune-model" / "best.json").read_text())
     return best, optuna.load_study(study_name=best["study"], storage=study.open_storage("", run)).trials
+
+
+@contextlib.contextmanager
+def stage_held(run: Path, stage: str):
+    """Another process holding `stage`'s lock in `run` (as a running copy of the stage would); yields it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pipeline.infra.rundir import RunDir\n"
+                               "with RunDir(sys.argv[1]).stage_lock(sys.argv[2]):\n"
+                               "    print('locked', flush=True); time.sleep(600)", str(run), stage],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

@@ -100,6 +100,12 @@ def test_bad_config_exit_code_of_the_real_command(tmp_path):
     (["cv", "test_fraction=-0.5"], "[cv] test_fraction = -0.5: must be > 0 and < 1"),
     (["cv", "test_fraction=1.5"], "[cv] test_fraction = 1.5: must be > 0 and < 1"),
     (["cv", "--workers", "0"], "[run] workers = 0: must be ≥ 1"),
+    (["errors", "beam=1000000000"], "[errors] beam = 1000000000: must be ≥ 1 and ≤ 1024"),
+    (["attack", "max_iter=1000000000000"], "[attack] max_iter = 1000000000000: must be ≥ 1 and ≤ 1e+06"),
+    (["attack", "lam=inf"], "[attack] lam = inf: must be > 0 and ≤ 1000"),
+    (["errors", "kinds=[]"], "[errors] kinds = []: needs at least 1 item(s)"),
+    (["errors", 'kinds=["decimal", "unit", "decimal"]'], "[errors] kinds = ['decimal', 'unit', 'decimal']: "
+                                                         "decimal listed more than once"),
 ])
 def test_a_value_outside_its_range_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path, capsys):
     from pipeline.cli import main

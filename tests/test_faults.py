@@ -21,7 +21,7 @@ import xarray as xr
 
 from pipeline.cli import main
 from pipeline.infra.rundir import HOST, RunDir, recover_replaced
-from tests.runs import FEWEST_QUICK, TINY, copy_run, copy_trained
+from tests.runs import FEWEST_QUICK, TINY, copy_run, copy_trained, stage_held
 
 ROOT = Path(__file__).resolve().parent.parent
 ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=test", "attack.max_iter=30", "attack.batch_size=32",
@@ -99,20 +99,11 @@ def test_a_killed_driver_takes_its_local_workers_with_it(small_run, tmp_path):
 
 def test_a_second_run_of_a_running_stage_names_the_holder_and_exits_1(trained_run, tmp_path, capsys):
     run = copy_trained(trained_run, tmp_path)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pipeline.infra.rundir import RunDir\n"
-                               "with RunDir(sys.argv[1]).stage_lock('attack'):\n"
-                               "    print('locked', flush=True); time.sleep(600)", str(run)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with stage_held(run, "attack") as holder:
         assert main(["attack", "--run-dir", str(run), *ATTACK]) == 1
         error = capsys.readouterr().err
         assert f"attack: already running in {run}" in error and f"pid {holder.pid} on {HOST}" in error
         assert not (run / "attack.zarr").exists() and not (run / ".stages" / "attack.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
     # the kernel released the lock with its holder: nothing stale stops the next run
     assert main(["attack", "--run-dir", str(run), *ATTACK]) == 0
 
@@ -125,7 +116,7 @@ def test_a_stage_does_not_start_beside_one_that_writes_what_it_reads_or_reads_wh
     run = copy_trained(trained_run, tmp_path)
     assert main(["attack", "--run-dir", str(run), *ATTACK]) == 0
     forced = subprocess.Popen(pipeline_cmd("attack", "--run-dir", str(run), "--force",
-                                           *[a if a != "attack.max_iter=30" else "attack.max_iter=100000000"
+                                           *[a if a != "attack.max_iter=30" else "attack.max_iter=1000000"
                                              for a in ATTACK]),
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

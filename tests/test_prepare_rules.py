@@ -261,3 +261,35 @@ def test_a_header_only_chartevents_is_named(tmp_path):
     (folder / "CHARTEVENTS.csv").write_text(header + "\n")
     with pytest.raises(InputError, match=r"CHARTEVENTS\.csv: no event of the features kept \(0 rows read"):
         build_dataset(folder, CFG)
+
+
+@pytest.mark.parametrize("bad", ["NaN", "nan", "inf", "-inf", "Infinity", "1e308", "-1e308", "-5"])
+def test_non_finite_huge_and_negative_values_of_every_feature_never_reach_the_record(bad, tmp_path):
+    """What prepare keeps is what the record-space box and the entry-error search start from: a value that
+    is not finite, or outside the feature's range, must be dropped (then imputed), never stored."""
+    from pipeline.attack.entry_errors import candidates
+    from pipeline.attack.spaces.record import plausible_edits
+    from pipeline.data.record import feature_stats
+    from pipeline.features import FEATURES
+
+    t = baseline()
+    icu = t.admission(100002)
+    t.fill_every_feature(100002)
+    for f in FEATURES:
+        for itemid in f.all_itemids:
+            if f.table == "LABEVENTS":
+                t.lab(100002, itemid, 3.5, bad)
+            else:
+                t.chart(icu, itemid, 3.5, bad)
+    ds = build(t, tmp_path)
+    value, mask = ds["value"].values, ds["mask"].values
+    lo, hi = np.array([f.lo for f in FEATURES]), np.array([f.hi for f in FEATURES])
+    assert not mask[:, 3].any() and np.isnan(value[:, 3]).all()  # hour 3: every feature's bad event dropped
+    recorded = value[mask]
+    assert np.isfinite(recorded).all() and ((recorded > np.broadcast_to(lo, mask.shape)[mask])
+                                            & (recorded <= np.broadcast_to(hi, mask.shape)[mask])).all()
+    assert np.isfinite(ds.x.values).all()
+    lower, upper = plausible_edits(value, mask, feature_stats(ds))
+    assert np.isfinite(lower).all() and np.isfinite(upper).all() and (lower <= 0).all() and (upper >= 0).all()
+    found = candidates(value[1], ds["count"].values[1], ["decimal", "transpose", "unit", "delete"])
+    assert len(found.hour) > 0

@@ -118,13 +118,20 @@ def test_edits_written_into_the_raw_tables_flip_the_re_prepared_sample(demo_dir,
     assert (margin(after, target) > 0).all(), "flipped after the edit went through the raw tables and prepare"
 
 
-def test_record_space_on_a_store_without_the_record_says_to_prepare_again(demo_attacked, tmp_path, capsys):
+@pytest.mark.parametrize("stage", ["attack", "errors"])
+def test_a_store_without_the_record_says_to_prepare_again_and_that_works(stage, demo_dir, demo_attacked, tmp_path,
+                                                                        capsys):
+    """The record space and the entry-error search read the record: a dataset.zarr made before it was kept
+    is one line advising `prepare --force`, which makes a store they run on."""
     run = tmp_path / "run"
     shutil.copytree(demo_attacked, run, ignore=shutil.ignore_patterns("attack.zarr", ".stages"))
     old = xr.open_zarr(run / "dataset.zarr", consolidated=False).load().drop_vars(["value", "count"])
     shutil.rmtree(run / "dataset.zarr")
     old.to_zarr(run / "dataset.zarr", zarr_format=3, consolidated=False)
-    code = main(["attack", "--run-dir", str(run), *RECORD_ATTACK])
+    args = [*RECORD_ATTACK, "attack.max_iter=20", "errors.beam=1", "errors.max_errors=1"]
+    code = main([stage, "--run-dir", str(run), *args])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "prepare --force" in err[0], err
-    assert not (run / "attack.zarr").exists()
+    assert code == 1 and len(err) == 1 and "holds no recorded values" in err[0] and "prepare --force" in err[0], err
+    assert not (run / f"{stage}.zarr").exists()
+    assert main(["prepare", "--run-dir", str(run), "--mimic-dir", str(demo_dir), "--force"]) == 0
+    assert main([stage, "--run-dir", str(run), *args]) == 0

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,12 +58,18 @@ def use_stage(monkeypatch, entry: str) -> None:
     monkeypatch.setitem(stages.STAGES, "synth", dataclasses.replace(stages.STAGES["synth"], entry=entry))
 
 
-def test_complete_stage_is_skipped_unless_forced(tmp_path, monkeypatch, caplog):
+def counted_run(tmp_path: Path, monkeypatch) -> tuple[RunDir, PipelineConfig]:
+    """A new run directory whose `synth` is :func:`counting_stage`."""
     CALLS.clear()
     use_stage(monkeypatch, "tests.test_rundir:counting_stage")
     run = RunDir(tmp_path / "run")
     cfg = PipelineConfig()
     run.open(cfg.to_dict(), cfg.run.seed)
+    return run, cfg
+
+
+def test_complete_stage_is_skipped_unless_forced(tmp_path, monkeypatch, caplog):
+    run, cfg = counted_run(tmp_path, monkeypatch)
     assert stages.run_stage("synth", cfg, run) is True
     assert stages.run_stage("synth", cfg, run) is False
     other = apply_overrides(cfg, ["run.seed=5"])
@@ -74,7 +81,24 @@ def test_complete_stage_is_skipped_unless_forced(tmp_path, monkeypatch, caplog):
     manifest = json.loads(run.manifest_path.read_text())
     record = manifest["stages"]["synth"]
     assert record["seed"] == 5 and record["config"]["run"]["seed"] == 5 and record["seconds"] >= 0
-    assert json.loads(run.marker("synth").read_text()) == record
+    marker = json.loads(run.marker("synth").read_text())
+    assert {k: v for k, v in marker.items() if k != "outputs"} == record  # the file lists: in the marker only
+    assert set(marker["outputs"]) == {"raw"}
+
+
+def test_a_complete_stage_whose_output_changed_runs_again(tmp_path, monkeypatch, caplog):
+    run, cfg = counted_run(tmp_path, monkeypatch)
+    assert stages.run_stage("synth", cfg, run) is True
+    assert run.damaged_outputs("synth") == {}
+    (run / "raw" / "out.txt").write_text("edited")
+    assert run.damaged_outputs("synth") == {"raw": "is damaged: raw/out.txt is not the file `synth` wrote"}
+    assert stages.run_stage("synth", cfg, run) is True
+    assert "synth: marked complete but raw is damaged: raw/out.txt is not the file `synth` wrote; running it " \
+           "again" in caplog.text
+    (run / "raw" / "out.txt").unlink()
+    assert run.damaged_outputs("synth") == {"raw": "is damaged: raw/out.txt is missing"}
+    assert stages.run_stage("synth", cfg, run) is True and stages.run_stage("synth", cfg, run) is False
+    assert CALLS == [0, 0, 0]
 
 
 def test_failed_stage_is_not_marked_complete(tmp_path, monkeypatch):

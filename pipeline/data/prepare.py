@@ -27,7 +27,7 @@ import xarray as xr
 from pipeline.config import ConfigError, PipelineConfig, PrepareConfig
 from pipeline.data import meds, mimic, timeseries
 from pipeline.data.cohort import build_cohort
-from pipeline.data.record import feature_stats
+from pipeline.data.record import STATS, feature_stats
 from pipeline.errors import InputError
 from pipeline.features import CHART, FEATURES, LAB, NAMES
 from pipeline.hashing import file_sha256
@@ -193,14 +193,20 @@ def filter_both(paths: dict[str, Path], parquet: dict[str, Path], workers: int) 
 
 def frozen_stats(cfg: PrepareConfig) -> dict[str, np.ndarray]:
     """p5, median and p95 of the store `cfg.stats_from` (a trained model's dataset.zarr), after checking
-    that it was made with the same features, units and window settings (ConfigError otherwise)."""
+    that it was made with the same features, units and window settings and that each feature's statistics
+    are finite with p95 > p5 (ConfigError, one line, otherwise: a damaged store must not scale anything)."""
     where = f"[prepare] stats_from = {cfg.stats_from!r}"
     try:
         ds = xr.open_zarr(cfg.stats_from, consolidated=None)
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"{where}: not a dataset.zarr ({type(e).__name__}: {e})") from None
-    if [str(f) for f in ds.feature.values] != list(NAMES) or \
-            [str(u) for u in ds.unit.values] != [f.unit for f in FEATURES]:
+        lacking = [v for v in ("feature", "unit", *STATS) if v not in ds.variables]
+        if not lacking:
+            features, units = [str(f) for f in ds.feature.values], [str(u) for u in ds.unit.values]
+            stats = feature_stats(ds)
+    except (OSError, ValueError, KeyError) as e:  # zarr's metadata errors (a truncated zarr.json) are ValueErrors
+        raise ConfigError(f"{where}: not a dataset.zarr that can be read ({type(e).__name__}: {e})") from None
+    if lacking:
+        raise ConfigError(f"{where}: not a dataset.zarr made by `prepare` (it has no {', '.join(lacking)})")
+    if features != list(NAMES) or units != [f.unit for f in FEATURES]:
         raise ConfigError(f"{where}: its features or units differ from this version's ({', '.join(NAMES)})")
     theirs = ds.attrs.get("cohort_config", {})
     mine = dataclasses.asdict(cfg)
@@ -208,7 +214,11 @@ def frozen_stats(cfg: PrepareConfig) -> dict[str, np.ndarray]:
     if differ:
         raise ConfigError(f"{where}: made with other window settings: "
                           + ", ".join(f"{k} = {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ))
-    return feature_stats(ds)
+    ok = np.isfinite(np.stack(list(stats.values()))).all(axis=0) & (stats["p95"] > stats["p5"])
+    if not ok.all():
+        raise ConfigError(f"{where}: its statistics are not finite with p95 > p5 for "
+                          f"{', '.join(np.array(NAMES)[~ok])} (a damaged store?)")
+    return stats
 
 
 # the settings that give x its meaning: the statistics of a store made with other ones do not apply

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import write_failure
+
 HOST = socket.gethostname()
 
 
@@ -61,6 +63,12 @@ def atomic_path(final: Path) -> Iterator[Path]:
     _remove(tmp)
     try:
         yield tmp
+    except OSError as e:  # a full disk while writing: name the output, not the temporary nor the run directory
+        _remove(tmp)
+        error = write_failure(e, final)
+        if error is None:
+            raise
+        raise error from e
     except BaseException:
         _remove(tmp)
         raise

@@ -71,7 +71,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("analyze", "susceptibility scores, tables, figures and the report (xarray)",
           "susceptibility.zarr, tables/, figures/, report.md", "pipeline.susceptibility.analyze:analyze",
           ("dataset.zarr", "attack.zarr", "model", "cv/summary.json", "errors.zarr"),
-          outputs=("susceptibility.zarr",)),
+          outputs=("susceptibility.zarr", "report.md", "tables", "figures")),
 ]}
 CHAIN = list(STAGES)
 
@@ -80,6 +80,13 @@ def writers(artifact: str) -> list[str]:
     """The stages that write `artifact` (an input name as in :attr:`Stage.inputs`)."""
     return [s.name for s in STAGES.values()
             if artifact in s.outputs + s.makes or artifact.startswith(f"{s.name}/")]
+
+
+def products(name: str) -> tuple[str, ...]:
+    """What stage `name` writes, checked for damage once it is complete: its outputs, and its own folder
+    when later stages read from it (tune-model/, cv/)."""
+    folder = any(a.startswith(f"{name}/") for s in STAGES.values() for a in s.inputs)
+    return (*STAGES[name].outputs, *((name,) if folder else ()))
 
 
 def related(name: str) -> dict[str, str]:

@@ -98,6 +98,7 @@ class RunDir:
     def __init__(self, path: Path | str):
         self.path = Path(path).resolve()
         self.forced = False  # the stage running now was asked to redo its work (--force)
+        self._staged: dict[str, Path] = {}  # folder → its temporary, while :meth:`staged`
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -140,10 +141,24 @@ class RunDir:
         return self.path / f".{name}.partial"
 
     def table(self, name: str) -> Path:
-        return self.path / layout.TABLES / name
+        return self._staged.get(layout.TABLES, self.path / layout.TABLES) / name
 
     def figure(self, name: str) -> Path:
-        return self.path / layout.FIGURES / name
+        return self._staged.get(layout.FIGURES, self.path / layout.FIGURES) / name
+
+    @contextlib.contextmanager
+    def staged(self, *folders: str) -> Iterator[None]:
+        """Inside, :meth:`table` and :meth:`figure` lie in temporaries of `folders` (tables, figures), which
+        replace the folders whole when the block succeeds: a stage's files never mix with an earlier run's
+        (a record-space table stays behind no tensor-space report), and a failed stage leaves the old ones."""
+        with contextlib.ExitStack() as stack:
+            for name in folders:
+                self._staged[name] = stack.enter_context(atomic_path(self.path / name))
+                self._staged[name].mkdir(parents=True)
+            try:
+                yield
+            finally:
+                self._staged = {}
 
     @property
     def report(self) -> Path:
@@ -319,18 +334,41 @@ class RunDir:
 
     def mark_complete(self, stage: str, *, config: dict[str, Any], seed: int, started: float,
                       executor: str, inputs: dict[str, str | None] | None = None,
-                      extra: dict[str, Any] | None = None) -> None:
-        """The marker records the config, the seed and the sha256 of every input the stage read
-        (`inputs`, fingerprinted before the stage read them)."""
+                      outputs: tuple[str, ...] = (), extra: dict[str, Any] | None = None) -> None:
+        """The marker records the config, the seed, the sha256 of every input the stage read (`inputs`,
+        fingerprinted before the stage read them) and the state of every file of its `outputs`."""
         record = {
             "config": config,
             "inputs": inputs or {},
+            "outputs": {name: hashing.listing(self.path / name) for name in outputs if (self.path / name).exists()},
             "seed": seed,
             "executor": executor,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "seconds": round(time.time() - started, 3),
             **(extra or {}),
         }
-        with self._locked_manifest() as m:
-            m.setdefault("stages", {})[stage] = record
+        with self._locked_manifest() as m:  # the manifest without the file lists: the marker has them
+            m.setdefault("stages", {})[stage] = {k: v for k, v in record.items() if k != "outputs"}
         write_json(self.marker(stage), record)
+
+    def damaged_outputs(self, stage: str) -> dict[str, str]:
+        """{output: what is wrong} for each output a complete stage recorded and that is no longer as the
+        stage wrote it: gone, a file missing, or a file of another size or content (a lost chunk, a
+        truncated zarr.json). Empty for an incomplete stage, and for markers older than output records."""
+        if not self.is_complete(stage):
+            return {}
+        damaged = {}
+        for name, files in json.loads(self.marker(stage).read_text()).get("outputs", {}).items():
+            path = self.path / name
+            if not path.exists():
+                damaged[name] = "is gone"
+                continue
+            for rel, state in files.items():
+                f = path if rel == "." else path / rel
+                if not f.is_file():
+                    damaged[name] = f"is damaged: {f.relative_to(self.path)} is missing"
+                    break
+                if hashing.file_state(f, hashing.is_chunk(rel)) != state:
+                    damaged[name] = f"is damaged: {f.relative_to(self.path)} is not the file `{stage}` wrote"
+                    break
+        return damaged

@@ -12,7 +12,7 @@ import time
 
 from pipeline.config import PipelineConfig, redacted
 from pipeline.errors import InputError, StageBusy
-from pipeline.infra.registry import CHAIN, STAGES, Stage, chain, related, stage_config
+from pipeline.infra.registry import CHAIN, STAGES, Stage, chain, products, related, stage_config, writers
 from pipeline.infra.rundir import RunDir, recover_replaced, remove_dead_temporaries
 
 __all__ = ["CHAIN", "STAGES", "Stage", "inputs_read", "remove_leftovers", "run_chain", "run_stage"]
@@ -20,24 +20,32 @@ __all__ = ["CHAIN", "STAGES", "Stage", "inputs_read", "remove_leftovers", "run_c
 log = logging.getLogger(__name__)
 
 
-def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> bool:
+def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = False,
+              redone: frozenset[str] = frozenset()) -> bool:
     """Run one stage unless it is complete; returns True if it ran.
 
-    A complete stage is skipped without writing anything (a read-only run directory is fine). A stage
-    that runs holds its lock for the run directory, first cleans what killed runs of it left, and
-    replaces its marker only once its new output is complete: a failed ``--force`` keeps the old one.
+    A complete stage is skipped without writing anything (a read-only run directory is fine) — unless its
+    output is gone or damaged, or (`redone`: the stages `run` has run so far) a stage before it was redone
+    by the same `run`. A stage that runs holds its lock for the run directory, first cleans what killed
+    runs of it left, and replaces its marker only once its new output is complete: a failed ``--force``
+    keeps the old one.
     """
     stage = STAGES[name]
     wanted = stage_config(cfg, name)
-    missing = [o for o in stage.outputs if not (run_dir / o).exists()]
-    if run_dir.is_complete(name) and missing and not force:
-        log.warning("%s: marked complete but %s is gone; running it again", name, ", ".join(missing))
+    if run_dir.is_complete(name) and not force and (damaged := unfit_outputs(name, run_dir)):
+        log.warning("%s: marked complete but %s; running it again", name,
+                    "; ".join(f"{o} {why}" for o, why in damaged.items()))
         force = True
+    check_inputs_intact(name, run_dir)
     if run_dir.is_complete(name) and not force:
         changed = run_dir.changed_inputs(name, stage.inputs)
-        if changed:
+        if changed and all(set(writers(c)) & redone for c in changed):
+            log.info("%s: its input %s was redone by this run; running it again", name, ", ".join(changed))
+            force = True
+        elif changed:
+            redo = ", then ".join(f"`python -m pipeline {s} --force`" for s in stale_stages(run_dir, name))
             raise InputError(f"{name}: complete, but its input {', '.join(changed)} changed since (a stage before "
-                             f"it was redone); redo it with `python -m pipeline {name} --force` or use `run --force`")
+                             f"it was redone); redo the stale stages in order: {redo}")
         done_with = run_dir.completed_config(name)
         if done_with != wanted:
             log.warning("%s: complete with a different config; kept (use --force to redo)", name)
@@ -56,9 +64,41 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
         read = run_dir.fingerprints(*stage.inputs)  # what the stage is about to read
         stage.load()(cfg, run_dir)
         run_dir.mark_complete(name, config=wanted, seed=cfg.run.seed, started=started,
-                              executor=cfg.run.executor, inputs=inputs_read(name, stage, run_dir, read))
+                              executor=cfg.run.executor, inputs=inputs_read(name, stage, run_dir, read),
+                              outputs=products(name))
     log.info("%s: done in %.1f s", name, time.time() - started)
     return True
+
+
+def unfit_outputs(name: str, run_dir: RunDir) -> dict[str, str]:
+    """{output: why} for the outputs of complete stage `name` that are gone or not as it wrote them."""
+    gone = {o: "is gone" for o in STAGES[name].outputs if not (run_dir / o).exists()}
+    return {**gone, **run_dir.damaged_outputs(name)}
+
+
+def check_inputs_intact(name: str, run_dir: RunDir) -> None:
+    """InputError (one line) when an input of `name` is gone or damaged since the stage that makes it
+    completed: reading it would fail, or give wrong numbers (Zarr reads a lost chunk as fill values)."""
+    for artifact in STAGES[name].inputs:
+        for maker in writers(artifact):
+            unfit = unfit_outputs(maker, run_dir) if run_dir.is_complete(maker) else {}
+            why = unfit.get(artifact) or unfit.get(artifact.split("/")[0])  # cv/summary.json: cv/ as recorded
+            if why and artifact not in STAGES[name].makes:
+                raise InputError(f"{name}: its input {run_dir / artifact} {why}; make it again with "
+                                 f"`python -m pipeline {maker}` (a complete stage whose output is damaged runs "
+                                 "again), then run this stage")
+
+
+def stale_stages(run_dir: RunDir, first: str) -> list[str]:
+    """The complete stages from `first` on, in chain order, that an input changed since makes stale: their
+    own input changed, or a stage before them that they read from is stale."""
+    stale: list[str] = []
+    for name in CHAIN[CHAIN.index(first):]:
+        inputs = STAGES[name].inputs
+        if run_dir.is_complete(name) and (run_dir.changed_inputs(name, inputs)
+                                          or any(set(writers(a)) & set(stale) for a in inputs)):
+            stale.append(name)
+    return stale
 
 
 def inputs_read(name: str, stage: Stage, run_dir: RunDir, read: dict[str, str | None]) -> dict[str, str | None]:
@@ -90,11 +130,14 @@ def remove_leftovers(stage: Stage, run_dir: RunDir) -> None:
 
 
 def run_chain(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> None:
-    """Every stage of :func:`chain` in order, skipping the complete ones."""
+    """Every stage of :func:`chain` in order, skipping the complete ones (a stage whose input an earlier
+    stage of this chain redid runs again)."""
+    ran: set[str] = set()
     for name in CHAIN:
         if name not in chain(cfg):
             why = (f"the model is trained elsewhere ([model] external = {cfg.model.external})"
                    if STAGES[name].fits_model else f"real data in {cfg.prepare.meds_dir or cfg.prepare.mimic_dir}")
             log.info("%s: skipped, %s", name, why)
             continue
-        run_stage(name, cfg, run_dir, force)
+        if run_stage(name, cfg, run_dir, force, redone=frozenset(ran)):
+            ran.add(name)

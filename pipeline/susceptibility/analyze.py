@@ -24,6 +24,7 @@ from pipeline import figures
 from pipeline.attack import spaces
 from pipeline.attack.realizable import imputed_share, record_edits, rederived_flips
 from pipeline.config import PipelineConfig
+from pipeline.errors import InputError
 from pipeline.infra import cf, layout, rundir
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
@@ -237,6 +238,12 @@ def entry_errors(run_dir: RunDir, data: xr.Dataset, captions: dict[str, str]) ->
     if store is None:
         return [], None
     verified = entry_report.verify(store, data, load_model(run_dir.path))
+    unverified = int((store.flipped.values & ~verified).sum())
+    if unverified:  # every flip the search reported is one; anything else is a store that lost data
+        raise InputError(f"{run_dir / layout.ERRORS}: {unverified} of {int(store.flipped.sum())} flips do not flip "
+                         "the model when their errors are written into the record again: the store is not what "
+                         "`errors` found (damaged, or made with another model); redo it with "
+                         "`python -m pipeline errors --force`")
     errors = entry_report.errors_table(store)
     k, kinds, features = (entry_report.k_table(store, verified), entry_report.by_kind(errors, store),
                           entry_report.by_feature(errors))
@@ -254,6 +261,12 @@ def entry_errors(run_dir: RunDir, data: xr.Dataset, captions: dict[str, str]) ->
 
 
 def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    with run_dir.staged(layout.TABLES, layout.FIGURES):  # tables and figures of this run only
+        write_results(cfg, run_dir)
+
+
+def write_results(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """Everything analyze writes: susceptibility.zarr, the tables, the figures and report.md."""
     attack, data = open_run(run_dir.path)
     log.info("analyze: %d targets, %d with a successful example", attack.sizes["sample"],
              int(attack.found.sel(kind="first").sum()))
@@ -281,6 +294,12 @@ def analyze(cfg: PipelineConfig, run_dir: RunDir) -> None:
     realizable = realizability(attack, data, run_dir.path)
     imputed = {(d, str(k)): imputed_share(attack, data, str(k), d) for d in DIRECTIONS for k in attack.kind.values}
     summary = report.summary(sus, ex, realizable, imputed if space.REPORTS_IMPUTED else None)
+    for row in summary:
+        if space.EDITS_RECORD and row.get("realizable", row["successes"]) < row["successes"]:
+            raise InputError(f"{run_dir / layout.ATTACK}: {row['successes'] - row['realizable']} of "
+                             f"{row['successes']} {row['kind']} examples ({row['direction']}) do not re-derive to a "
+                             "flip: the store is not what `attack` found (damaged, or made with another model); "
+                             "redo it with `python -m pipeline attack --force`")
     rundir.write_json(run_dir.table(layout.SUMMARY), summary)
     for row in summary:
         if row["kind"] == "best" and "realizable" in row:

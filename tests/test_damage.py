@@ -1,0 +1,234 @@
+"""Damaged outputs of a finished run are noticed: a complete stage's marker records the files it wrote, a
+stage whose output is damaged runs again, a stage whose input is damaged says so in one line, and every
+command such a line advises works when it is run (docs/reliability.md)."""
+
+import json
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline.cli import main
+from pipeline.infra.rundir import HOST, RunDir
+from tests.runs import stage_held
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHAIN = ["--executor", "debug", "--seed", "3", "synth.admissions=300", "tune-model.trials=2",
+         "tune-model.max_epochs=2", "tune-model.epochs_per_report=1", "cv.folds=3", "cv.epochs=2", "model.hidden=8",
+         "model.fc=8", "tune-attack.trials=2", "tune-attack.targets=20", "attack.max_iter=12", "attack.scan_points=1",
+         "attack.max_edits=2", "errors.beam=1", "errors.max_errors=2"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """Every stage of `run`, tiny, on 300 synthetic admissions (copy it before damaging it)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["run", "--run-dir", str(run), *CHAIN]) == 0
+    return run
+
+
+@pytest.fixture
+def run(finished, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy, symlinks=True)
+    return copy
+
+
+def command(stage: str, run: Path, *extra: str) -> int:
+    return main([stage, "--run-dir", str(run), *CHAIN, *extra])
+
+
+def error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def follow(advice: str, run: Path) -> None:
+    """Run every `python -m pipeline STAGE [--force]` that an error line advises, in order: each must work."""
+    commands = re.findall(r"`python -m pipeline ([\w-]+)( --force)?`", advice)
+    assert commands, f"no command advised: {advice}"
+    for stage, force in commands:
+        assert command(stage, run, *(["--force"] if force else [])) == 0, (stage, advice)
+
+
+def test_the_marker_records_the_files_each_stage_wrote(finished):
+    marker = json.loads((finished / ".stages" / "errors.json").read_text())
+    files = marker["outputs"]["errors.zarr"]
+    assert "zarr.json" in files and any(name.startswith("flipped/c/") for name in files)
+    analyze = json.loads((finished / ".stages" / "analyze.json").read_text())["outputs"]
+    assert set(analyze) == {"susceptibility.zarr", "report.md", "tables", "figures"}
+    assert "outputs" not in json.loads((finished / "manifest.json").read_text())["stages"]["errors"]
+
+
+def test_run_redoes_a_complete_stage_whose_store_lost_its_metadata(run, caplog):
+    (run / "errors.zarr" / "zarr.json").unlink()
+    assert command("run", run) == 0
+    assert "errors: marked complete but errors.zarr is damaged: errors.zarr/zarr.json is missing; running it " \
+           "again" in caplog.text
+    assert xr.open_zarr(run / "errors.zarr", consolidated=False).flipped.any()
+    assert command("analyze", run) == 0  # the run left nothing stale
+
+
+def test_analyze_on_a_damaged_store_is_one_line_and_its_advice_works(run, capsys):
+    (run / "errors.zarr" / "zarr.json").unlink()
+    assert command("analyze", run, "--force") == 1
+    line = error_line(capsys)
+    assert line.startswith(f"error: analyze: its input {run}/errors.zarr is damaged: errors.zarr/zarr.json is "
+                           "missing") and "`python -m pipeline errors`" in line
+    follow(line, run)
+    assert command("analyze", run, "--force") == 0
+
+
+@pytest.mark.parametrize("damage", ["errors.zarr/flipped/c/0", "errors.zarr/n_errors/c/0", "errors.zarr/hour/zarr.json",
+                                    "attack.zarr/found/c", "attack.zarr/edit/c/0/0/0/0"])
+def test_a_lost_chunk_or_array_is_one_line_not_wrong_numbers(damage, run, capsys):
+    """Zarr reads a missing chunk as its fill value: 0.0% success, 0 verified flips, exit 0."""
+    path = run / damage
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert command("analyze", run, "--force") == 1
+    line = error_line(capsys)
+    store = damage.split("/")[0]
+    assert line.startswith(f"error: analyze: its input {run}/{store} is damaged: {store}/"), line
+    follow(line, run)
+
+
+def test_a_truncated_metadata_file_is_one_line(run, capsys):
+    meta = run / "attack.zarr" / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[:50])
+    assert command("analyze", run, "--force") == 1
+    assert "attack.zarr/zarr.json is not the file `attack` wrote" in error_line(capsys)
+
+
+def test_a_deleted_store_whose_stage_completed_is_named(run, capsys):
+    """It used to drop the report's entry-error section without a word."""
+    shutil.rmtree(run / "errors.zarr")
+    assert command("analyze", run, "--force") == 1
+    line = error_line(capsys)
+    assert f"its input {run}/errors.zarr is gone" in line
+    follow(line, run)
+    assert command("analyze", run, "--force") == 0
+    assert "## Plausible data-entry errors" in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("chunk", "said"), [("errors.zarr/n_errors/c/0", "flips do not flip the model"),
+                                             ("attack.zarr/edit/c/0/0/0/0", "do not re-derive to a flip")])
+def test_without_the_marker_record_a_store_that_lost_data_still_fails_analyze(chunk, said, run, capsys):
+    """Markers written before outputs were recorded cannot tell: the verification and the re-derivation
+    must fail the stage (they printed "0 of 22 flips verified", "0 of 23 examples re-derive", exit 0)."""
+    for stage in ("attack", "errors"):
+        marker = run / ".stages" / f"{stage}.json"
+        marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "outputs"}))
+    (run / chunk).unlink()
+    assert command("analyze", run, "--force") == 1
+    line = error_line(capsys)
+    assert said in line and chunk.split("/")[0] in line, line
+    follow(line, run)
+    assert command("analyze", run, "--force") == 0
+
+
+def test_a_stage_redone_by_hand_makes_run_advise_the_stale_stages_only(run, capsys):
+    assert command("errors", run, "--force", "errors.max_errors=1") == 0
+    assert command("run", run, "errors.max_errors=1") == 1
+    line = error_line(capsys)
+    assert "`python -m pipeline analyze --force`" in line and "run --force" not in line
+    follow(line, run)
+    assert "(at most 1, beam 1)" in (run / "report.md").read_text()
+
+
+def test_a_tensor_attack_then_back_leaves_no_stale_table(run):
+    assert (run / "tables" / "edits_best.csv").exists()
+    assert command("attack", run, "--force", "attack.space=tensor") == 0
+    assert command("analyze", run, "--force", "attack.space=tensor") == 0
+    report = (run / "report.md").read_text()
+    assert "model's input (Sun et al.'s attack)" in report and not (run / "tables" / "edits_best.csv").exists()
+    assert command("attack", run, "--force") == 0
+    assert command("analyze", run, "--force") == 0
+    assert "**What the attack changes: the record.**" in (run / "report.md").read_text()
+    assert (run / "tables" / "edits_best.csv").exists()
+
+
+@pytest.mark.parametrize("damage", ["p95 chunks lost", "p5 removed", "an attack store", "truncated metadata"])
+def test_frozen_statistics_from_a_damaged_store_are_refused_before_anything_is_written(damage, finished, tmp_path,
+                                                                                       capsys):
+    """A store whose p95 chunks were lost gave an all-NaN dataset and exit 0; the others tracebacks."""
+    stats = tmp_path / "stats.zarr"
+    shutil.copytree(finished / ("attack.zarr" if damage == "an attack store" else "dataset.zarr"), stats)
+    if damage == "p95 chunks lost":
+        shutil.rmtree(stats / "p95" / "c")
+    elif damage == "p5 removed":
+        shutil.rmtree(stats / "p5")
+        meta = json.loads((stats / "zarr.json").read_text())
+        meta.get("consolidated_metadata", {}).get("metadata", {}).pop("p5", None)
+        (stats / "zarr.json").write_text(json.dumps(meta))
+    elif damage == "truncated metadata":
+        (stats / "zarr.json").write_bytes((stats / "zarr.json").read_bytes()[:50])
+    new = tmp_path / "new"
+    assert main(["prepare", "--run-dir", str(new), f"prepare.mimic_dir={finished / 'raw'}",
+                 f"prepare.stats_from={stats}"]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"error: [prepare] stats_from = '{stats}': "), line
+    assert not new.exists()  # not even manifest.json
+
+
+def test_errors_killed_mid_shard_resumes_to_the_same_store(finished, run):
+    """kill -9 of `errors --force` once its shard saved progress; the next run resumes it, and errors.zarr
+    equals the one a run without the kill made."""
+    shutil.rmtree(run / "errors.zarr")
+    (run / ".stages" / "errors.json").unlink()
+    progress = RunDir(run).shard_progress("errors", 0)
+    driver = subprocess.Popen([sys.executable, "-m", "pipeline", "errors", "--run-dir", str(run), *CHAIN,
+                               "errors.batch_size=8"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not progress.exists():
+        assert driver.poll() is None and time.time() < deadline, "errors ended before it saved any progress"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert not (run / "errors.zarr").exists() and json.loads(progress.read_text())["state"]["rows"]
+    assert command("errors", run, "errors.batch_size=8") == 0
+    again = xr.open_zarr(run / "errors.zarr", consolidated=False).load()
+    before = xr.open_zarr(finished / "errors.zarr", consolidated=False).load()
+    for name in before.data_vars:
+        np.testing.assert_array_equal(again[name].values, before[name].values, err_msg=name)
+
+
+def test_two_errors_stages_at_once_the_second_names_the_first(run, capsys):
+    before = (run / ".stages" / "errors.json").read_bytes()
+    with stage_held(run, "errors") as holder:
+        assert command("errors", run, "--force") == 1
+        line = error_line(capsys)
+        assert f"errors: already running in {run}" in line and f"pid {holder.pid} on {HOST}" in line
+        assert (run / ".stages" / "errors.json").read_bytes() == before
+
+
+def small_files():  # as on a full disk: writes past 30 kB fail (EFBIG, as ENOSPC would)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))
+
+
+@pytest.mark.parametrize("stage", ["errors", "analyze"])
+def test_a_full_disk_names_the_file_and_a_rerun_with_space_completes(stage, run):
+    """analyze named the run directory, not the file it could not write; what it had written stays whole."""
+    more = ["errors.targets=all"] if stage == "errors" else []  # its files outgrow the limit with every target
+    before = {p.relative_to(run): p.read_bytes() for p in (run / "tables").iterdir()}
+    done = subprocess.run([sys.executable, "-m", "pipeline", stage, "--run-dir", str(run), *CHAIN, *more, "--force"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, preexec_fn=small_files)
+    assert done.returncode == 1
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "cannot write (file size limit reached" in line, line
+    blamed = line.split(": cannot write")[0].rsplit(" ", 1)[-1]
+    assert blamed.startswith(f"{run}/") and blamed != f"{run}/", line
+    assert {p.relative_to(run): p.read_bytes() for p in (run / "tables").iterdir()} == before  # old tables whole
+    assert not list(run.rglob("*.tmp-*"))
+    assert command(stage, run, *more, "--force") == 0

@@ -80,10 +80,12 @@ def check_inputs_intact(name: str, run_dir: RunDir) -> None:
     """InputError (one line) when an input of `name` is gone or damaged since the stage that makes it
     completed: reading it would fail, or give wrong numbers (Zarr reads a lost chunk as fill values)."""
     for artifact in STAGES[name].inputs:
-        for maker in writers(artifact):
-            unfit = unfit_outputs(maker, run_dir) if run_dir.is_complete(maker) else {}
+        if artifact in STAGES[name].makes:
+            continue  # the stage makes it again itself when it is stale
+        for maker in filter(run_dir.is_complete, writers(artifact)):
+            unfit = unfit_outputs(maker, run_dir)
             why = unfit.get(artifact) or unfit.get(artifact.split("/")[0])  # cv/summary.json: cv/ as recorded
-            if why and artifact not in STAGES[name].makes:
+            if why:
                 raise InputError(f"{name}: its input {run_dir / artifact} {why}; make it again with "
                                  f"`python -m pipeline {maker}` (a complete stage whose output is damaged runs "
                                  "again), then run this stage")

@@ -18,7 +18,8 @@ from pipeline import __version__
 from pipeline import config as config_mod
 from pipeline.config import EXECUTORS, ConfigError, PipelineConfig
 from pipeline.errors import InputError, write_failure
-from pipeline.infra.executor import LOG_FORMAT, TaskFailed, cancel_run
+from pipeline.infra import trusted
+from pipeline.infra.executor import LOG_FORMAT, TaskFailed, cancel_run, end_run_workers
 from pipeline.infra.rundir import RunDir
 from pipeline.infra.stages import CHAIN, STAGES, run_chain, run_stage
 from pipeline.preflight import dry_run, planned, preflight
@@ -92,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run " + " → ".join(CHAIN) + "; completed stages are skipped.")
     p.add_argument("--mimic-dir", dest="opt_mimic_dir", metavar="DIR",
                    help="real MIMIC-III tables (skips synth); default: synthetic data")
-    p = sub.add_parser("cancel", help="scancel this run's Slurm arrays (and no other run's)",
-                       description="Cancel every Slurm array the run directory recorded (jobs/*/array.json).")
+    p = sub.add_parser("cancel", help="stop this run's Slurm arrays and local workers (and no other run's)",
+                       description="Cancel every Slurm array the run directory recorded (jobs/*/array.json) and "
+                                   "end its live local workers (jobs/*/workers.json); only jobs and processes "
+                                   "this run started are touched, whatever those files say.")
     p.add_argument("--run-dir", type=Path, default=Path("runs/default"), metavar="DIR",
                    help="run directory (default: %(default)s)")
     return parser
@@ -124,18 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "cancel":
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        try:
-            cancelled = cancel_run(args.run_dir)
-        except InputError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(f"cancelled Slurm job(s) {', '.join(cancelled)}" if cancelled
-              else f"{args.run_dir}: no Slurm array of this run is pending or running")
-        return 0
+        return cancel(args.run_dir)
     args.overrides = [*args.overrides, *extra]
     try:
         cfg = resolve_config(args)
         run_dir = RunDir(args.run_dir)
+        trusted.leave_run_dir(run_dir.path)  # `python -m` from inside it put it on sys.path: import nothing from it
         if args.print_config:
             print(config_mod.to_toml(config_mod.redacted(cfg.to_dict())), end="")
             return 0
@@ -167,6 +164,23 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
+    return 0
+
+
+def cancel(run_dir: Path) -> int:
+    """``pipeline cancel``: end the run's live local workers, then scancel its Slurm arrays."""
+    try:
+        stopped = end_run_workers(run_dir)
+        if stopped:
+            print(f"stopped local worker pid {', '.join(map(str, stopped))}", flush=True)
+        cancelled = cancel_run(run_dir)
+    except InputError as e:  # scancel missing or failing, a worker that does not end
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if cancelled:
+        print(f"cancelled Slurm job(s) {', '.join(cancelled)}")
+    elif not stopped:
+        print(f"{run_dir}: no Slurm array of this run is pending or running, and no local worker of it is alive")
     return 0
 
 

@@ -82,17 +82,21 @@ class ModelParams:
 
     arch: str = option("lstm", "the model: lstm or gru (recurrent), transformer (encoder), tcn (dilated causal "
                        "convolutions), logreg (linear in the flattened input)", ARCHS)
-    hidden: int = option(128, "lstm/gru: hidden units per direction; transformer: model width; tcn: channels", ge=1)
-    layers: int = option(1, "lstm/gru: stacked layers; transformer: encoder layers; tcn: residual blocks", ge=1)
+    # every size is bounded (a typo such as layers = 40 would ask for gigabytes a step); tune-model searches
+    # inside the bounds (tests/test_external_hostile.py)
+    hidden: int = option(128, "lstm/gru: hidden units per direction; transformer: model width; tcn: channels", ge=1,
+                         le=1024)
+    layers: int = option(1, "lstm/gru: stacked layers; transformer: encoder layers; tcn: residual blocks (6 see "
+                         "the whole 48 h)", ge=1, le=8)
     bidirectional: bool = option(True, "lstm/gru: read the series both ways")
-    heads: int = option(4, "transformer: attention heads (hidden must be a multiple of it)", ge=1)
-    kernel: int = option(3, "tcn: convolution width in hours (dilation doubles per block)", ge=2)
-    fc: int = option(64, "units of the fully connected layer before the output (not logreg)", ge=1)
+    heads: int = option(4, "transformer: attention heads (hidden must be a multiple of it)", ge=1, le=16)
+    kernel: int = option(3, "tcn: convolution width in hours (dilation doubles per block)", ge=2, le=16)
+    fc: int = option(64, "units of the fully connected layer before the output (not logreg)", ge=1, le=1024)
     dropout: float = option(0.2, "dropout before the fully connected layer (and between LSTM layers)", ge=0, lt=1)
     activation: str = option("relu", "activation of the head", ACTIVATIONS)
     optimizer: str = option("adam", "optimizer", OPTIMIZERS)
     lr: float = option(1e-3, "learning rate", gt=0)
-    batch_size: int = option(128, "samples per batch", ge=1)
+    batch_size: int = option(128, "samples per batch", ge=1, le=4096)
     external: str = option("", "a model trained elsewhere, attacked instead of training one: a TorchScript file "
                            "(.pt/.ts) or 'package.module:factory' (with `weights`); docs/methods.md §2.2")
     weights: str = option("", "external = 'package.module:factory': its state_dict file (loaded weights_only)")

@@ -18,6 +18,10 @@ class StageBusy(InputError):
     """The stage is already running in this run directory (another process holds its lock)."""
 
 
+class UntrustedFile(InputError):
+    """A file the pipeline would unpickle (a pickle is code) is not the user's own, private file."""
+
+
 # errors that can only come from writing: the run directory's disk, quota or mount, never the input
 WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                 errno.EFBIG: "file size limit reached", errno.EROFS: "read-only file system"}

@@ -1,5 +1,9 @@
 """sha256 of files, read in blocks of 1 MiB: the one way the pipeline fingerprints its inputs (the raw tables,
-MEDS data files, an external model) and its artifacts (stage markers, model.json's weights)."""
+MEDS data files, an external model) and its artifacts (stage markers, model.json's weights).
+
+A file is read again only when it may have changed: a marker keeps each file's sha256 with its
+:func:`stat_key`, and a file whose key is as recorded is taken to hold what was hashed (as make and
+rsync trust modification times, but with the inode and the change time, which no writer can set back)."""
 
 from __future__ import annotations
 
@@ -22,23 +26,51 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-HASHED_UP_TO = 16 << 20  # bytes: larger files (a raw table of gigabytes) are known by their size
+def stat_key(path: Path) -> str:
+    """Inode, modification and change times: what any write, rename or copy of a file changes. The change
+    time (ctime) is set by the kernel, so no writer of the file can put an old one back; a file whose key
+    is as recorded is the file that was hashed, and need not be read again."""
+    st = path.stat()
+    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-def file_state(path: Path, chunk: bool = False) -> str:
-    """What a damaged output changes, read without hashing gigabytes: a Zarr chunk's (`chunk`) or a large
-    file's size; the size and sha256 of anything else (zarr.json metadata, JSON and CSV tables, weights)."""
-    size = path.stat().st_size
-    return str(size) if chunk or size > HASHED_UP_TO else f"{size}:{file_sha256(path)}"
+def file_record(path: Path) -> dict[str, str | int]:
+    """What a stage's marker keeps of a file it wrote: its size, sha256 and :func:`stat_key`."""
+    key = stat_key(path)
+    return {"size": path.stat().st_size, "sha256": file_sha256(path), "stat": key}
 
 
-def listing(path: Path) -> dict[str, str]:
-    """:func:`file_state` of every file under the folder `path` by relative path (of `path` itself, "."
-    when it is a file); a file under a `c/` folder is a Zarr v3 chunk."""
+def listing(path: Path) -> dict[str, dict]:
+    """:func:`file_record` of every file under the folder `path` by relative path (of `path` itself, "."
+    when it is a file). Names starting with a dot are left out: no stage writes one (its temporaries
+    aside), and a stray ``.DS_Store`` or NFS ``.nfsXXXX`` is not part of an output."""
+    return {rel: file_record(f) for rel, f in files_of(path).items()}
+
+
+def files_of(path: Path) -> dict[str, Path]:
+    """{relative path: file} under `path` ("." for a file itself), hidden names left out."""
     if path.is_file():
-        return {".": file_state(path)}
-    files = {f.relative_to(path).as_posix(): f for f in sorted(path.rglob("*")) if f.is_file()}
-    return {rel: file_state(f, is_chunk(rel)) for rel, f in files.items()}
+        return {".": path}
+    return {f.relative_to(path).as_posix(): f for f in sorted(path.rglob("*"))
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)}
+
+
+def current_sha256(path: Path, record: dict | None) -> str:
+    """The sha256 of `path`, taken from `record` (:func:`file_record`) when the file is still the one
+    hashed then (same size and :func:`stat_key`), else read."""
+    if isinstance(record, dict) and record.get("stat") == stat_key(path) and record.get("size") == path.stat().st_size:
+        return str(record["sha256"])
+    return file_sha256(path)
+
+
+def unchanged(path: Path, record: dict | str, chunk: bool) -> bool:
+    """Whether `path` is still the file `record` describes: by size and key alone when the key is as
+    recorded, by its sha256 otherwise (a chunk rewritten or swapped with another of the same size is
+    found). `record` as a string is a marker of the version before (size, or size:sha256 but for chunks)."""
+    if isinstance(record, str):
+        size = path.stat().st_size
+        return record == (str(size) if chunk or size > 16 << 20 else f"{size}:{file_sha256(path)}")
+    return path.stat().st_size == record.get("size") and current_sha256(path, record) == record.get("sha256")
 
 
 def is_chunk(relative: str) -> bool:

@@ -12,6 +12,7 @@ submitit would submit (validated by ``sbatch --test-only``), and submits nothing
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shlex
 import shutil
@@ -20,12 +21,15 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.config import ConfigError, PipelineConfig, redacted, to_toml
+from pipeline.errors import InputError
 from pipeline.infra.executor import IMAGES, SlurmProfile, job_name, load_profile, preview_submission, profile_file
 from pipeline.infra.registry import CHAIN, STAGES, chain, stage_config
 from pipeline.infra.rundir import RunDir
 from pipeline.infra.stages import unfit_outputs
 
 CONTAINER_RUNNERS = ("apptainer", "singularity")
+
+log = logging.getLogger(__name__)
 
 
 def planned(cfg: PipelineConfig, run_dir: RunDir, stage: str, force: bool) -> list[str]:
@@ -59,6 +63,24 @@ def preflight(cfg: PipelineConfig, run_dir: RunDir, stages: list[str], submittin
         from pipeline.data.prepare import frozen_stats  # here: it imports xarray and dask, which few runs need
 
         frozen_stats(cfg.prepare)  # before anything is written: a bad store leaves no run directory behind
+    if "train" in stages and cfg.model.external:
+        check_external(cfg, run_dir)
+    if "prepare" in stages and cfg.prepare.source == "meds":
+        from pipeline.data.meds import FeatureMap  # here: it imports pandas and pyarrow, which few runs need
+
+        FeatureMap.load(cfg.prepare.feature_map)  # a bad regex or key: one line, no run directory written
+
+
+def check_external(cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """The model `[model] external` names loads (the file exists, the factory imports, runs and takes its
+    weights) before synth and prepare run: a typo is one line, and no run directory is made."""
+    from pipeline.model import external  # here: it imports torch, which --help and dry runs do not need
+
+    cfg.model.check()
+    try:
+        external.load_user(cfg.model, run_dir.path)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_accepted(cfg: PipelineConfig, run_dir: RunDir, name: str) -> None:
@@ -84,6 +106,20 @@ def check_writable(path: Path) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"run directory {path}: {existing} is not a writable folder")
+    if existing == path:  # one the pipeline makes is the user's own (mode by the umask)
+        warn_if_shared(path)
+
+
+def warn_if_shared(folder: Path) -> None:
+    """A warning when others may write the run directory: they can change its results (docs/reliability.md,
+    the trust model; a Slurm job's pickles in jobs/ are loaded only when private, executor/private.py). Not
+    an error: shared project folders are common, and the user may trust the group."""
+    st = folder.stat()
+    if st.st_mode & 0o022 or st.st_uid != os.geteuid():
+        log.warning("run directory %s: %s (mode %o, owner uid %d); whoever can write it can change the run's results: "
+                    "see docs/reliability.md (trust model)",
+                    folder, "writable by others" if st.st_mode & 0o022 else "owned by another user",
+                    st.st_mode & 0o777, st.st_uid)
 
 
 def check_profile(profile: SlurmProfile, stage: str, probe: bool = True) -> None:

@@ -139,7 +139,7 @@ def test_an_external_torchscript_model_is_attacked_through_the_documented_path(s
                      "tune-attack.targets=8"]) == 0, stage
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["external"]["form"] == "torchscript" and meta["external"]["source"] == str(path.resolve())
-    loaded = load_model(run)
+    loaded = load_model(run, model=cfg.model)  # loaded as this command's config names it, never as model.json does
     x = training.load_data(run).x[:16]
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), atol=1e-6)
@@ -155,7 +155,8 @@ def test_an_external_factory_with_weights_is_attacked(small_run, tmp_path):
     for stage in ("train", "attack"):
         assert main([stage, "--run-dir", str(run), *CHAIN, *external]) == 0, stage
     assert json.loads((run / "model" / "model.json").read_text())["external"]["factory"] == "tests.test_archs:outside"
-    assert isinstance(load_model(run), Outside)
+    loaded = load_model(run, model=config.load(None, external).model)
+    assert isinstance(loaded.inner, Outside)  # called on copies of its input (external.OnCopies)
 
 
 class WrongOutput(torch.nn.Module):
@@ -173,8 +174,9 @@ class WrongInput(torch.nn.Module):
 
 
 @pytest.mark.parametrize(("model", "needle"), [
-    (WrongOutput(), "returns (8, 48) for input (8, 48, 19); the pipeline needs float32 (n, 48, 19) → logits (n, 2)"),
-    (WrongInput(), "fails on the pipeline's input, float32 (n, 48, 19) → logits (n, 2) (RuntimeError"),
+    (WrongOutput(), "returns (36, 48) for input (36, 48, 19); the pipeline needs float32 (n, 48, 19) → float32 "
+                    "logits (n, 2)"),
+    (WrongInput(), "fails on the pipeline's input, float32 (n, 48, 19) → float32 logits (n, 2) (RuntimeError"),
 ])
 def test_an_external_model_of_the_wrong_shape_is_one_line(model, needle, small_run, tmp_path, capsys):
     path = tmp_path / "wrong.pt"
@@ -190,7 +192,7 @@ def test_an_external_file_that_is_no_torchscript_is_one_line(small_run, tmp_path
     path = tmp_path / "pickled.pt"
     torch.save(outside(), path)  # a pickled module: never loaded (it could run any code)
     run = copy_run(small_run, tmp_path)
-    assert main(["train", "--run-dir", str(run), *CHAIN, f"model.external={path}"]) == 1
+    assert main(["train", "--run-dir", str(run), *CHAIN, f"model.external={path}"]) == 2  # preflight
     err = capsys.readouterr().err.strip()
     assert "not a TorchScript file" in err and len(err.splitlines()) == 1, err
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -207,7 +208,8 @@ def test_a_remade_dataset_is_caught_by_the_next_stages_marker(trained_run, tmp_p
     run = copy_trained(trained_run, tmp_path / "run")
     run_attack(run, "--executor", "debug")
     marker = json.loads((run / ".stages" / "attack.json").read_text())
-    assert len(marker["inputs"]["dataset.zarr"]) == 64 and marker["inputs"]["tune-attack/best.json"] is None
+    assert re.fullmatch(r"v2:[0-9a-f]{64}", marker["inputs"]["dataset.zarr"])
+    assert marker["inputs"]["tune-attack/best.json"] is None
     other = tmp_path / "other"
     assert main(["synth", "--run-dir", str(other), "--admissions", "300", "--seed", "4"]) == 0
     assert main(["prepare", "--run-dir", str(other), "--seed", "4"]) == 0

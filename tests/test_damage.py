@@ -3,6 +3,7 @@ stage whose output is damaged runs again, a stage whose input is damaged says so
 command such a line advises works when it is run (docs/reliability.md)."""
 
 import json
+import os
 import re
 import resource
 import shutil
@@ -232,3 +233,159 @@ def test_a_full_disk_names_the_file_and_a_rerun_with_space_completes(stage, run)
     assert {p.relative_to(run): p.read_bytes() for p in (run / "tables").iterdir()} == before  # old tables whole
     assert not list(run.rglob("*.tmp-*"))
     assert command(stage, run, *more, "--force") == 0
+
+
+# ---- issue probes: the stage runner and what it reads back (docs/reliability.md, "A run directory") ----
+
+def test_a_run_after_a_redone_train_attacks_and_reports_the_new_model(run, caplog):
+    """`run` logged "running it again" for every stage after a redone train, then skipped them all: the
+    attack and the report stayed the old model's, exit 0."""
+    caplog.set_level("INFO")
+    old = RunDir(run).model_record()["weights_sha256"]
+    (run / "model" / "training_loss.png").unlink()  # train's output damaged: it runs again, here with 1 epoch
+    assert command("run", run, "train.epochs=1") == 0
+    weights = RunDir(run).model_record()["weights_sha256"]
+    assert weights != old
+    for stage in ("tune-attack", "attack", "errors", "analyze"):
+        assert re.search(f"{stage}: its input .*model.* was redone by this run; running it again", caplog.text), stage
+        assert f"{stage}: complete, skipped" not in caplog.text, stage
+    assert xr.open_zarr(run / "attack.zarr", consolidated=False).attrs["weights_sha256"] == weights
+    assert xr.open_zarr(run / "errors.zarr", consolidated=False).attrs["weights_sha256"] == weights
+    assert xr.open_zarr(run / "susceptibility.zarr", consolidated=False).attrs["weights_sha256"] == weights
+    auroc = json.loads((run / "model" / "test_metrics.json").read_text())["auroc"]
+    assert "| auroc | " in (report := (run / "report.md").read_text()) and f"| {auroc:.4f} |" in report
+    assert command("run", run, "train.epochs=1") == 0  # nothing stale is left
+
+
+@pytest.mark.parametrize("how", ["swapped", "rewritten with its times put back"])
+def test_same_size_chunks_swapped_or_rewritten_are_found(how, run, capsys):
+    """Chunks were compared by size only: two swapped gave wrong method counts with exit 0."""
+    chunks = {}
+    for store in ("attack.zarr", "errors.zarr", "dataset.zarr"):
+        for chunk in sorted((run / store).rglob("*")):
+            if chunk.is_file() and "c" in chunk.relative_to(run / store).parts:
+                chunks.setdefault((store, chunk.stat().st_size), []).append(chunk)
+    same_size = [(s, p) for (s, _), p in chunks.items() if len(p) >= 2 and p[0].read_bytes() != p[1].read_bytes()]
+    assert same_size, "no two chunks of one size in the run's stores"
+    store, (a, b, *_) = same_size[0]
+    if how == "swapped":
+        tmp = a.with_name("swap")
+        a.rename(tmp), b.rename(a), tmp.rename(b)
+    else:
+        st = a.stat()
+        a.write_bytes(b.read_bytes())
+        os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert command("analyze", run, "--force") == 1
+    line = error_line(capsys)
+    assert f"its input {run}/{store} is damaged" in line and "wrote" in line, line
+    follow(line, run)
+    assert command("analyze", run, "--force") == 0
+
+
+def test_same_size_garbage_in_the_dataset_advises_prepare_and_the_advice_works(run, capsys):
+    """The advice was `tune-model --force`, which then failed with a Zstd traceback."""
+    chunk = next(p for p in sorted((run / "dataset.zarr" / "x").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(bytes(chunk.stat().st_size))
+    assert command("tune-model", run, "--force") == 1
+    line = error_line(capsys)
+    assert f"its input {run}/dataset.zarr is damaged" in line and "`python -m pipeline prepare`" in line, line
+    follow(line, run)
+    assert command("run", run) == 0  # prepare made the same dataset again: nothing after it is stale
+
+
+def test_stray_files_in_outputs_are_no_change(run, caplog):
+    """A `.DS_Store` in model/ made `run` refuse, advising to redo all tuning."""
+    for folder in ("model", "dataset.zarr", "attack.zarr", "cv"):
+        (run / folder / ".DS_Store").write_bytes(b"")
+    (run / "model" / ".nfs000000001").write_bytes(b"x")
+    caplog.set_level("INFO")
+    assert command("run", run) == 0
+    assert "running it again" not in caplog.text and "analyze: complete, skipped" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["empty", "cut off", "a list"])
+@pytest.mark.parametrize("record", [".stages/attack.json", "manifest.json"])
+def test_a_damaged_marker_or_manifest_is_a_warning_not_a_traceback(record, damage, run, caplog):
+    path = run / record
+    path.write_bytes({"empty": b"", "cut off": path.read_bytes()[:40], "a list": b"[1, 2]"}[damage])
+    caplog.set_level("INFO")
+    assert command("run", run) == 0 if record.startswith(".stages") else command("analyze", run, "--force") == 0
+    assert f"{path} is damaged" in caplog.text
+    if record.startswith(".stages"):  # taken as not complete: the attack ran again and marked itself
+        assert "attack: batched L1 proximal attack" in caplog.text
+    assert json.loads(path.read_text())["stages" if record == "manifest.json" else "config"]
+
+
+def test_an_empty_fold_checkpoint_is_named_and_the_fold_starts_afresh(run, caplog):
+    """An empty cv/fold-0/checkpoint.pt without done.json: EOFError on every run, even `cv --force`."""
+    (run / "cv" / "fold-0" / "done.json").unlink()
+    (run / "cv" / "fold-0" / "checkpoint.pt").write_bytes(b"")
+    assert command("cv", run, "--force") == 0
+    assert f"{run}/cv/fold-0/checkpoint.pt: damaged (EOFError" in caplog.text
+    assert (run / "cv" / "fold-0" / "done.json").exists()
+
+
+def test_a_split_with_a_test_sample_in_a_fold_is_refused(run, capsys):
+    """train --force trained on a test sample and its provenance still said "never seen by tuning or CV"."""
+    split = json.loads((run / "split.json").read_text())
+    leaked = split["test"][0]
+    split["fold"][0][0] = leaked  # the counts stay as they were
+    (run / "split.json").write_text(json.dumps(split))
+    assert command("train", run, "--force") == 1
+    line = error_line(capsys)
+    assert f"{run}/split.json: sample {leaked} is in the test set and in fold 0" in line, line
+
+
+def test_a_no_op_run_reads_metadata_not_the_stores(finished, monkeypatch):
+    """A no-op `run` hashed every store of the run directory (42 MB in 926 reads on a 20 MB run)."""
+    from pipeline import hashing
+
+    read, update = [], hashing.update
+
+    def counted(digest, path):
+        read.append(path.stat().st_size)
+        update(digest, path)
+
+    monkeypatch.setattr(hashing, "update", counted)
+    assert command("run", finished) == 0
+    assert sum(read) < 64 << 10, f"{sum(read)} bytes hashed in {len(read)} files"
+
+
+def prepared_from(tables: Path, run: Path, *extra: str) -> int:
+    return main(["prepare", "--run-dir", str(run), "--seed", "3", *extra, f"prepare.mimic_dir={tables}"])
+
+
+@pytest.mark.parametrize("change", ["rows removed", "a table replaced", "a table gone"])
+def test_tables_changed_after_prepare_are_not_skipped_silently(change, finished, tmp_path, capsys, caplog):
+    """prepare said `complete, skipped` after its input lost half its rows; input_sha256 was never compared."""
+    tables = tmp_path / "tables"
+    shutil.copytree(finished / "raw", tables)
+    run = tmp_path / "run"
+    assert prepared_from(tables, run) == 0
+    capsys.readouterr()  # its progress bars
+    admissions = tables / "ADMISSIONS.csv.gz"
+    if change == "rows removed":
+        import gzip
+
+        lines = gzip.decompress(admissions.read_bytes()).splitlines(keepends=True)
+        admissions.write_bytes(gzip.compress(b"".join(lines[: len(lines) // 2])))
+    elif change == "a table replaced":
+        shutil.copy(admissions, tables / "x")
+        (tables / "x").rename(admissions)  # the same bytes, another file: read again, found equal
+    else:
+        shutil.rmtree(tables)
+    assert prepared_from(tables, run) == 0 if change != "rows removed" else prepared_from(tables, run) == 1
+    if change == "rows removed":
+        line = error_line(capsys)
+        assert line == ("error: prepare: complete, but the files it read changed since (ADMISSIONS.csv.gz changed); "
+                        "make its output again with `python -m pipeline prepare --force`, then redo the stages "
+                        "after it"), line
+        assert prepared_from(tables, run, "--force") == 0
+    elif change == "a table gone":
+        assert "the files it read are no longer there" in caplog.text
+
+
+def test_a_run_directory_others_can_write_is_warned_about(run, caplog):
+    run.chmod(0o777)
+    assert command("analyze", run, "--force") == 0
+    assert f"run directory {run}: writable by others (mode 777" in caplog.text and "trust model" in caplog.text

@@ -83,14 +83,14 @@ def test_generated_sbatch_script_matches_golden_file(tmp_path):
 @pytest.mark.parametrize("kind", ["debug", "local"])
 def test_a_worker_a_driver_left_alive_stops_the_next_driver_or_is_ended_with_force(tmp_path, kind):
     """The rule for local workers: a second array never writes beside the first's survivors.
-    A real process stands for a worker that outlived its driver (recorded in workers.json, as
-    LocalExecutor records its pool)."""
-    from pipeline.infra.executor import HOST, ArrayBusy, process_start
+    A real process stands for a worker that outlived its driver (started with its launch's mark and
+    recorded in workers.json, as LocalExecutor starts and records its pool)."""
+    from pipeline.infra.executor import ArrayBusy
+    from pipeline.infra.executor.workers import WORKER_ENV, record_workers, worker_mark
 
-    survivor = subprocess.Popen(["sleep", "600"])
+    survivor = subprocess.Popen(["sleep", "600"], env={**os.environ, WORKER_ENV: worker_mark(tmp_path, "t0")})
     try:
-        (tmp_path / "workers.json").write_text(json.dumps(
-            {"host": HOST, "workers": [[survivor.pid, process_start(survivor.pid)]]}))
+        record_workers(tmp_path / "workers.json", "t0", [survivor.pid])
         with pytest.raises(ArrayBusy, match=rf"local worker pid {survivor.pid} of an earlier run .* still runs"
                                             r".*pipeline cancel.*--force"):
             run_tasks(tasks.noisy_sum, CALLS, spec=ExecutorSpec(kind, workers=2), jobs_dir=tmp_path, stage="t")

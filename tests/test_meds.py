@@ -171,7 +171,7 @@ def test_a_whole_run_on_synthetic_meds_data_uses_its_split_and_meds_evaluation_a
                  "prepare.source=meds", *TINY_CHAIN]) == 0
     assert_complete(run)
     ds = xr.open_zarr(run / "dataset.zarr")
-    assert ds.attrs["source"] == "meds" and ds.attrs["mimic_dir"] == str(run / "raw" / "meds")
+    assert ds.attrs["source"] == "meds" and ds.attrs["mimic_dir"] == "raw/meds"
     split = json.loads((run / "split.json").read_text())
     held_out = np.flatnonzero(ds.meds_split.values == 2)
     assert split["test_from"] == "meds" and split["test"] == held_out.tolist() and len(held_out) > 10

@@ -77,7 +77,8 @@ def test_a_profile_resolves_its_paths_against_its_own_folder(tmp_path, monkeypat
     monkeypatch.chdir(ROOT)  # elsewhere: a relative image would be looked for here
     assert main(["cv", "--dry-run", "--run-dir", str(tmp_path / "run"), "--executor", "slurm",
                  f"run.slurm_profile={tmp_path / 'site' / 'cluster.toml'}"]) in (0, 2)
-    assert f"apptainer exec --nv {tmp_path / 'site' / 'pipeline.sif'} python -u -m submitit" in capsys.readouterr().out
+    image = tmp_path / "site" / "pipeline.sif"
+    assert f"apptainer exec --nv {image} python -P -u -m pipeline.infra.executor.guard" in capsys.readouterr().out
 
 
 def test_an_unreachable_database_fails_in_preflight(tmp_path, capsys):

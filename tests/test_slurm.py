@@ -84,8 +84,7 @@ def test_requeued_checkpointable_task_resumes_from_its_checkpoint(slurm_cluster,
     calls = [(str(c), n_steps, step_s, hold_after) for c in checkpoints]
     hold = checkpoints[0].with_suffix(".hold")
     hold.touch()  # task 0 waits after step 3 until the test has preempted it
-    executor = SlurmExecutor("requeue", shared_tmp / "jobs" / "requeue", 2, load_profile(PROFILE, "requeue"),
-                             shared_tmp)
+    executor = SlurmExecutor("requeue", shared_tmp / "jobs" / "requeue", 2, load_profile(PROFILE, "requeue"))
     executor.submit(CheckpointableTask(tasks.sum_of_squares), calls)
     jobs = executor.jobs
 

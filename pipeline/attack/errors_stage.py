@@ -25,7 +25,7 @@ import xarray as xr
 from pipeline.attack.fewest_errors import ERROR_FIELDS, Margins, fewest_errors
 from pipeline.attack.shards import shard_ranges
 from pipeline.attack.targets import select_targets
-from pipeline.config import ERROR_KINDS, ConfigError, PipelineConfig
+from pipeline.config import ERROR_KINDS, ConfigError, ModelParams, PipelineConfig
 from pipeline.data.record import feature_stats
 from pipeline.errors import InputError, blaming
 from pipeline.features import FEATURES, NAMES
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 SAVE_EVERY = 16  # targets between two saves of a shard's progress
 
 
-def errors_shard(run_dir: str, shard: int, index: list[int], y: list[int], params: dict, workers: int = 1) -> list:
+def errors_shard(run_dir: str, shard: int, index: list[int], y: list[int], params: dict, workers: int = 1,
+                 model_params: ModelParams | None = None) -> list:
     """One shard (a task): search each of its targets in turn, resuming after a requeue."""
     training.set_threads(workers)
     run = RunDir(run_dir)
@@ -51,7 +52,7 @@ def errors_shard(run_dir: str, shard: int, index: list[int], y: list[int], param
     ds = run.dataset()
     mine = ds[["value", "count"]].isel(sample=index)  # this shard's records only, not the whole cohort's
     stats, value, count = feature_stats(ds), mine["value"].values, mine["count"].values
-    margins = Margins(load_model(run.path, training.device()), params["batch_size"])
+    margins = Margins(load_model(run.path, training.device(), model_params), params["batch_size"])
     for i in range(len(rows), len(index)):
         found = fewest_errors(margins, value[i], count[i], y[i], stats, params["kinds"], params["max_errors"],
                               params["beam"])
@@ -70,12 +71,12 @@ def errors(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if "value" not in ds:
         raise InputError(f"{run_dir / layout.DATASET} holds no recorded values (made before the record was kept): "
                          "run `prepare --force`")
-    targets = select_targets(run_dir, e.targets)
+    targets = select_targets(run_dir, e.targets, cfg.model)
     if targets.empty:
         raise ConfigError(f"[errors] targets = {e.targets!r}: no correctly classified sample to search")
     params = {"kinds": list(e.kinds), "max_errors": e.max_errors, "beam": e.beam, "batch_size": e.batch_size}
     index, y = targets.dataset_index.to_numpy(), targets.y.to_numpy().astype(int)
-    calls = [(str(run_dir.path), k, index[lo:hi].tolist(), y[lo:hi].tolist(), params, cfg.run.workers)
+    calls = [(str(run_dir.path), k, index[lo:hi].tolist(), y[lo:hi].tolist(), params, cfg.run.workers, cfg.model)
              for k, (lo, hi) in enumerate(shard_ranges(len(index), e.shards, 1)) if hi > lo]
     log.info("errors: %d targets (%s set), %d shard(s), kinds %s, at most %d errors, beam %d", len(index),
              e.targets, len(calls), ", ".join(e.kinds), e.max_errors, e.beam)

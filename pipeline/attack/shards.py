@@ -30,7 +30,7 @@ from pipeline.attack import spaces
 from pipeline.attack.l1 import L1Attack
 from pipeline.attack.spaces.base import Space
 from pipeline.attack.targets import TargetInputs, select_targets
-from pipeline.config import AttackConfig, AttackParams, ConfigError, PipelineConfig
+from pipeline.config import AttackConfig, AttackParams, ConfigError, ModelParams, PipelineConfig
 from pipeline.errors import blaming
 from pipeline.features import NAMES
 from pipeline.infra import cf, layout, rundir
@@ -124,7 +124,7 @@ def resumable(partial: Path, attrs: dict) -> bool:
 
 
 def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, batch_size: int,
-                 workers: int = 1) -> dict:
+                 workers: int = 1, model_params: ModelParams | None = None) -> dict:
     """One shard (a task): attack targets start…stop batch by batch, resuming after a requeue."""
     training.set_threads(workers)
     run = RunDir(run_dir)
@@ -135,7 +135,7 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     if progress.get("complete"):
         return progress
     device = training.device()
-    model = load_model(run.path, device)
+    model = load_model(run.path, device, model_params)
     config = AttackParams(**params)
     attack = L1Attack(model, config)
     inputs = TargetInputs.load(run, store["dataset_index"][start:stop], config.space)
@@ -180,7 +180,7 @@ def write_batch(store: zarr.Group, space: Space, batch, b0: int, b1: int) -> Non
 def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     a: AttackConfig = cfg.attack
     params, source = attack_params(cfg, run_dir)
-    targets = select_targets(run_dir, a.targets)
+    targets = select_targets(run_dir, a.targets, cfg.model)
     if targets.empty:
         raise ConfigError(f"[attack] targets = {a.targets!r}: no correctly classified sample to attack")
     TargetInputs.load(run_dir, np.zeros(0, np.int64), params.space)  # a store the space cannot read: one line, now
@@ -199,7 +199,8 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     ranges = shard_ranges(len(targets), a.shards, a.batch_size)
     log.info("attack: %d targets (%s set, correctly classified), %d shard(s), %d iterations, parameters from %s",
              len(targets), a.targets, a.shards, params.max_iter, source)
-    calls = [(str(run_dir.path), k, lo, hi, dataclasses.asdict(params.params()), a.batch_size, cfg.run.workers)
+    calls = [(str(run_dir.path), k, lo, hi, dataclasses.asdict(params.params()), a.batch_size, cfg.run.workers,
+              cfg.model)
              for k, (lo, hi) in enumerate(ranges) if hi > lo]  # a shard without targets is not submitted
     if len(calls) < a.shards:
         log.info("attack: %d target(s) fill %d batch(es) of %d: %d shard(s) run, not %d", len(targets),

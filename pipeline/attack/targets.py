@@ -14,19 +14,20 @@ import torch
 
 from pipeline.attack import spaces
 from pipeline.attack.spaces.base import Space
-from pipeline.config import AttackParams
+from pipeline.config import AttackParams, ModelParams
 from pipeline.data.record import feature_stats
 from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model, training
 
 
-def select_targets(run_dir: RunDir, scope: str) -> pd.DataFrame:
-    """Correctly classified samples (of the test set, or all): columns dataset_index, y, pred."""
+def select_targets(run_dir: RunDir, scope: str, model_params: ModelParams | None = None) -> pd.DataFrame:
+    """Correctly classified samples (of the test set, or all): columns dataset_index, y, pred (the model as
+    `model_params`, this command's [model], names it: see load_model)."""
     data = training.load_data(run_dir.path)
     split = run_dir.split()
     candidates = np.array(sorted(split["test"])) if scope == "test" else np.arange(len(data.y))
-    model = load_model(run_dir.path)
+    model = load_model(run_dir.path, model=model_params)
     with torch.no_grad():
         pred = np.concatenate([model(data.x[candidates[i:i + 1024]]).argmax(1).numpy()
                                for i in range(0, len(candidates), 1024)])

@@ -32,7 +32,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from pipeline.attack.l1 import BEST, AttackResult, L1Attack
 from pipeline.attack.targets import TargetInputs, select_targets
-from pipeline.config import ATTACK_OPTIMIZERS, AttackParams, ConfigError, PipelineConfig
+from pipeline.config import ATTACK_OPTIMIZERS, AttackParams, ConfigError, ModelParams, PipelineConfig
 from pipeline.infra import layout, rundir, study
 from pipeline.infra.launch import write_best
 from pipeline.infra.rundir import RunDir
@@ -122,7 +122,7 @@ def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: in
     run = RunDir(run_dir)
     index = np.array(json.loads(run.tuning_file("tune-attack", layout.TUNING_TARGETS).read_text())["dataset_index"])
     device = training.device()
-    model = load_model(run.path, device)
+    model = load_model(run.path, device, ModelParams(**settings["model"]))
     attack = AttackParams(**settings["attack"])
     inputs = TargetInputs.load(run, index, attack.space)
     space = inputs.space(attack, device)  # no tunable key changes the space
@@ -150,13 +150,13 @@ def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
             raise ConfigError(f"[tune-attack] params: {name!r} cannot be tuned (tunable: {', '.join(TUNABLE)})")
     cfg.attack.check()
     study.check_driver(cfg.run.storage)
-    targets = select_targets(run_dir, cfg.attack.targets)
+    targets = select_targets(run_dir, cfg.attack.targets, cfg.model)
     rng = np.random.default_rng(cfg.run.seed)
     chosen = np.sort(rng.permutation(targets["dataset_index"].to_numpy())[:min(ta.targets, MAX_TARGETS)])
     rundir.write_json(run_dir.tuning_file("tune-attack", layout.TUNING_TARGETS), {"dataset_index": chosen.tolist()})
     direction = "maximize" if ta.objective in MAXIMIZE else "minimize"
     settings = {"objective": ta.objective, "params": list(ta.params), "attack": dataclasses.asdict(cfg.attack.params()),
-                "startup_trials": ta.startup_trials}
+                "startup_trials": ta.startup_trials, "model": dataclasses.asdict(cfg.model)}
     name = study.run_study(cfg, run_dir, "tune-attack", tuning_worker, ta.trials, settings, direction=direction,
                            metric=METRICS[ta.objective], search_space=search_space(list(ta.params), cfg.attack))
     s = optuna.load_study(study_name=name, storage=study.open_storage(cfg.run.storage, run_dir.path,

@@ -31,12 +31,16 @@ from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError
 from pipeline.data.mimic import EVENT_SCHEMA, HI, LO, ROW_GROUP_ROWS, EventCounts, drop_duplicate_events
-from pipeline.errors import InputError, write_failure
+from pipeline.errors import InputError, blaming, write_failure
 from pipeline.features import FAHRENHEIT_ITEMIDS, FEATURES, LAB, NAMES, fahrenheit_to_celsius
 from pipeline.hashing import file_sha256
 
 MAPS = Path(__file__).parent / "maps"
 COHORT_EVENTS = ("birth", "death", "hospital_admission", "hospital_discharge", "icu_admission", "icu_discharge")
+# the small table each cohort event stands for: its exact duplicates are counted there, as the CSV path counts
+# a doubled row
+TABLE_OF_EVENT = {"birth": "PATIENTS", "death": "PATIENTS", "hospital_admission": "ADMISSIONS",
+                  "hospital_discharge": "ADMISSIONS", "icu_admission": "ICUSTAYS", "icu_discharge": "ICUSTAYS"}
 BATCH_ROWS = 1 << 20  # events read at once from a data file
 
 
@@ -61,6 +65,7 @@ class FeatureMap:
     cohort: dict[str, re.Pattern]
     rules: list[Rule]
     by_itemid: dict[int, tuple[int, str]] = field(default_factory=dict)  # MIMIC item id → (feature, table)
+    path: Path | None = None  # the map's file
 
     @classmethod
     def load(cls, spec: str) -> FeatureMap:
@@ -75,7 +80,7 @@ class FeatureMap:
             cohort = {k: re.compile(raw["cohort"][k]) for k in COHORT_EVENTS}
             rules = [rule(entry) for entry in raw["features"]]
             return cls(path.stem, raw.get("description", ""), raw["admission_id"], raw["stay_id"], cohort, rules,
-                       {i: (k, f.table) for k, f in enumerate(FEATURES) for i in f.all_itemids})
+                       {i: (k, f.table) for k, f in enumerate(FEATURES) for i in f.all_itemids}, path)
         except KeyError as e:
             raise ConfigError(f"{path}: missing key {e}") from None
         except (tomllib.TOMLDecodeError, re.error, ValueError) as e:
@@ -93,7 +98,11 @@ class FeatureMap:
                 continue
             if r.feature is not None:
                 return r.feature, -1, FEATURES[r.feature].table, r.factor, r.offset, r.fahrenheit
-            item = int(m.group("itemid"))
+            text = m.group("itemid") or ""
+            if not (text.isascii() and text.isdigit()):  # \d and int() also read '５０９７１' as 50971
+                raise InputError(f"{self.path}: the rule {r.pattern.pattern!r} reads item id {text!r} from code "
+                                 f"{code!r}: not an item id (ASCII digits: write [0-9], not \\d or .)")
+            item = int(text)
             if item in self.by_itemid:  # °F items converted as from the CSV tables
                 k, table = self.by_itemid[item]
                 return k, item, table, 1.0, 0.0, item in FAHRENHEIT_ITEMIDS
@@ -133,7 +142,12 @@ def subject_splits(root: Path) -> pd.Series | None:
         raise InputError(f"{path}: not a readable Parquet file ({e})") from None
     except Exception as e:  # flexible_schema's SchemaValidationError
         raise InputError(f"{path}: not MEDS subject splits: {e}") from None
-    frame = table.to_pandas()
+    frame = table.to_pandas().drop_duplicates(["subject_id", "split"])
+    twice = frame.subject_id.duplicated(keep=False)
+    if twice.any():  # MEDS's splits are disjoint: which one holds the subject is not ours to guess
+        subject = frame.subject_id[twice].iloc[0]
+        raise InputError(f"{path}: subject {subject} is in two splits "
+                         f"({', '.join(frame.split[frame.subject_id == subject])})")
     code = frame.split.map({name: k for k, name in enumerate(SPLITS)})
     return pd.Series(code.to_numpy(), index=frame.subject_id.to_numpy()).dropna().astype(np.int8)
 
@@ -165,15 +179,43 @@ def batches(path: Path, columns: list[str]):
     wanted = [c for c in ("subject_id", "time", "code", "numeric_value", *columns) if c in names]
     for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=wanted):
         try:
-            yield DataSchema.align(pa.Table.from_batches([batch]))
+            table = DataSchema.align(pa.Table.from_batches([batch]))
         except Exception as e:  # flexible_schema's SchemaValidationError: missing or mistyped columns
             raise InputError(f"{path}: not MEDS data: {e}") from None
+        for name in columns:
+            table = table.set_column(table.schema.get_field_index(name), name, integer_ids(table[name], name, path))
+        yield table
 
 
-def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+def integer_ids(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArray:
+    """An id column (the map's admission or stay id) as int64: integers of any width, whole floats (NaN: no
+    id, as pandas writes an integer column with gaps) or text of ASCII digits; anything else is one line
+    naming the file, the column and the first value that is no integer id."""
+    if pa.types.is_dictionary(column.type):  # pandas' categorical ids
+        column = column.cast(column.type.value_type)
+    if pa.types.is_floating(column.type):
+        column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+        whole = pc.equal(pc.floor(column), column)
+    elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        whole = pc.match_substring_regex(column, r"^-?[0-9]+$")
+    elif pa.types.is_integer(column.type):
+        whole = None
+    else:
+        raise InputError(f"{path}: column {name!r} holds {column.type}, not integer ids")
+    wrong = column.filter(pc.invert(pc.fill_null(whole, True))) if whole is not None else []
+    if len(wrong):
+        raise InputError(f"{path}: {wrong[0].as_py()!r} in column {name!r}, not an integer id")
+    try:
+        return pc.cast(column, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:  # out of int64's range
+        raise InputError(f"{path}: column {name!r}: not int64 ids ({e})") from None
+
+
+def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, pd.DataFrame], dict, dict, dict]:
     """Stream the MEDS data under `root`: the small tables (PATIENTS, ADMISSIONS, ICUSTAYS as cohort.py
     reads them), the feature events of LABEVENTS and CHARTEVENTS into `out[table]` (EVENT_SCHEMA, exact
-    duplicates dropped), their EventCounts, and the sha256 of every data file."""
+    duplicates dropped), their EventCounts, the sha256 of every data file, and the exact duplicate cohort
+    events dropped per small table."""
     files = data_files(root)
     keys = sorted({fmap.admission_id, fmap.stay_id} - {"subject_id"})
     staged = {t: p.with_name(f"{p.stem}-with-duplicates.parquet") for t, p in out.items()}
@@ -182,7 +224,7 @@ def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, 
     cohort_rows, checksums, charted = [], {}, set()
     writers = {t: pq.ParquetWriter(staged[t], EVENT_SCHEMA, compression="snappy") for t in out}
     try:
-        for path in tqdm(files, desc="read MEDS", unit="file", leave=False, disable=None):
+        for number, path in enumerate(tqdm(files, desc="read MEDS", unit="file", leave=False, disable=None)):
             checksums[str(path.relative_to(root))] = file_sha256(path)
             for table in batches(path, keys):
                 codes = table["code"].unique().to_pylist()
@@ -195,23 +237,55 @@ def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, 
                 if is_cohort.any():
                     rows = table.filter(pa.array(is_cohort)).to_pandas()
                     rows["event"] = kind[is_cohort]
-                    cohort_rows.append(rows)
-                feature_events(table, codes, index, known, fmap, writers, counts)
+                    cohort_rows.append(rows.assign(file=number))
+                feature_events(table, codes, index, known, fmap, writers, counts, staged)
                 if fmap.stay_id in table.column_names:  # stays with any event of their own (charted)
                     charted.update(pc.unique(table[fmap.stay_id].filter(pa.array(~is_cohort))).to_pylist())
-        for w in writers.values():
-            w.close()
+        for t, w in writers.items():
+            with blaming(staged[t]):
+                w.close()
         for t in out:
-            counts[t].duplicates = drop_duplicate_events(staged[t], out[t])
+            with blaming(out[t]):
+                counts[t].duplicates = drop_duplicate_events(staged[t], out[t])
             staged[t].unlink()
-    except OSError as e:
-        raise write_failure(e, next(iter(out.values()))) or InputError(f"{root}: cannot read ({e})") from None
+    except OSError as e:  # a failed write the blocks above did not name: the scratch folder
+        raise write_failure(e, e.filename or staged[LAB].parent) or InputError(f"{root}: cannot read ({e})") from None
     finally:
         for w in writers.values():
             w.close()
     events = pd.concat(cohort_rows, ignore_index=True) if cohort_rows else pd.DataFrame(
-        columns=["subject_id", "time", "code", "event", *keys])
-    return small_tables(events, fmap, root, charted - {None}), counts, checksums
+        columns=["subject_id", "time", "code", "event", "file", *keys])
+    events, duplicates = drop_duplicate_cohort_events(events)
+    for column, owner in ((fmap.admission_id, "subject_id"), (fmap.stay_id, "subject_id"),
+                          (fmap.stay_id, fmap.admission_id)):
+        check_one_owner(events, column, owner, files)
+    return small_tables(events, fmap, root, charted - {None}), counts, checksums, duplicates
+
+
+def drop_duplicate_cohort_events(events: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The cohort's events without those identical to an earlier one in every column read (a shard written
+    twice), and how many were dropped per small table (TABLE_OF_EVENT), as the CSV path counts doubled rows."""
+    doubled = events.duplicated(events.columns.drop("file").tolist(), keep="first")
+    per_table = events.event[doubled].map(TABLE_OF_EVENT).value_counts()
+    return events[~doubled], {t: int(per_table.get(t, 0)) for t in ("PATIENTS", "ADMISSIONS", "ICUSTAYS")}
+
+
+def check_one_owner(events: pd.DataFrame, column: str, owner: str, files: list[Path]) -> None:
+    """Each id of `column` (an admission or a stay) on the cohort's events belongs to one `owner` (a subject,
+    an admission): else one line naming the file, the id and both owners. The CSV path refuses a key on two
+    different rows; first() here gave the admission to one subject and silently lost a sample."""
+    if column == owner:
+        return
+    rows = events.dropna(subset=[column, owner])
+    owners = rows.groupby(column)[owner].nunique()
+    if not (owners > 1).any():
+        return
+    value = owners.index[owners > 1][0]
+    mine = rows[rows[column] == value]
+    first, second = mine[owner].unique()[:2]
+    path = files[mine.file[mine[owner] == second].iloc[0]]
+    raise InputError(f"{path}: {column} {int(value)} on the events of {owner} {int(first)} and of {owner} "
+                     f"{int(second)}; an id of {column} belongs to one {owner}")
 
 
 def item_of_code(info, n: int):
@@ -224,8 +298,10 @@ def item_of_code(info, n: int):
 
 
 def feature_events(table: pa.Table, codes: list[str], index: np.ndarray, known: dict, fmap: FeatureMap,
-                   writers: dict, counts: dict[str, EventCounts]) -> None:
-    """The batch's events of the features, as the CSV path's rules keep them: a key, a value, in range."""
+                   writers: dict, counts: dict[str, EventCounts], staged: dict[str, Path]) -> None:
+    """The batch's events of the features, as the CSV path's rules keep them: a key, a time, a value, in
+    range. MEDS allows events without a time (static ones): a feature event without one lies in no hour of
+    any window, so it is dropped by the rule `with_time` (counted there, never as kept or a duplicate)."""
     info = [known[c] if isinstance(known[c], tuple) else None for c in codes]
     feature = np.array([-1 if i is None else i[0] for i in info], np.int64)[index]
     for tname in writers:
@@ -236,6 +312,8 @@ def feature_events(table: pa.Table, codes: list[str], index: np.ndarray, known: 
         key_col = fmap.admission_id if tname == LAB else fmap.stay_id
         valid = pc.is_valid(t[key_col]).to_numpy(zero_copy_only=False)
         counts[tname].with_key += int(valid.sum())
+        valid &= pc.is_valid(t["time"]).to_numpy(zero_copy_only=False)
+        counts[tname].with_time += int(valid.sum())
         counts[tname].not_error += int(valid.sum())  # MEDS has no error flag
         has_value = valid & pc.is_valid(t["numeric_value"]).to_numpy(zero_copy_only=False) \
             if "numeric_value" in t.column_names else np.zeros(t.num_rows, bool)
@@ -257,11 +335,13 @@ def feature_events(table: pa.Table, codes: list[str], index: np.ndarray, known: 
             counts[tname].per_feature[FEATURES[f].name] = counts[tname].per_feature.get(FEATURES[f].name, 0) + int(c)
         if keep.any():
             mask = pa.array(keep)
-            writers[tname].write_table(pa.table({
+            kept = pa.table({
                 "key": pc.cast(t[key_col], pa.int64()).filter(mask), "feature": pa.array(k[keep], pa.int8()),
                 "itemid": pa.array(item[keep], pa.int32()),
                 "charttime": pc.cast(t["time"], pa.timestamp("s"), safe=False).filter(mask),
-                "value": pa.array(value[keep])}, schema=EVENT_SCHEMA), row_group_size=ROW_GROUP_ROWS)
+                "value": pa.array(value[keep])}, schema=EVENT_SCHEMA)
+            with blaming(staged[tname]):  # a full disk names the file it was writing
+                writers[tname].write_table(kept, row_group_size=ROW_GROUP_ROWS)
 
 
 def small_tables(events: pd.DataFrame, fmap: FeatureMap, root: Path, charted: set) -> dict[str, pd.DataFrame]:

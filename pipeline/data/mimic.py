@@ -190,6 +190,7 @@ class EventCounts:
     rows: int = 0
     feature_items: int = 0
     with_key: int = 0
+    with_time: int = 0  # a MEDS event may have none (a static one): nothing to bin it in
     not_error: int = 0
     with_valuenum: int = 0
     in_range: int = 0
@@ -211,13 +212,15 @@ FAHRENHEIT = np.array(sorted(FAHRENHEIT_ITEMIDS), dtype=np.int64)
 
 def _filter_batch(batch: pa.RecordBatch, table: str, items: np.ndarray, features: np.ndarray,
                   counts: EventCounts) -> pa.Table | None:
-    """The event rules on one block: feature items, a key, no error flag, a value, in range."""
+    """The event rules on one block: feature items, a key, a time, no error flag, a value, in range."""
     counts.rows += batch.num_rows
     t = pa.Table.from_batches([batch]).rename_columns([c.lower() for c in batch.schema.names])
     t = t.filter(pc.is_in(t["itemid"], value_set=pa.array(items)))
     counts.feature_items += t.num_rows
     t = t.filter(pc.is_valid(t[EVENT_KEY[table]]))
     counts.with_key += t.num_rows
+    t = t.filter(pc.is_valid(t["charttime"]))
+    counts.with_time += t.num_rows
     if table == CHART:  # ERROR = 1 marks a value the nurse flagged; empty means no error
         t = t.filter(pc.invert(pc.fill_null(pc.equal(t["error"], 1), False)))
     counts.not_error += t.num_rows

@@ -89,10 +89,9 @@ def read_mimic3(mimic_dir: Path, parquet: dict[str, Path], cfg: PrepareConfig, w
 def read_meds(root: Path, parquet: dict[str, Path], cfg: PrepareConfig) -> Read:
     """A MEDS root (meds.py): one pass over its events gives the small tables and the filtered events."""
     fmap = meds.FeatureMap.load(cfg.feature_map)
-    small, event_counts, checksums = meds.read(root, fmap, parquet)
+    small, event_counts, checksums, duplicates = meds.read(root, fmap, parquet)
     cohort, counts = cohort_of(small, cfg)
-    return Read(cohort, counts, event_counts, checksums, {name: 0 for name in SMALL_TABLES},
-                {t: root for t in (LAB, CHART)})
+    return Read(cohort, counts, event_counts, checksums, duplicates, {t: root for t in (LAB, CHART)})
 
 
 @dataclass
@@ -161,7 +160,9 @@ def build_dataset(source: Path, cfg: PrepareConfig, work_dir: Path | None = None
     record = timeseries.build_record(per_cell, len(cohort), cfg.window_hours, len(FEATURES), stats)
     attrs = {
         "description": "MIMIC-III in-hospital mortality: 19 features in 48 hourly bins from ICU intime",
-        "mimic_dir": str(source),  # the source read (MIMIC-III tables or a MEDS root: `source` says which)
+        # the source read (MIMIC-III tables or a MEDS root: `source` says which); relative when it is in the
+        # run directory (synth's raw/), so that a run directory copied or moved makes the same dataset again
+        "mimic_dir": in_run(source, work_dir),
         "source": cfg.source,
         "cohort_config": dataclasses.asdict(cfg),
         "counts": {**counts, "positive": int(cohort.y.sum())},
@@ -180,6 +181,13 @@ def build_dataset(source: Path, cfg: PrepareConfig, work_dir: Path | None = None
             "flag_values": np.arange(-1, len(meds.SPLITS), dtype=np.int8),
             "flag_meanings": "none " + " ".join(meds.SPLITS)})
     return ds
+
+
+def in_run(source: Path, run_path: Path | None) -> str:
+    resolved = source.resolve()
+    if run_path is not None and resolved.is_relative_to(Path(run_path).resolve()):
+        return resolved.relative_to(Path(run_path).resolve()).as_posix()
+    return str(source)
 
 
 def filter_both(paths: dict[str, Path], parquet: dict[str, Path], workers: int) -> list:

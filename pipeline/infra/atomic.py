@@ -115,8 +115,13 @@ def glob_escape(name: str) -> str:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
+    """`data` at `path`, on disk before the rename: a crash (a node lost, power) leaves the old file or
+    the new one, never an empty or cut-off one (a rename can reach the disk before the data it names)."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def write_text(path: Path, text: str) -> None:

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import InputError
 from pipeline.infra import rundir
 
 log = logging.getLogger(__name__)
@@ -29,19 +32,30 @@ class Checkpoint:
         self.key = json.dumps(key, sort_keys=True, default=str)
 
     def load(self) -> Any | None:
-        """The saved state, or None when nothing was saved yet or it was saved for other work."""
+        """The saved state, or None when nothing was saved yet, it was saved for other work, or it cannot be
+        read (cut off, emptied: a warning names the file, and the task starts afresh). A file that is not
+        plain data (a pickle that would run code) is an error naming it: that is no accident."""
         if not self.path.exists():
             return None
-        if self.path.suffix == ".json":
-            saved = json.loads(self.path.read_text())
-        else:
-            import torch  # deferred: a .json checkpoint (tuning, the attack's shards) needs no torch
-
-            saved = torch.load(self.path, weights_only=True)
+        try:
+            saved = self._read()
+        except pickle.UnpicklingError as e:
+            first = (str(e).splitlines() or [""])[0]
+            raise InputError(f"{self.path}: not a checkpoint this pipeline wrote ({first}); remove it") from None
+        except (OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile) as e:
+            log.warning("%s: damaged (%s: %s); started afresh", self.path, type(e).__name__, e)
+            return None
         if not isinstance(saved, dict) or saved.get("key") != self.key:
             log.info("%s: saved for other arguments, started afresh", self.path)
             return None
         return saved["state"]
+
+    def _read(self) -> Any:
+        if self.path.suffix == ".json":
+            return json.loads(self.path.read_text())
+        import torch  # deferred: a .json checkpoint (tuning, the attack's shards) needs no torch
+
+        return torch.load(self.path, weights_only=True)
 
     def save(self, state: Any) -> None:
         saved = {"key": self.key, "state": state}

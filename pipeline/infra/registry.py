@@ -32,6 +32,8 @@ class Stage:
     tunes: str = ""  # a tuning stage: the config table whose values its best.json overrides
     tables: tuple[str, ...] = ()  # config tables besides its own and [run] that its result depends on
     fits_model: bool = False  # tunes or cross-validates a model of the pipeline's: skipped for [model] external
+    source: str = ""  # "module:" whose record(cfg, run_dir) / changes(cfg, run_dir, recorded) watch files it reads
+    #                    from outside the run directory's artifacts (prepare: the tables)
 
     def tasks(self, cfg: PipelineConfig) -> int:
         """How many array tasks (Slurm jobs, local processes) the stage runs with `cfg`; 0 = none."""
@@ -39,6 +41,10 @@ class Stage:
             return 0
         table, _, key = self.array.partition(".")
         return getattr(cfg.section(table), key) if key else int(table)
+
+    def watcher(self):
+        """The module that records and checks the files it reads from outside the run directory, or None."""
+        return importlib.import_module(self.source) if self.source else None
 
     def load(self) -> StageFunc:
         module, _, name = self.entry.partition(":")
@@ -49,7 +55,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("synth", "write synthetic MIMIC-III tables (CSV.gz) and each admission's true risk",
           "raw/", "pipeline.data.synth:synth", outputs=("raw",), replaced_by_mimic=True),
     Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
-          "dataset.zarr", "pipeline.data.prepare:prepare", outputs=("dataset.zarr",), scratch=("prepare-events-*",)),
+          "dataset.zarr", "pipeline.data.prepare:prepare", outputs=("dataset.zarr",), scratch=("prepare-events-*",),
+          source="pipeline.data.inputs"),
     Stage("tune-model", "distributed Optuna search of the model's hyper-parameters", "optuna study",
           "pipeline.model.tune_model:tune_model", ("dataset.zarr", "split.json"), array="run.workers",
           makes=("split.json",), storage=True, tunes="model", tables=("model",), fits_model=True),

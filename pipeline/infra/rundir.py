@@ -9,24 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
+import logging
 import os
 import platform
 import socket
-import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pipeline import hashing
 from pipeline.config import redacted
 from pipeline.errors import MissingArtifact, StageBusy
-from pipeline.infra import layout
+from pipeline.infra import fingerprints, layout
 from pipeline.infra.atomic import (  # noqa: F401 (re-exported: the stages write through rundir)
     HOST,
     atomic_path,
@@ -39,10 +37,11 @@ from pipeline.infra.atomic import (  # noqa: F401 (re-exported: the stages write
     write_json,
     write_text,
 )
+from pipeline.infra.provenance import PACKAGES, package_versions, source_commit  # noqa: F401
+from pipeline.infra.records import check_split, read_json_record
 from pipeline.infra.registry import writers
 
-PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "dask", "xarray", "zarr", "optuna", "submitit",
-            "mimic-adversarial-pipeline")
+log = logging.getLogger(__name__)
 
 
 PROBE_RETRIES = 20  # × 50 ms: how long a stage's lock is tried before it is reported busy
@@ -69,29 +68,6 @@ def consolidated_zarr_v3() -> Iterator[None]:
         yield
 
 
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def source_commit() -> str | None:
-    """The git commit of the pipeline's source tree, when it is a checkout."""
-    src = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-
-
 class RunDir:
     """One run's directory. All stages read their inputs from here and write their outputs here."""
 
@@ -99,6 +75,7 @@ class RunDir:
         self.path = Path(path).resolve()
         self.forced = False  # the stage running now was asked to redo its work (--force)
         self._staged: dict[str, Path] = {}  # folder → its temporary, while :meth:`staged`
+        self._markers: dict[str, tuple[str, dict | None]] = {}  # stage → (stat key, marker)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -188,20 +165,35 @@ class RunDir:
         return xr.open_zarr(self.artifact(layout.DATASET), consolidated=False)
 
     def split(self) -> dict[str, Any]:
-        """split.json: {"test": [...], "fold": [[...], ...], "seed", "test_fraction", "folds"}."""
-        return json.loads(self.artifact(layout.SPLIT).read_text())
+        """split.json: {"test": [...], "fold": [[...], ...], "seed", "test_fraction", "folds"}, checked: a
+        sample in two places (the test set and a fold) would be a test result on training data."""
+        path = self.artifact(layout.SPLIT)
+        record = read_json_record(path)
+        if record is None:
+            raise MissingArtifact(f"{path}: damaged (not a JSON object); make the split again with "
+                                  "`python -m pipeline run --force`, or use a new run directory")
+        check_split(record, path)
+        return record
 
     def fingerprint(self, name: str) -> str | None:
-        """sha256 of an artifact (a file, or every file of a folder or store by relative path); None if absent."""
-        path = self.path / name
-        if not path.exists():
-            return None
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        digest = hashlib.sha256()
-        for f in files:
-            digest.update(str(f.relative_to(path)).encode() + b"\0")
-            hashing.update(digest, f)
-        return digest.hexdigest()
+        """sha256 over an artifact's files (a file, or a folder or store: by relative path) and their sha256;
+        None if absent. The files are those its maker recorded (a stray ``.DS_Store`` is no part of it), or
+        every non-hidden one; a file still as its maker's marker recorded it is not read again."""
+        return fingerprints.fingerprint(self.path / name, self._output_records(name))
+
+    def _output_records(self, name: str) -> dict[str, Any]:
+        """{relative path under `name`: file record} from the marker of the complete stage that wrote
+        `name` (an output, or a file in one: cv/summary.json in cv/); empty when none recorded it."""
+        for maker in writers(name):
+            outputs = (self.read_marker(maker) or {}).get("outputs", {})
+            for output, files in outputs.items():
+                if not isinstance(files, dict):
+                    continue
+                if output == name:
+                    return files
+                if name.startswith(f"{output}/") and (rel := name[len(output) + 1:]) in files:
+                    return {".": files[rel]}
+        return {}
 
     def fingerprints(self, *names: str) -> dict[str, str | None]:
         return {name: self.fingerprint(name) for name in names}
@@ -209,10 +201,15 @@ class RunDir:
     def changed_inputs(self, stage: str, inputs: tuple[str, ...]) -> list[str]:
         """Inputs of a complete stage whose content differs from when it completed (markers without
         input hashes, from older versions, report nothing)."""
-        recorded = json.loads(self.marker(stage).read_text()).get("inputs")
-        if recorded is None:
+        recorded = (self.read_marker(stage) or {}).get("inputs")
+        if not isinstance(recorded, dict):
             return []
-        return [name for name in inputs if recorded.get(name) != self.fingerprint(name)]
+        return [name for name in inputs if recorded.get(name) != self._fingerprint_as(recorded.get(name), name)]
+
+    def _fingerprint_as(self, was: Any, name: str) -> str | None:
+        """`name`'s fingerprint now, of the kind `was` is (a marker of the version before: every byte)."""
+        legacy = isinstance(was, str) and not was.startswith(fingerprints.PREFIX)
+        return fingerprints.legacy(self.path / name) if legacy else self.fingerprint(name)
 
     def best_params(self, stage: str) -> dict[str, Any] | None:
         """`stage`'s tuning record (tune-model, tune-attack), or None when that stage did not run."""
@@ -262,9 +259,9 @@ class RunDir:
             write_json(self.manifest_path, manifest)
 
     def read_manifest(self) -> dict[str, Any]:
-        if not self.manifest_path.exists():
-            return {}
-        return json.loads(self.manifest_path.read_text())
+        """manifest.json; a damaged one (cut off by a crash, emptied) is read as empty, with a warning,
+        and written anew by the next stage that runs."""
+        return read_json_record(self.manifest_path) or {}
 
     def open(self, config: dict[str, Any], seed: int) -> None:
         """Create the directory (or reopen it) and record the config, seed and environment."""
@@ -324,13 +321,23 @@ class RunDir:
         return None
 
     # ---- stage completion -----------------------------------------------------------------
+    def read_marker(self, stage: str) -> dict[str, Any] | None:
+        """`stage`'s marker, or None when there is none or it is damaged (read as "not complete", with a
+        warning: the stage runs again). Kept while the file is unchanged: markers are read often."""
+        path = self.marker(stage)
+        try:
+            key = hashing.stat_key(path)
+        except OSError:
+            return None
+        if (cached := self._markers.get(stage)) is None or cached[0] != key:
+            self._markers[stage] = cached = (key, read_json_record(path))
+        return cached[1]
+
     def is_complete(self, stage: str) -> bool:
-        return self.marker(stage).exists()
+        return self.read_marker(stage) is not None
 
     def completed_config(self, stage: str) -> dict[str, Any] | None:
-        if not self.is_complete(stage):
-            return None
-        return json.loads(self.marker(stage).read_text()).get("config")
+        return (self.read_marker(stage) or {}).get("config")
 
     def mark_complete(self, stage: str, *, config: dict[str, Any], seed: int, started: float,
                       executor: str, inputs: dict[str, str | None] | None = None,
@@ -358,17 +365,17 @@ class RunDir:
         if not self.is_complete(stage):
             return {}
         damaged = {}
-        for name, files in json.loads(self.marker(stage).read_text()).get("outputs", {}).items():
+        for name, files in (self.read_marker(stage) or {}).get("outputs", {}).items():
             path = self.path / name
             if not path.exists():
                 damaged[name] = "is gone"
                 continue
-            for rel, state in files.items():
+            for rel, record in files.items():
                 f = path if rel == "." else path / rel
                 if not f.is_file():
                     damaged[name] = f"is damaged: {f.relative_to(self.path)} is missing"
                     break
-                if hashing.file_state(f, hashing.is_chunk(rel)) != state:
+                if not hashing.unchanged(f, record, hashing.is_chunk(rel)):
                     damaged[name] = f"is damaged: {f.relative_to(self.path)} is not the file `{stage}` wrote"
                     break
         return damaged

@@ -38,19 +38,13 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
         force = True
     check_inputs_intact(name, run_dir)
     if run_dir.is_complete(name) and not force:
-        changed = run_dir.changed_inputs(name, stage.inputs)
-        if changed and all(set(writers(c)) & redone for c in changed):
-            log.info("%s: its input %s was redone by this run; running it again", name, ", ".join(changed))
-            force = True
-        elif changed:
-            redo = ", then ".join(f"`python -m pipeline {s} --force`" for s in stale_stages(run_dir, name))
-            raise InputError(f"{name}: complete, but its input {', '.join(changed)} changed since (a stage before "
-                             f"it was redone); redo the stale stages in order: {redo}")
-        done_with = run_dir.completed_config(name)
-        if done_with != wanted:
-            log.warning("%s: complete with a different config; kept (use --force to redo)", name)
-        log.info("%s: complete, skipped (%s)", name, run_dir.marker(name))
-        return False
+        if not stale_in_this_run(name, run_dir, redone):
+            check_source(name, cfg, run_dir)
+            if run_dir.completed_config(name) != wanted:
+                log.warning("%s: complete with a different config; kept (use --force to redo)", name)
+            log.info("%s: complete, skipped (%s)", name, run_dir.marker(name))
+            return False
+        force = True
     run_dir.forced = force
     with run_dir.stage_lock(name):
         for other, why in related(name).items():  # holding our lock: of two starting at once, one sees the other
@@ -65,9 +59,43 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
         stage.load()(cfg, run_dir)
         run_dir.mark_complete(name, config=wanted, seed=cfg.run.seed, started=started,
                               executor=cfg.run.executor, inputs=inputs_read(name, stage, run_dir, read),
-                              outputs=products(name))
+                              outputs=products(name),
+                              extra={"source": watcher.record(cfg, run_dir)} if (watcher := stage.watcher()) else None)
     log.info("%s: done in %.1f s", name, time.time() - started)
     return True
+
+
+def stale_in_this_run(name: str, run_dir: RunDir, redone: frozenset[str]) -> bool:
+    """Whether complete stage `name` must run again because a stage before it, redone by this same `run`
+    (`redone`), changed its input; an input changed otherwise is an InputError naming the stale stages."""
+    changed = run_dir.changed_inputs(name, STAGES[name].inputs)
+    if not changed:
+        return False
+    if all(set(writers(c)) & redone for c in changed):
+        log.info("%s: its input %s was redone by this run; running it again", name, ", ".join(changed))
+        return True
+    redo = ", then ".join(f"`python -m pipeline {s} --force`" for s in stale_stages(run_dir, name))
+    raise InputError(f"{name}: complete, but its input {', '.join(changed)} changed since (a stage before "
+                     f"it was redone); redo the stale stages in order: {redo}")
+
+
+def check_source(name: str, cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """InputError when the files complete stage `name` read from outside the run directory (prepare's
+    tables) changed since: its dataset, and all after it, describe data that are no longer there. A
+    source that is gone as a whole (raw data moved off scratch) only warns: the dataset stands."""
+    watcher = STAGES[name].watcher()
+    recorded = (run_dir.read_marker(name) or {}).get("source")
+    if watcher is None or not isinstance(recorded, dict):
+        return  # a marker of the version before recorded no source
+    try:
+        found = watcher.changes(cfg, run_dir, recorded)
+    except InputError as e:
+        log.warning("%s: complete; the files it read are no longer there (%s); its output is kept", name, e)
+        return
+    if found:
+        shown = "; ".join(found[:3]) + (f"; {len(found) - 3} more" if len(found) > 3 else "")
+        raise InputError(f"{name}: complete, but the files it read changed since ({shown}); make its output "
+                         f"again with `python -m pipeline {name} --force`, then redo the stages after it")
 
 
 def unfit_outputs(name: str, run_dir: RunDir) -> dict[str, str]:

@@ -9,7 +9,7 @@ the task, which fails with every difference listed.
 
 What must match: Python's major.minor, the pipeline package's version and its source commit (when
 both sides know it: a git checkout, or ``PIPELINE_SOURCE_COMMIT`` set by the container from its
-build), and the libraries of :data:`pipeline.infra.rundir.PACKAGES` (torch, numpy, pandas, pyarrow, dask,
+build), and the libraries of :data:`pipeline.infra.provenance.PACKAGES` (torch, numpy, pandas, pyarrow, dask,
 xarray, zarr, optuna, submitit). Local version labels are ignored: ``2.13.0+cpu`` on a login node
 equals ``2.13.0`` (the CUDA build) in the container.
 """
@@ -24,7 +24,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.infra.rundir import package_versions, source_commit
+from pipeline.infra.provenance import package_versions, source_commit
 
 # the container sets it from its build argument (containers/pipeline.def, make container)
 COMMIT_ENV = "PIPELINE_SOURCE_COMMIT"
@@ -46,7 +46,7 @@ def commit() -> str | None:
 
 def runtime_versions() -> dict[str, str]:
     """What a task must share with its driver: name → version (``commit`` only when known)."""
-    versions = package_versions()  # python + rundir.PACKAGES, "not installed" where absent
+    versions = package_versions()  # python + provenance.PACKAGES, "not installed" where absent
     versions["python"] = ".".join(platform.python_version_tuple()[:2])
     for name, version in versions.items():
         versions[name] = version.split("+", 1)[0]  # the build (+cpu, +cu126) may differ

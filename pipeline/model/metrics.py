@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.errors import InputError
+
 THRESHOLD = 0.5
 NAMES = ("auroc", "auprc", "f1", "precision", "recall", "accuracy", "loss")
 
@@ -48,7 +50,14 @@ def cross_entropy(prob: np.ndarray, y: np.ndarray) -> float:
 
 
 def evaluate(prob: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """All held-out metrics (NAMES) from predictions alone, so they can be recomputed from a saved table."""
+    """All held-out metrics (NAMES) from predictions alone, so they can be recomputed from a saved table.
+
+    A probability that is not finite is an error, not a number to rank: NaN scores tie, and AUROC would
+    come out 0.5 (or 0.83 with some NaN) for predictions of no model."""
+    bad = int((~np.isfinite(np.asarray(prob, float))).sum())
+    if bad:
+        raise InputError(f"{bad} of {len(prob)} predicted probabilities are not finite (NaN or ±inf): the model's "
+                         "output is no probability (a diverged training, or a model that returns NaN)")
     return {"auroc": auroc(prob, y), "auprc": auprc(prob, y), **at_threshold(prob, y),
             "loss": cross_entropy(prob, y)}
 

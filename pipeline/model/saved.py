@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import MissingArtifact
+from pipeline.config import ModelParams
+from pipeline.errors import InputError, MissingArtifact
 from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir
 from pipeline.model import archs, external
@@ -25,15 +26,24 @@ def save_model(folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
                                                   indent=2, sort_keys=True) + "\n")
 
 
-def load_model(run_dir: Path | str, device: str | torch.device = "cpu") -> nn.Module:
-    """The final model of a run (stage `train`), in eval mode: float32 (n, 48, 19) → logits (n, 2)."""
-    folder = RunDir(run_dir).model_dir
+def load_model(run_dir: Path | str, device: str | torch.device = "cpu",
+               model: ModelParams | None = None) -> nn.Module:
+    """The final model of a run (stage `train`), in eval mode: float32 (n, 48, 19) → logits (n, 2).
+
+    `model` is this command's [model] table: a model trained elsewhere is loaded only as it names it (code
+    is never chosen by model.json, which a writer of the run directory controls)."""
+    run = RunDir(run_dir)
+    folder = run.model_dir
     if not (folder / layout.MODEL_META).exists():
         raise MissingArtifact(f"{folder}: no trained model (run the `train` stage first)")
     meta = json.loads((folder / layout.MODEL_META).read_text())
-    if "external" in meta:  # the user's model, as `train` stored it
-        return external.load_stored(folder, meta["external"], device)
+    if "external" in meta:  # the user's model, as `train` stored it and this command's config names it
+        return external.load_stored(folder, meta["external"], model, run.path, device)
+    if model is not None and model.external:
+        arch = meta.get("params", {}).get("arch", "lstm")
+        raise InputError(f"{folder / layout.MODEL_META}: the run's model was trained here ({arch}), not [model] "
+                         f"external = {model.external!r}; redo `train --force` with this config")
     params = archs.params_from_dict(meta["params"])
-    model = archs.build(params, n_features=meta.get("n_features", 19), n_time=meta.get("n_time", 48))
-    model.load_state_dict(torch.load(folder / layout.WEIGHTS, map_location=device, weights_only=True))
-    return model.to(device).eval()
+    net = archs.build(params, n_features=meta.get("n_features", 19), n_time=meta.get("n_time", 48))
+    net.load_state_dict(torch.load(folder / layout.WEIGHTS, map_location=device, weights_only=True))
+    return net.to(device).eval()

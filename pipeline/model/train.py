@@ -78,12 +78,10 @@ def store_external(cfg: PipelineConfig, run_dir: RunDir) -> dict:
     """`[model] external`: the user's model checked on the pipeline's input, stored in model/ and evaluated
     once on the test set (nothing is trained)."""
     data, _, _ = training.fit_inputs(cfg, run_dir)
-    model, record = external.load_user(cfg.model)
-    external.check_shape(model, data.x[:8], f"[model] external = {cfg.model.external!r}")
+    model, record = external.load_user(cfg.model, run_dir.path)
     test_idx = np.array(sorted(run_dir.split()["test"]))
-    with torch.no_grad():
-        prob = torch.cat([torch.softmax(model(data.x[test_idx[i:i + 1024]]), dim=1)[:, 1]
-                          for i in range(0, len(test_idx), 1024)]).double().numpy()
+    logits = external.check(model, data.x[test_idx], f"[model] external = {cfg.model.external!r}")
+    prob = torch.softmax(logits, dim=1)[:, 1].double().numpy()
     with rundir.atomic_path(run_dir.model_dir) as folder:
         external.store(folder, cfg.model)
         (folder / layout.MODEL_META).write_text(json.dumps({

@@ -11,7 +11,6 @@ held-out data only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -81,6 +80,11 @@ def fit_inputs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[Data, dict, str]:
     ensure_split(run_dir, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed, remake=run_dir.forced,
                  held_out=data.held_out)
     params, source = tuned(run_dir, "tune-model", cfg.model)
+    searched = cfg.tune_model.archs or [cfg.model.arch]
+    if params.arch not in searched:  # tuning wins (docs/methods.md §2), but not silently
+        log.warning("%s chose arch %s, the config asks for %s: the tuned %s is used; redo `tune-model --force` "
+                    "to tune %s", run_dir.tuning_file("tune-model"), params.arch, " or ".join(searched), params.arch,
+                    " or ".join(searched))
     return data, dataclasses.asdict(params), source
 
 
@@ -91,7 +95,7 @@ def ensure_split(run_dir: RunDir, y: np.ndarray, test_fraction: float, folds: in
     stages after it see their input changed."""
     path = run_dir / layout.SPLIT
     if path.exists():
-        split = json.loads(path.read_text())
+        split = run_dir.split()  # checked: no sample in two places
         differ = split_differences(split, len(y), seed, test_fraction, folds, held_out)
         if not differ:
             return split
@@ -107,6 +111,10 @@ def ensure_split(run_dir: RunDir, y: np.ndarray, test_fraction: float, folds: in
     if held_out is not None and not held_out.any():
         raise ConfigError("[cv] meds_split = true: the MEDS split holds no held_out subject of the cohort; "
                           "set cv.meds_split = false for the project's own test set")
+    if held_out is not None and len(np.unique(y[held_out])) < 2:  # the test AUROC would be NaN
+        raise ConfigError(f"[cv] meds_split = true: the MEDS split's {int(held_out.sum())} held_out samples are "
+                          f"of one class only (y = {int(y[held_out][0])}); set cv.meds_split = false for the "
+                          "project's own test set")
     split = make_split(y, test_fraction, folds, seed, held_out)
     log.info("split: %d test samples (%s), %d folds of %d", len(split["test"]),
              "the MEDS split's held_out subjects" if held_out is not None else f"{test_fraction:.0%} stratified",
@@ -121,6 +129,8 @@ def split_differences(split: dict, samples: int, seed: int, test_fraction: float
     made_for = sum(map(len, split["fold"])) + len(split["test"])
     differ = [f"made for {made_for} samples, dataset.zarr holds {samples} (the cohort changed)"] \
         if made_for != samples else []
+    if not differ and max(i for part in (split["test"], *split["fold"]) for i in part) >= samples:
+        differ.append(f"it names samples past the {samples} of dataset.zarr")
     test_from = "project" if held_out is None else "meds"
     if split.get("test_from", "project") != test_from:
         differ.append(f"its test set is the {split.get('test_from', 'project')}'s, the run asks for the "

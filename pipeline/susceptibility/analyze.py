@@ -23,7 +23,7 @@ import xarray as xr
 from pipeline import figures
 from pipeline.attack import spaces
 from pipeline.attack.realizable import imputed_share, record_edits, rederived_flips
-from pipeline.config import PipelineConfig
+from pipeline.config import ModelParams, PipelineConfig
 from pipeline.errors import InputError
 from pipeline.infra import cf, layout, rundir
 from pipeline.infra.rundir import RunDir
@@ -65,11 +65,12 @@ def examples(attack: xr.Dataset) -> xr.Dataset:
     return out.assign_coords(direction=("sample", direction_of(attack.pred).values)).compute()
 
 
-def realizability(attack: xr.Dataset, data: xr.Dataset, run_dir: Path) -> dict[str, np.ndarray]:
+def realizability(attack: xr.Dataset, data: xr.Dataset, run_dir: Path,
+                  model_params: ModelParams | None = None) -> dict[str, np.ndarray]:
     """Per kind, per target: the example re-derives from the edited record to a flipped prediction."""
     if "value" not in data:  # a dataset.zarr made before the record was kept: nothing to re-derive from
         return {}
-    model = load_model(run_dir)
+    model = load_model(run_dir, model=model_params)
     return {str(k): rederived_flips(attack, data, model, str(k)) for k in attack.kind.values}
 
 
@@ -225,19 +226,20 @@ def draw(run_dir: RunDir, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dic
     figures.iteration_cdf(ex.iteration.sel(kind=iterated), ex.found.sel(kind=iterated), ex.direction, max_iter,
                           fig("iteration_cdf.png", "iteration at which the L1 attack found its examples (CDF)"))
     folds, test = run_dir.held_out_predictions()
-    if folds:
+    if folds and report.cross_validated(run_dir.model_record()["model"]):
         figures.cv_curves(folds, test, fig("cv_roc_pr.png", "ROC and precision–recall curves of the held-out "
                                                            "CV folds and of the test set"))
     return captions
 
 
-def entry_errors(run_dir: RunDir, data: xr.Dataset, captions: dict[str, str]) -> tuple[list[str], pd.DataFrame | None]:
+def entry_errors(run_dir: RunDir, data: xr.Dataset, captions: dict[str, str],
+                 model_params: ModelParams | None = None) -> tuple[list[str], pd.DataFrame | None]:
     """The `errors` stage's results, when it ran: verified, tabulated, drawn; the report's lines and the
     k-error table."""
     store = entry_report.load(run_dir)
     if store is None:
         return [], None
-    verified = entry_report.verify(store, data, load_model(run_dir.path))
+    verified = entry_report.verify(store, data, load_model(run_dir.path, model=model_params))
     unverified = int((store.flipped.values & ~verified).sum())
     if unverified:  # every flip the search reported is one; anything else is a store that lost data
         raise InputError(f"{run_dir / layout.ERRORS}: {unverified} of {int(store.flipped.sum())} flips do not flip "
@@ -291,7 +293,7 @@ def write_results(cfg: PipelineConfig, run_dir: RunDir) -> None:
     ex = examples(attack)
     space = spaces.of(attack)
     captions = draw(run_dir, sus, ex, int(attack.attrs["attack_config"]["max_iter"]))
-    realizable = realizability(attack, data, run_dir.path)
+    realizable = realizability(attack, data, run_dir.path, cfg.model)
     imputed = {(d, str(k)): imputed_share(attack, data, str(k), d) for d in DIRECTIONS for k in attack.kind.values}
     summary = report.summary(sus, ex, realizable, imputed if space.REPORTS_IMPUTED else None)
     for row in summary:
@@ -315,7 +317,7 @@ def write_results(cfg: PipelineConfig, run_dir: RunDir) -> None:
             rundir.write_text(run_dir.table(f"edits_{d}.csv"), tables[d]["edits"].to_csv(index=False))
             tables[d]["one_edit"] = feature_table(attack, data, d)
             rundir.write_text(run_dir.table(f"one_edit_{d}.csv"), tables[d]["one_edit"].to_csv(index=False))
-    entry, k_errors = entry_errors(run_dir, data, captions)
+    entry, k_errors = entry_errors(run_dir, data, captions, cfg.model)
     fewest = report.fewest_section(summary, k_errors, sus, tables) if edits is not None else []
     rundir.write_text(run_dir.report, report.render(run_dir.path, data, attack, summary, tables, captions, changes,
                                                         edits, [*fewest, *entry]))

@@ -85,6 +85,12 @@ def model_lines(model: dict) -> list[str]:
             f"{model.get('epochs_source', '?')})."]
 
 
+def cross_validated(model: dict) -> bool:
+    """Whether the run's cv/ can describe its model (model.json's record): a model trained elsewhere never
+    is, whatever an earlier model of the run left there."""
+    return "external" not in model
+
+
 def _params(values: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
 
@@ -114,7 +120,7 @@ def data_section(data: xr.Dataset) -> list[str]:
 def model_section(run_dir: Path) -> list[str]:
     run = RunDir(run_dir)
     model = run.model_record()["model"] if run.model_dir.exists() else {}
-    cv = run.cv_summary()
+    cv = run.cv_summary() if cross_validated(model) else None  # an old cv/ is of another model
     test = run.test_metrics()
     lines = ["## Model", "", *model_lines(model), ""]
     header = "| metric | CV, held-out folds (mean ± sd) | test set, final model |"
@@ -122,9 +128,10 @@ def model_section(run_dir: Path) -> list[str]:
     for m in METRICS:
         cv_text = f"{cv['mean'][m]:.3f} ± {cv['sd'][m]:.3f}" if cv else "–"
         rows.append(f"| {m} | {cv_text} | {_fmt(test[m]) if test else '–'} |")
+    cv_note = (f"CV: {cv['folds']} folds of the non-test samples, each scored on the fold it was not trained on."
+               if cv else "CV: none.")
     lines += rows + ["",
-                     f"CV: {cv['folds'] if cv else '?'} folds of the non-test samples, each scored on the fold "
-                     f"it was not trained on. Test set ({test_set(run_dir)}): never seen by tuning or CV, scored "
+                     f"{cv_note} Test set ({test_set(run_dir)}): never seen by tuning or CV, scored "
                      "once. Threshold 0.5 for F1, precision, recall and accuracy.", ""]
     return lines
 

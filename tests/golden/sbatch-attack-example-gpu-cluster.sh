@@ -23,4 +23,4 @@ export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output /scratch/run/jobs/attack/%A_%a/%A_%a_%t_log.out --error /scratch/run/jobs/attack/%A_%a/%A_%a_%t_log.err apptainer exec --nv --bind /scratch <repo>/slurm/profiles/pipeline.sif python -u -m submitit.core._submit /scratch/run/jobs/attack/%j
+srun --unbuffered --output /scratch/run/jobs/attack/%A_%a/%A_%a_%t_log.out --error /scratch/run/jobs/attack/%A_%a/%A_%a_%t_log.err apptainer exec --nv --bind /scratch <repo>/slurm/profiles/pipeline.sif python -P -u -m pipeline.infra.executor.guard -u -m submitit.core._submit /scratch/run/jobs/attack/%j

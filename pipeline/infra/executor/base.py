@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.infra import layout
 from pipeline.infra.executor.outcome import ArrayBusy, Outcome, TaskFailed
+from pipeline.infra.executor.profile import job_name
 from pipeline.infra.executor.states import arrays_of, earlier_tasks, end_slurm_tasks
 from pipeline.infra.executor.workers import end_local_workers, live_workers
 
@@ -30,18 +31,22 @@ class Executor:
     def __init__(self, stage: str, jobs_dir: Path, workers: int = 1, force: bool = False):
         self.stage, self.jobs_dir, self.workers = stage, Path(jobs_dir), max(1, workers)
         self.force = force  # cancel what still runs of an earlier array of the stage (--force)
+        # the name the stage's Slurm arrays carry: a job is this run's only where Slurm shows it
+        self.name = job_name(stage, self.jobs_dir.parent.parent)
         self.calls: list[tuple] = []
 
-    def claim(self, keep: set[str] = frozenset(), name: str = "") -> None:
-        """Make sure nothing else writes this stage's outputs: Slurm tasks of an earlier array (recorded in
-        ``array.json``, or by job `name`) other than those in `keep` (reattached), and local workers a
-        driver left (``workers.json``). Found: ArrayBusy, or with `force` they are stopped and awaited."""
-        slurm = sorted(earlier_tasks(self.jobs_dir / layout.ARRAY_RECORD, name) - set(keep))
+    def claim(self, keep: set[str] = frozenset(), unrecorded: bool = False) -> None:
+        """Make sure nothing else writes this stage's outputs: this run's Slurm tasks of an earlier array
+        (recorded in ``array.json``, or with `unrecorded` found by job name) other than those in `keep`
+        (reattached), and local workers a driver left (``workers.json``). Found: ArrayBusy, or with `force`
+        they are stopped and awaited."""
+        slurm = sorted(earlier_tasks(self.jobs_dir / layout.ARRAY_RECORD, self.name, unrecorded) - set(keep))
         local = live_workers(self.jobs_dir / layout.LOCAL_WORKERS)
         if not slurm and not local:
             return
+        pids = ", ".join(str(pid) for pid, _, _ in local)
         what = ", ".join(filter(None, [f"Slurm array {', '.join(arrays_of(slurm))}" if slurm else "",
-                                        f"local worker pid {', '.join(map(str, local))}" if local else ""]))
+                                        f"local worker pid {pids}" if local else ""]))
         if not self.force:
             raise ArrayBusy(f"{self.stage}: {what} of an earlier run of this stage, with other work, still runs "
                             f"in {self.jobs_dir.parent.parent}; wait for it, stop it with `python -m pipeline "

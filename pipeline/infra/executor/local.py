@@ -20,8 +20,7 @@ from pipeline.infra import layout
 from pipeline.infra.executor.base import Executor
 from pipeline.infra.executor.outcome import Outcome, failure
 from pipeline.infra.executor.tasks import LoggedTask, start_worker
-from pipeline.infra.executor.workers import process_start
-from pipeline.infra.rundir import HOST, write_json
+from pipeline.infra.executor.workers import marked_environment, new_token, record_workers, worker_mark
 
 
 class DebugExecutor(Executor):
@@ -56,12 +55,16 @@ class LocalExecutor(Executor):
         self._pool = ProcessPoolExecutor(max_workers=min(self.workers, len(self.calls)),
                                          mp_context=multiprocessing.get_context("spawn"),
                                          initializer=start_worker, initargs=(os.getpid(),))
-        self._futures: list[Future] = [self._pool.submit(LoggedTask(fn, self.task_log(i)), *args)
-                                       for i, args in enumerate(self.calls)]
+        token = new_token()
+        # the pool starts its workers as tasks are submitted: each starts carrying this launch's mark, the
+        # only thing that lets a later driver or `pipeline cancel` signal it
+        with marked_environment(worker_mark(self.jobs_dir, token)):
+            self._futures: list[Future] = [self._pool.submit(LoggedTask(fn, self.task_log(i)), *args)
+                                           for i, args in enumerate(self.calls)]
         # who works for this stage now: a later driver waits for them (they die with this driver, but a
         # process's death takes a moment, and elsewhere than Linux only a poll notices it)
-        write_json(self.jobs_dir / layout.LOCAL_WORKERS, {"host": HOST, "workers": [
-            [w.pid, process_start(w.pid)] for w in multiprocessing.active_children()]})
+        record_workers(self.jobs_dir / layout.LOCAL_WORKERS, token,
+                       [w.pid for w in multiprocessing.active_children()])
 
     def wait(self, progress: bool = True) -> None:
         for _ in tqdm(as_completed(self._futures), total=len(self._futures), desc=self.stage, disable=not progress):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,15 @@ def sbatch_parameters(profile: SlurmProfile, name: str) -> dict[str, Any]:
     return params
 
 
+# what a task runs first (submitit appends "-u -m submitit.core._submit FOLDER"): it checks, before submitit
+# unpickles it, that the task's pickle is the user's own private file (pipeline/infra/executor/guard.py)
+GUARD = "-P -u -m pipeline.infra.executor.guard"
+
+
 def make_slurm_executor(profile: SlurmProfile, jobs_dir: Path, name: str) -> submitit.SlurmExecutor:
     """submitit's Slurm executor itself (AutoExecutor would drop a None, e.g. to leave out --wckey)."""
+    python = f"{profile.python or shlex.quote(sys.executable)} {GUARD}"
     executor = submitit.SlurmExecutor(folder=Path(jobs_dir) / "%j", max_num_timeout=profile.max_requeue,
-                                      python=profile.python or None)
+                                      python=python)
     executor.update_parameters(**sbatch_parameters(profile, name))
     return executor

@@ -38,7 +38,7 @@ def make_executor(spec: ExecutorSpec, stage: str, jobs_dir: Path, force: bool = 
         return LocalExecutor(stage, jobs_dir, spec.workers, force)
     if spec.kind == "slurm":
         return SlurmExecutor(stage, jobs_dir, spec.workers, load_profile(profile_file(spec.slurm_profile), stage),
-                             Path(jobs_dir).parent.parent, force)
+                             force)
     raise ConfigError(f"unknown executor {spec.kind!r} (known: debug, local, slurm)")
 
 

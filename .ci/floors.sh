@@ -6,8 +6,8 @@
 # its floor, and the package (`pip install .`, no extras but dev) with every `>=` bound pinned
 # exactly (.ci/floor_pins.py derives the pins from pyproject.toml, so they never drift). Then:
 #   1. psycopg2 must be absent: it comes only with the [postgres] extra;
-#   2. the tests that need neither Slurm nor PostgreSQL run on the floors (but the heavy chains), and ruff
-#      checks the code;
+#   2. the tests marked `thirdparty` that need no service run on the floors (but the heavy chains), and
+#      ruff checks the code;
 #   3. psycopg2-binary at its floor is added ([postgres]) and, when a PostgreSQL test server is up
 #      (PIPELINE_TEST_PG_URL, as in .ci/run), the PostgreSQL tests that need no Slurm run too.
 # Usage: bash .ci/floors.sh [extra pytest args]     (make floors)
@@ -56,8 +56,10 @@ echo "ok: psycopg2 not installed without the [postgres] extra"
 # 2. the tests that need no service, on the floors (PIPELINE_FLOORS: the tests of the lock skip, and
 #    tests/test_floors.py checks that these are the floors)
 export PIPELINE_FLOORS=1
-# (the heavy end-to-end chains run in the main job only: each makes the library calls of faster tests again)
-"$PY" -m pytest -q -p no:cacheprovider -m "not slurm and not postgres and not heavy" "$@"
+# Only the tests marked `thirdparty`: the lowest versions can differ from the lock's only where the package
+# calls a library, and every part that calls one has such a test (tests/test_floors.py). The heavy
+# end-to-end chains run in the main job only: each makes the library calls of faster tests again.
+"$PY" -m pytest -q -p no:cacheprovider -m "thirdparty and not slurm and not postgres and not image and not heavy" "$@"
 "$VENV/bin/ruff" check pipeline tests .ci  # the dev extra's linter at its floor
 
 # 3. the [postgres] extra at its floor

@@ -32,6 +32,23 @@ def _load_cluster_env() -> None:
 _load_cluster_env()
 
 
+SERVICE_FIXTURES = {"slurm_cluster": "slurm", "postgres_url": "postgres", "fresh_pg_url": "postgres",
+                    "image": "image"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs a service by the fixtures it uses (and an executor `kind` of "slurm"), so that
+    the marks cannot be forgotten: CI runs the marked tests with the services up and all the others with them
+    hidden (.ci/without-services.sh), which is what `make test` meets on a laptop."""
+    for item in items:
+        needs = {SERVICE_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SERVICE_FIXTURES}
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("kind") == "slurm":
+            needs.add("slurm")
+        for mark in sorted(needs - {m.name for m in item.iter_markers()}):
+            item.add_marker(getattr(pytest.mark, mark))
+
+
 def service_missing(reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason} (PIPELINE_REQUIRE_SERVICES=1: services must be up)")

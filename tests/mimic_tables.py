@@ -109,3 +109,43 @@ def baseline() -> Tables:
     t.admission(100001)
     t.fill_every_feature(100001)
     return t
+
+
+def with_unparseable_values(demo_dir: Path, where: Path) -> Path:
+    """A copy of the demo's tables at `where` with 'abc' in ~1,000 CHARTEVENTS valuenum cells."""
+    import csv
+    import io
+    import shutil
+
+    shutil.copytree(demo_dir, where)
+    path = where / "CHARTEVENTS.csv.gz"
+    path.chmod(0o644)
+    rows = list(csv.reader(io.StringIO(gzip.open(path, "rt").read())))
+    column = [c.lower() for c in rows[0]].index("valuenum")
+    for i in range(1, len(rows), len(rows) // 1000):
+        rows[i][column] = "abc"
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    with gzip.open(path, "wt") as f:
+        f.write(out.getvalue())
+    return where
+
+
+def prepare_repeatedly(tables: Path, runs: Path, times: int, timeout: float = 60) -> list[tuple[int, str]]:
+    """`python -m pipeline prepare` on `tables` `times` times, two at once, each into runs/rK; (exit code, stderr)
+    of each, 124 for one that did not end within `timeout` seconds."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    def prepare(k: int) -> tuple[int, str]:
+        try:
+            done = subprocess.run([sys.executable, "-m", "pipeline", "prepare", "--run-dir", str(runs / f"r{k}"),
+                                   "--mimic-dir", str(tables)], capture_output=True, text=True, timeout=timeout,
+                                  cwd=Path(__file__).resolve().parent.parent)
+        except subprocess.TimeoutExpired:
+            return 124, "timed out"
+        return done.returncode, done.stderr
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(prepare, range(times)))

@@ -15,8 +15,12 @@ from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model, training
 from tests.runs import FEWEST_QUICK, copy_trained
 
-ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=30", "attack.batch_size=32",
-          "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1", *FEWEST_QUICK]
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
+# the plumbing (shards, resuming, markers, tuning's config) does not depend on how many targets there are: the
+# test set's (about 35 in batches of 8) and one edit at most (tests/test_fewest_edits.py checks the searches)
+ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=test", "attack.max_iter=30", "attack.batch_size=8",
+          "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1", *FEWEST_QUICK, "attack.max_edits=1"]
 
 
 def run_attack(run, *extra):
@@ -56,7 +60,7 @@ def test_three_local_shards_equal_one_debug_shard_bit_for_bit(trained_run, tmp_p
     one = run_attack(copy_trained(trained_run, tmp_path / "one"), "--executor", "debug", "attack.shards=1")
     three = run_attack(copy_trained(trained_run, tmp_path / "three"), "--executor", "local", "--workers", "2",
                        "attack.shards=3")
-    assert one.sizes["sample"] == three.sizes["sample"] > 64
+    assert one.sizes["sample"] == three.sizes["sample"] > 2 * 8  # every shard has a batch
     for name in ("perturbation", "found", "iteration", "margin", "lam", "logits", "dataset_index", "y", "pred",
                  "edit", "method", "one_edit", "one_edit_margin"):
         np.testing.assert_array_equal(one[name].values, three[name].values, err_msg=name)
@@ -107,11 +111,11 @@ def test_tune_attack_locally_then_attack_uses_its_best(trained_run, tmp_path):
 
     run = copy_trained(trained_run, tmp_path)
     assert main(["tune-attack", "--run-dir", str(run), *ATTACK, "--executor", "local", "--workers", "2",
-                 "tune-attack.trials=4", "tune-attack.targets=40", "tune-attack.startup_trials=2"]) == 0
+                 "tune-attack.trials=4", "tune-attack.targets=20", "tune-attack.startup_trials=2"]) == 0
     best = json.loads((run / "tune-attack" / "best.json").read_text())
     s = optuna.load_study(study_name=best["study"], storage=study.open_storage("", run))
     done = s.get_trials(states=study.DONE)
-    assert len(done) == 4 and best["targets"] == 40 and s.direction == optuna.study.StudyDirection.MINIMIZE
+    assert len(done) == 4 and best["targets"] == 20 and s.direction == optuna.study.StudyDirection.MINIMIZE
     assert {t.user_attrs["worker"] for t in done} <= {0, 1}  # which worker ran what depends on timing
     assert set(best["params"]) == {"lr", "lam"}  # the declared subset, nothing else
     # the best trial: most targets flipped, then the smallest median L1 (a failure's +inf is null in best.json)
@@ -218,8 +222,12 @@ def test_a_remade_dataset_is_caught_by_the_next_stages_marker(trained_run, tmp_p
     capsys.readouterr()
     assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug"]) == 1
     assert "attack: complete, but its input dataset.zarr changed" in capsys.readouterr().err
-    assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug", "--force"]) == 0
-    assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug"]) == 0  # consistent again
+    # forced on the test set: the split was made for the other dataset, and says so (it was an IndexError)
+    assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug", "--force"]) == 1
+    assert "split.json: its test set names sample" in capsys.readouterr().err
+    everything = [*ATTACK, "attack.targets=all", "--executor", "debug"]  # needs no split of this dataset
+    assert main(["attack", "--run-dir", str(run), *everything, "--force"]) == 0
+    assert main(["attack", "--run-dir", str(run), *everything]) == 0  # consistent again
 
 
 @pytest.mark.heavy

@@ -146,3 +146,47 @@ def test_test_section_fails_when_a_package_differs_from_the_lock(tmp_path):
     assert out.returncode != 0
     assert "numpy: installed" in out.stderr and "but locked 0.0.1" in out.stderr
     assert "submitit: installed" in out.stderr and "but locked 0.0.2" in out.stderr
+
+
+def sources_copy(where: Path) -> Path:
+    """The files containers/build.sh reads, copied to `where` (a tree without git, as a release tarball)."""
+    import shutil
+
+    for name in ("containers", "requirements", "pipeline", "configs", "slurm"):
+        shutil.copytree(ROOT / name, where / name, ignore=shutil.ignore_patterns("__pycache__", "*.sif*"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, where / name)
+    return where
+
+
+def build(tree: Path, *args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **({"PIPELINE_IMAGE_CACHE": str(cache)} if cache else {})}
+    return subprocess.run(["bash", str(tree / "containers" / "build.sh"), *args], capture_output=True, text=True,
+                          env=env, cwd=tree)
+
+
+def test_the_image_is_built_again_only_when_its_sources_change(tmp_path):
+    """The key beside the image: the package, the lock, containers/ change it; the tests and docs do not; an image
+    of the same key in the cache is copied, not built (no Apptainer is run: the copy is a stand-in file)."""
+    tree = sources_copy(tmp_path / "src")
+    key = build(tree, "--key", "cpu").stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", key) and build(tree, "--key", "cpu").stdout.strip() == key
+    assert build(tree, "--key", "cuda").stdout.strip() != key
+    (tree / "tests").mkdir()
+    (tree / "tests" / "test_new.py").write_text("def test(): pass\n")
+    (tree / "containers" / "README.md").write_text("notes\n")
+    assert build(tree, "--key", "cpu").stdout.strip() == key
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"{key}.sif").write_bytes(b"an image built before")
+    done = build(tree, "cpu", "out.sif", cache=cache)
+    assert done.returncode == 0 and "copied from" in done.stdout, done.stderr
+    assert (tree / "out.sif").read_bytes() == b"an image built before"
+    assert (tree / "out.sif.key").read_text().strip() == key
+    assert "is up to date" in build(tree, "cpu", "out.sif").stdout
+    for changed in ("pipeline/attack/l1.py", "requirements/cpu.txt", "containers/pipeline.def"):
+        path = tree / changed
+        before = path.read_bytes()
+        path.write_bytes(before + b"\n# changed\n")
+        assert build(tree, "--key", "cpu").stdout.strip() != key, changed
+        path.write_bytes(before)

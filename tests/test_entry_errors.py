@@ -22,6 +22,8 @@ from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
 from tests.runs import copy_trained, prepare_again, trained_on_demo
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 ALL = ["decimal", "transpose", "unit", "delete"]
 
 

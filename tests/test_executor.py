@@ -11,6 +11,8 @@ from pipeline.config import ConfigError
 from pipeline.infra.executor import ExecutorSpec, TaskFailed, job_name, load_profile, preview_submission, run_tasks
 from tests import tasks
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
 CALLS = [(i, 123) for i in range(4)]

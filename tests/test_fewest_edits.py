@@ -11,6 +11,8 @@ from pipeline.attack.l1 import AttackResult
 from pipeline.attack.one_edit import MIN_MARGIN, scan
 from pipeline.config import AttackParams
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 T, F = 48, 19
 # every feature recorded every hour: an edit moves only its own cell of x, x = clip(v, 0, 1)
 STATS = {"p5": np.zeros(F), "median": np.full(F, 0.5), "p95": np.ones(F)}

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOORS = os.environ.get("PIPELINE_FLOORS") == "1"  # set by .ci/floors.sh
 
@@ -59,3 +61,41 @@ def test_the_floors_job_runs_on_the_floors():
         assert req.specifier.contains(installed), f"{req.name} {installed} installed, floor {req.specifier}"
     with pytest.raises(ModuleNotFoundError):
         import psycopg2  # noqa: F401
+
+
+# ---- which tests the floors job runs: those marked `thirdparty` ----------------------------------------
+
+MAP_ROW = re.compile(r"^\| (.+?) \| (.+?) \|$", re.M)
+BACKTICKED = re.compile(r"`([^`]+)`")
+
+
+def third_party_imports(module: Path) -> set[str]:
+    """The top-level packages `module` imports that are neither the standard library's nor this project's."""
+    import ast
+    import sys
+
+    names = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"pipeline", "__future__"}
+
+
+def test_every_part_that_calls_a_library_has_a_test_the_floors_job_runs():
+    """The floors job runs the tests marked `thirdparty` (the lowest versions can only differ where the
+    package calls a library): each row of the map of the tests (docs/architecture.md) whose package part
+    imports a third-party package names at least one test file carrying the mark."""
+    text = (ROOT / "docs/architecture.md").read_text()
+    table = text.split("## Where the tests are", 1)[1].split("\n## ", 1)[0]
+    unmarked = []
+    for left, right in MAP_ROW.findall(table):
+        parts = [ROOT / p for p in BACKTICKED.findall(left) if p.startswith("pipeline/")]
+        modules = [m for p in parts for m in ([p] if p.suffix == ".py" else sorted(p.rglob("*.py")))]
+        if not any(m.is_file() and third_party_imports(m) for m in modules):
+            continue
+        tests = [ROOT / t for t in BACKTICKED.findall(right) if t.startswith("tests/")]
+        if not any(re.search(r"^pytestmark = .*pytest\.mark\.thirdparty", t.read_text(), re.M) for t in tests):
+            unmarked.append(left)
+    assert not unmarked, f"no test marked thirdparty for: {unmarked}"

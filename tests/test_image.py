@@ -41,6 +41,11 @@ def image() -> Path:
         if os.environ.get("PIPELINE_REQUIRE_IMAGE") == "1":
             pytest.fail(f"no image at {IMAGE} (PIPELINE_REQUIRE_IMAGE=1): make container-cpu")
         pytest.skip(f"no image at {IMAGE}: make container-cpu")
+    root = Path(os.environ.get("PIPELINE_APPTAINER_ROOT", "/var/tmp/pipeline-apptainer-root"))
+    if shutil.which("apptainer") is None and not (root / "usr" / "bin" / "apptainer").exists():
+        if os.environ.get("PIPELINE_REQUIRE_IMAGE") == "1":
+            pytest.fail("Apptainer is not installed (PIPELINE_REQUIRE_IMAGE=1): make container-cpu makes one")
+        pytest.skip(f"Apptainer is not installed (no apptainer on PATH, no {root}): make container-cpu makes one")
     return IMAGE
 
 

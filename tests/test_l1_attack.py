@@ -9,6 +9,8 @@ from pipeline.attack.l1 import BEST, FIRST, L1Attack, hinge, margin, next_lambda
 from pipeline.config import AttackConfig, ModelParams
 from pipeline.model import MortalityLSTM
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 
 def rule(x: torch.Tensor) -> torch.Tensor:
     """A label the model can learn: high feature 0 over the day, or high feature 3 in the last hours."""

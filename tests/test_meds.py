@@ -21,6 +21,8 @@ from pipeline.features import CHART, FEATURES, LAB
 from tests.meds_tables import as_eicu, rounded_copy
 from tests.test_run import TINY_CHAIN, assert_complete
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 RECORD = ("x", "mask", "value", "count", "y", "p5", "median", "p95")
 IDS = ("hadm_id", "icustay_id", "subject_id", "intime")
 

@@ -16,6 +16,8 @@ from pipeline.model import MortalityLSTM, load_model, metrics, training
 from pipeline.model.archs import ARCHS, TRAINING
 from tests.runs import TEST_PROFILE, TINY, copy_run, quick_tuning, worker_reports
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 # ---- model ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("layers,bidirectional", [(1, True), (2, True), (2, False)])

@@ -14,6 +14,8 @@ import pytest
 from pipeline.cli import main
 from pipeline.infra.executor import job_name
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
 EXAMPLE = ROOT / "slurm" / "profiles" / "example-gpu-cluster.toml"

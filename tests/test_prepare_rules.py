@@ -13,6 +13,8 @@ from pipeline.errors import InputError
 from pipeline.features import NAMES
 from tests.mimic_tables import HR, Tables, baseline, filler_value
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 CFG = PrepareConfig()
 SODIUM, POTASSIUM = 50983, 50822
 TEMP_C, TEMP_F = 223762, 223761

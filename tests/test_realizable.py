@@ -15,6 +15,8 @@ from pipeline.features import FEATURES
 from pipeline.model import load_model
 from tests.runs import prepare_again, trained_on_demo
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 RECORD_ATTACK = ["--executor", "debug", "--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=200",
                  "attack.batch_size=64", "attack.chunk_samples=32", "attack.lam=0.003", "attack.lr=0.05"]
 

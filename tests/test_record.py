@@ -9,6 +9,8 @@ from pipeline.cli import main
 from pipeline.data.record import Transform, derive
 from pipeline.features import FEATURES
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 
 def stats_of(ds: xr.Dataset) -> dict[str, np.ndarray]:
     return {k: ds[k].values for k in ("p5", "median", "p95")}

@@ -10,6 +10,8 @@ from pipeline.config import PipelineConfig, apply_overrides
 from pipeline.infra import rundir, stages
 from pipeline.infra.rundir import RunDir, atomic_path
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 
 def test_atomic_file_write_leaves_nothing_on_error(tmp_path):
     final = tmp_path / "out.json"

@@ -17,6 +17,8 @@ from pipeline.cli import main
 from pipeline.infra import cf
 from tests.runs import FEWEST_QUICK, copy_trained
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 STORES = ("dataset.zarr", "attack.zarr", "susceptibility.zarr")
 TINY_ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=all", "attack.max_iter=12", "attack.batch_size=32",
                "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1", *FEWEST_QUICK]

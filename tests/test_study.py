@@ -16,6 +16,8 @@ from pipeline.infra import study
 from pipeline.infra.executor import ExecutorSpec, run_tasks
 from tests import tasks
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "slurm" / "profiles" / "test-cluster.toml"
 

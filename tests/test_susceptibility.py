@@ -30,6 +30,8 @@ from pipeline.susceptibility import analyze
 from pipeline.susceptibility.scores import norms, scores
 from tests.runs import ROOT
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 K, NA, GLC = NAMES.index("potassium"), NAMES.index("sodium"), NAMES.index("glucose")
 HOURS = 4
 CELLS = {  # (target, kind) → {(hour, feature): P}

@@ -15,6 +15,8 @@ from pipeline.features import FAHRENHEIT_ITEMIDS, FEATURES, itemid_to_feature
 from pipeline.infra.rundir import RunDir
 from pipeline.model.metrics import auroc
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 N, SEED = 300, 0
 HOUR = np.timedelta64(3600, "s")
 

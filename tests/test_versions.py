@@ -39,19 +39,42 @@ def test_the_containers_commit_counts_where_the_source_is_no_checkout(monkeypatc
     assert "commit" not in runtime_versions()
 
 
-def test_every_difference_is_listed_and_an_unknown_commit_is_no_difference():
-    driver = {"python": "3.11", "torch": "2.13.0", "numpy": "2.4.6", "commit": "a" * 40}
+def test_every_difference_is_listed_and_the_code_counts_not_the_commit():
+    """An image built from an earlier commit whose package is the same runs the same code (its image is reused);
+    a checkout with uncommitted changes does not."""
+    driver = {"python": "3.11", "torch": "2.13.0", "numpy": "2.4.6", "source": "5" * 64, "commit": "a" * 40}
     assert mismatches(driver, dict(driver)) == []
     assert mismatches(driver, {k: v for k, v in driver.items() if k != "commit"}) == []
-    assert mismatches(driver, {**driver, "commit": "a" * 40 + "-dirty"}) == []
-    task = {**driver, "python": "3.12", "torch": "2.5.1", "commit": "b" * 40}
+    assert mismatches(driver, {**driver, "commit": "b" * 40}) == []  # same code, another commit
+    task = {**driver, "python": "3.12", "torch": "2.5.1", "source": "6" * 64, "commit": "a" * 40 + "-dirty"}
     del task["numpy"]
     assert mismatches(driver, task) == [
-        f"source commit: task {'b' * 40} but driver {'a' * 40}",
         "numpy: task not recorded but driver 2.4.6",
         "python: task 3.12 but driver 3.11",
+        f"pipeline source (sha256 of its files): task {'6' * 12} (commit {'a' * 40}-dirty) but driver {'5' * 12} "
+        f"(commit {'a' * 40})",
         "torch: task 2.5.1 but driver 2.13.0",
     ]
+
+
+def test_the_source_hash_is_of_the_package_files_wherever_they_lie(tmp_path):
+    """A copy of the package elsewhere (an image's site-packages) has the driver's hash; a changed file does not."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "site"
+    shutil.copytree(ROOT / "pipeline", copy / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+
+    def hashed() -> str:
+        return subprocess.run([sys.executable, "-c", "from pipeline.infra.provenance import source_sha256 as s; "
+                               "import pipeline; print(pipeline.__file__, s())"], env={"PYTHONPATH": str(copy)},
+                              cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+
+    where, sha = hashed()
+    assert where.startswith(str(copy)) and sha == runtime_versions()["source"]
+    (copy / "pipeline" / "data" / "maps" / "eicu.toml").write_text("# edited\n", encoding="utf-8")
+    assert hashed()[1] != sha
 
 
 def test_check_versions_names_each_mismatch_and_the_fix():

@@ -16,6 +16,7 @@ from pipeline.attack import spaces
 from pipeline.attack.spaces.base import Space
 from pipeline.config import AttackParams, ModelParams
 from pipeline.data.record import feature_stats
+from pipeline.errors import InputError
 from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model, training
@@ -27,6 +28,10 @@ def select_targets(run_dir: RunDir, scope: str, model_params: ModelParams | None
     data = training.load_data(run_dir.path)
     split = run_dir.split()
     candidates = np.array(sorted(split["test"])) if scope == "test" else np.arange(len(data.y))
+    if len(candidates) and candidates[-1] >= len(data.y):  # a split of another dataset.zarr: not an IndexError
+        raise InputError(f"{run_dir / layout.SPLIT}: its test set names sample {candidates[-1]}, dataset.zarr holds "
+                         f"{len(data.y)} (the split was made for another dataset); redo the split and the stages "
+                         "after it with `python -m pipeline run --force`, or use a new run directory")
     model = load_model(run_dir.path, model=model_params)
     with torch.no_grad():
         pred = np.concatenate([model(data.x[candidates[i:i + 1024]]).argmax(1).numpy()

@@ -3,6 +3,8 @@ depends on, and the pipeline's source commit (manifest.json, dataset.zarr, the t
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import platform
 import subprocess
 from importlib import metadata
@@ -31,3 +33,15 @@ def source_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
+
+
+@functools.cache
+def source_sha256() -> str:
+    """sha256 over the pipeline package's code and data files (relative path and bytes): what a process runs,
+    whether the package is a checkout, an installed wheel or an image's copy. A task and its driver run the
+    same code exactly when theirs are equal, whatever commit either was built from."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".toml") and "__pycache__" not in p.parts):
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()

@@ -7,10 +7,12 @@ driver and the tests assume. :class:`pipeline.infra.executor.CheckpointableTask`
 :func:`runtime_versions` when the driver creates it and calls :func:`check_versions` first thing in
 the task, which fails with every difference listed.
 
-What must match: Python's major.minor, the pipeline package's version and its source commit (when
-both sides know it: a git checkout, or ``PIPELINE_SOURCE_COMMIT`` set by the container from its
-build), and the libraries of :data:`pipeline.infra.provenance.PACKAGES` (torch, numpy, pandas, pyarrow, dask,
-xarray, zarr, optuna, submitit). Local version labels are ignored: ``2.13.0+cpu`` on a login node
+What must match: Python's major.minor, the pipeline package's version and its code (the sha256 of the
+package's files, :func:`~pipeline.infra.provenance.source_sha256`: the commit a container was built from
+may be older when the package did not change since; the commit, from a git checkout or
+``PIPELINE_SOURCE_COMMIT`` set by the container from its build, is named beside a difference), and the
+libraries of :data:`pipeline.infra.provenance.PACKAGES` (torch, numpy, pandas, pyarrow, dask, xarray, zarr,
+optuna, submitit). Local version labels are ignored: ``2.13.0+cpu`` on a login node
 equals ``2.13.0`` (the CUDA build) in the container.
 """
 
@@ -24,7 +26,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.infra.provenance import package_versions, source_commit
+from pipeline.infra.provenance import package_versions, source_commit, source_sha256
 
 # the container sets it from its build argument (containers/pipeline.def, make container)
 COMMIT_ENV = "PIPELINE_SOURCE_COMMIT"
@@ -50,25 +52,25 @@ def runtime_versions() -> dict[str, str]:
     versions["python"] = ".".join(platform.python_version_tuple()[:2])
     for name, version in versions.items():
         versions[name] = version.split("+", 1)[0]  # the build (+cpu, +cu126) may differ
+    versions["source"] = source_sha256()
     found = commit()
     if found:
         versions["commit"] = found
     return versions
 
 
-def _same_commit(a: str, b: str) -> bool:
-    return a.removesuffix("-dirty") == b.removesuffix("-dirty")
-
-
 def mismatches(driver: dict[str, str], task: dict[str, str]) -> list[str]:
-    """One line per difference; the commit counts only when both sides know it."""
+    """One line per difference. The code is compared by its content (`source`), not by the commit it was
+    built from: an image built from an earlier commit with the same package runs the same code, and a
+    checkout with uncommitted changes does not. The commits are named beside a differing source."""
     lines = []
-    for name in sorted(set(driver) | set(task)):
-        if name == "commit":
-            if name in driver and name in task and not _same_commit(driver[name], task[name]):
-                lines.append(f"source commit: task {task[name]} but driver {driver[name]}")
-            continue
+    for name in sorted((set(driver) | set(task)) - {"commit"}):
         mine, theirs = task.get(name, "not recorded"), driver.get(name, "not recorded")
+        if name == "source" and mine != theirs:
+            lines.append(f"pipeline source (sha256 of its files): task {mine[:12]} (commit "
+                         f"{task.get('commit', 'unknown')}) but driver {theirs[:12]} (commit "
+                         f"{driver.get('commit', 'unknown')})")
+            continue
         if mine != theirs:
             lines.append(f"{name}: task {mine} but driver {theirs}")
     return lines

@@ -46,6 +46,9 @@ def preview_submission(profile: SlurmProfile, name: str, jobs_dir: Path | str, n
         stand_in.write_text(f'#!/bin/sh\ncp "$1" {shlex.quote(str(out / "script"))}\n{check}\n'
                             'echo "Submitted batch job 0"\n')
         stand_in.chmod(0o755)
+        if shutil.which("srun") is None:  # submitit refuses to build an executor without it; a preview runs
+            (out / "srun").write_text("#!/bin/sh\nexit 1\n")  # no job, so a laptop without Slurm can show one
+            (out / "srun").chmod(0o755)
         path = os.environ.get("PATH", "")
         os.environ["PATH"] = f"{out}{os.pathsep}{path}"
         try:

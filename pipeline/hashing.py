@@ -8,6 +8,7 @@ rsync trust modification times, but with the inode and the change time, which no
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 BLOCK = 1 << 20
@@ -35,9 +36,21 @@ def stat_key(path: Path) -> str:
 
 
 def file_record(path: Path) -> dict[str, str | int]:
-    """What a stage's marker keeps of a file it wrote: its size, sha256 and :func:`stat_key`."""
+    """What a stage's marker keeps of a file it wrote: its size, :func:`content_sha256` and :func:`stat_key`."""
     key = stat_key(path)
-    return {"size": path.stat().st_size, "sha256": file_sha256(path), "stat": key}
+    return {"size": path.stat().st_size, "sha256": content_sha256(path), "stat": key}
+
+
+def content_sha256(path: Path) -> str:
+    """The sha256 of what `path` holds: its bytes, but for a Zarr store's ``zarr.json`` its JSON with sorted
+    keys (some zarr versions write the consolidated metadata in the order its writes completed: the same
+    store made twice must have the same fingerprint). A zarr.json that is no JSON is hashed as bytes."""
+    if path.name == "zarr.json":
+        try:
+            return hashlib.sha256(json.dumps(json.loads(path.read_bytes()), sort_keys=True).encode()).hexdigest()
+        except ValueError:
+            pass
+    return file_sha256(path)
 
 
 def listing(path: Path) -> dict[str, dict]:
@@ -60,7 +73,7 @@ def current_sha256(path: Path, record: dict | None) -> str:
     hashed then (same size and :func:`stat_key`), else read."""
     if isinstance(record, dict) and record.get("stat") == stat_key(path) and record.get("size") == path.stat().st_size:
         return str(record["sha256"])
-    return file_sha256(path)
+    return content_sha256(path)
 
 
 def unchanged(path: Path, record: dict | str, chunk: bool) -> bool:

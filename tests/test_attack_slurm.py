@@ -43,7 +43,8 @@ def test_three_slurm_shards_equal_one_debug_shard(slurm_cluster, trained_run, tm
 
 
 def test_a_requeued_shard_resumes_and_writes_each_batch_once(slurm_cluster, trained_run, tmp_path):
-    slow = ["attack.max_iter=150"]
+    # batches of 32 targets slow enough to hold shard 0 between its first batch and its last
+    slow = ["attack.max_iter=150", "attack.targets=all", "attack.batch_size=32", "attack.max_edits=2"]
     reference = attack(copy_trained(trained_run, tmp_path / "ref"), "--executor", "debug", "attack.shards=2", *slow)
     run = copy_trained(trained_run, tmp_path / "requeued")
     outcome = []

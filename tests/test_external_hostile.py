@@ -251,5 +251,5 @@ def test_model_shape_options_have_upper_bounds():
         for name, dist in distributions(space).items():
             values = getattr(dist, "choices", None) or (dist.low, dist.high)
             for v in values:
-                if not isinstance(v, (bool, str)):
+                if not isinstance(v, bool | str):
                     check_bounds(f"[model] {name}", v, bounds[name])

@@ -32,7 +32,8 @@ from pipeline.errors import InputError
 from pipeline.features import CHART, FEATURES, LAB, NAMES
 from pipeline.hashing import file_sha256
 from pipeline.infra import cf, layout
-from pipeline.infra.rundir import RunDir, atomic_path, consolidated_zarr_v3, package_versions
+from pipeline.infra.provenance import package_versions
+from pipeline.infra.rundir import RunDir, atomic_path, consolidated_zarr_v3
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from pipeline.infra.atomic import (  # noqa: F401 (re-exported: the stages write
     write_json,
     write_text,
 )
-from pipeline.infra.provenance import PACKAGES, package_versions, source_commit  # noqa: F401
+from pipeline.infra.provenance import package_versions, source_commit
 from pipeline.infra.records import check_split, read_json_record
 from pipeline.infra.registry import writers
 

@@ -5,7 +5,7 @@
 # the lock files), make container / container-cpu (pipeline.sif from the CUDA lock, pipeline-cpu.sif from
 # the CPU lock, labelled with the commit).
 # Variables: PYTHON (≥ 3.11), TORCH (pip requirement for torch), LOCK, RUN_DIR, ARGS (extra CLI
-# args), PYTEST_ARGS, SIF, SIF_CPU, APPTAINER_FLAGS.
+# args), PYTEST_ARGS, TEST_WORKERS, SIF, SIF_CPU, APPTAINER_FLAGS.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -33,8 +33,10 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) -m pipeline run --run-dir $(RUN_DIR) $(ARGS)
 
+# the tests on TEST_WORKERS processes (pytest-xdist; 0: in pytest's own, auto: one per core)
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline tests

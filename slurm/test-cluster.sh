@@ -166,6 +166,9 @@ up_postgres() {
   local psql=(psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qAt)
   "${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname='optuna'" | grep -q 1 ||
     "${psql[@]}" -c "CREATE USER optuna PASSWORD 'optunapw'" -c "CREATE DATABASE optuna OWNER optuna"
+  # CREATEDB: each test process makes its own database (tests/conftest.py), so that test processes that run
+  # beside each other (pytest-xdist workers, the floors job) never empty one another's
+  "${psql[@]}" -c "ALTER ROLE optuna CREATEDB"
 }
 
 show_logs() {

@@ -87,16 +87,33 @@ def postgres_url() -> str:
     return url
 
 
-@pytest.fixture
-def fresh_pg_url(postgres_url: str) -> str:
-    """The test database emptied of Optuna's tables, so that each test starts from nothing."""
+@pytest.fixture(scope="session")
+def own_pg_url(postgres_url: str):
+    """A database of this test process's own on the test server, dropped at the end: test processes that run
+    beside each other (pytest-xdist's workers, the floors job in CI) never empty one another's tables."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(postgres_url)
+    name = f"pipeline_test_{os.getpid()}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    yield sqlalchemy.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def fresh_pg_url(own_pg_url: str) -> str:
+    """This process's test database emptied of Optuna's tables, so that each test starts from nothing."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(own_pg_url)
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public;"))
     engine.dispose()
-    return postgres_url
+    return own_pg_url
 
 
 @pytest.fixture

@@ -303,11 +303,26 @@ def test_stray_files_in_outputs_are_no_change(run, caplog):
     assert "running it again" not in caplog.text and "analyze: complete, skipped" in caplog.text
 
 
-@pytest.mark.parametrize("damage", ["empty", "cut off", "a list"])
+DAMAGES = {"empty": lambda b: b"", "cut off": lambda b: b[:40], "a list": lambda b: b"[1, 2]",
+           "not UTF-8": lambda b: b"\xff" + b[1:]}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
 @pytest.mark.parametrize("record", [".stages/attack.json", "manifest.json"])
-def test_a_damaged_marker_or_manifest_is_a_warning_not_a_traceback(record, damage, run, caplog):
+def test_a_damaged_marker_or_manifest_reads_as_absent_with_a_warning(record, damage, finished, tmp_path, caplog):
+    """What decides: RunDir's reading of the record (the two tests below run the stages on it)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns("*.zarr", "raw", "cv", "figures", "tables"))
     path = run / record
-    path.write_bytes({"empty": b"", "cut off": path.read_bytes()[:40], "a list": b"[1, 2]"}[damage])
+    path.write_bytes(DAMAGES[damage](path.read_bytes()))
+    read = RunDir(run).read_marker("attack") if record.startswith(".stages") else RunDir(run).read_manifest()
+    assert read in (None, {}) and f"{path} is damaged" in caplog.text
+
+
+@pytest.mark.parametrize("record", [".stages/attack.json", "manifest.json"])
+def test_a_damaged_marker_or_manifest_is_a_warning_not_a_traceback(record, run, caplog):
+    path = run / record
+    path.write_bytes(path.read_bytes()[:40])
     caplog.set_level("INFO")
     assert command("run", run) == 0 if record.startswith(".stages") else command("analyze", run, "--force") == 0
     assert f"{path} is damaged" in caplog.text

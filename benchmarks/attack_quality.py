@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.attack.l1 import BEST, L1Attack, frozen
+from pipeline.attack.core import BEST
+from pipeline.attack.l1 import L1Attack, frozen
 from pipeline.attack.targets import TargetInputs, select_targets
 from pipeline.config import AttackConfig
 from pipeline.infra.launch import tuned

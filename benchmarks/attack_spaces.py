@@ -6,7 +6,7 @@ number of changed values (record: edited recorded values; tensor: changed cells 
 median L1 of what the attack varies, the model passes per target (counted in the forward and the
 backward pass), the seconds per update and target, and the realizable share — the examples that still
 flip when their edit of the record (tensor space: their changes of recorded cells only) is re-derived
-into the model's input with the transform prepare uses (pipeline/attack/realizable.py).
+into the model's input with the transform prepare uses (pipeline/susceptibility/realizable.py).
 
     python benchmarks/attack_spaces.py runs/default [--targets 128] [--device cuda]
 """
@@ -24,12 +24,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from pipeline.attack.l1 import BEST, KINDS, L1Attack
-from pipeline.attack.realizable import rederived_flips
+from pipeline.attack.core import BEST, KINDS
+from pipeline.attack.l1 import L1Attack
 from pipeline.attack.shards import attack_params
 from pipeline.attack.targets import TargetInputs, select_targets
 from pipeline.config import PipelineConfig
 from pipeline.infra.rundir import RunDir
+from pipeline.susceptibility.realizable import rederived_flips
 
 SPACES = {"record": {"space": "record"}, "tensor": {"space": "tensor"},
           "tensor, observed_only": {"space": "tensor", "observed_only": True}}
@@ -54,7 +55,7 @@ class Counted(torch.nn.Module):
 
 
 def as_store(result, targets, space: str) -> xr.Dataset:
-    """The result in attack.zarr's layout (what pipeline.attack.realizable reads)."""
+    """The result in attack.zarr's layout (what pipeline.susceptibility.realizable reads)."""
     cells = ("sample", "kind", "time", "feature")
     varied = result.perturbation.cpu().numpy()
     data = {"found": (("sample", "kind"), result.found.cpu().numpy()),

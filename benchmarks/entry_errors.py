@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.attack.fewest_errors import Margins, fewest_errors
+from pipeline.attack.core import Margins
+from pipeline.attack.fewest_errors import fewest_errors
 from pipeline.attack.targets import select_targets
 from pipeline.config import ERROR_KINDS
 from pipeline.data.record import feature_stats

@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.attack.core import BEST, Margins
 from pipeline.attack.fewest_edits import Target, fewest_edits
-from pipeline.attack.fewest_errors import Margins
-from pipeline.attack.l1 import BEST, L1Attack
+from pipeline.attack.l1 import L1Attack
 from pipeline.attack.one_edit import MIN_MARGIN, scan
-from pipeline.attack.spaces.record import search_targets
+from pipeline.attack.searches import record_targets
 from pipeline.attack.targets import TargetInputs, select_targets
 from pipeline.config import AttackConfig
 from pipeline.data.record import derive_record, width
@@ -170,7 +170,7 @@ def main() -> None:
     chosen = chosen if args.targets is None else chosen.head(args.targets)
     index, y = chosen.dataset_index.to_numpy(), chosen.y.to_numpy().astype(np.int64)
     inputs = TargetInputs.load(run, index, "record")
-    targets = search_targets(inputs, y, slice(None))
+    targets = record_targets(inputs, y, slice(None))
     params, source = tuned(run, "tune-attack", AttackConfig())
     model = load_model(run.path, device)
     rows = {}

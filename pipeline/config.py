@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.attack import spaces
+from pipeline import error_kinds
 from pipeline.options import ConfigError, build_section, option  # noqa: F401 (re-exported: the config API)
 from pipeline.redact import redacted, without_password  # noqa: F401 (part of the config API: used by callers)
 
@@ -72,6 +72,9 @@ class PrepareConfig:
 ARCHS = ("lstm", "gru", "transformer", "tcn", "logreg")  # pipeline/model/archs.py: each one's module and space
 ACTIVATIONS = ("relu", "tanh")  # of the models' heads (pipeline/model/recurrent.py)
 OPTIMIZERS = ("adam", "rmsprop", "sgd")  # of training (pipeline/model/archs.py make_optimizer)
+# what the attack edits (pipeline/attack/spaces/: a module per name); the first is the default. Config comes
+# below the attack in the layers, so the names are here and the spaces read them.
+SPACES = ("record", "tensor")
 ATTACK_OPTIMIZERS = ("sgd", "adam", "rmsprop")  # the attack's gradient steps (pipeline/attack/l1.py GradientStep)
 
 
@@ -160,9 +163,9 @@ class AttackParams:
     L1 attack takes these and nothing else (the fewest-edit keys are for the search that follows it in
     record space); tune-attack's trials vary some of them."""
 
-    space: str = option(spaces.DEFAULT, "what the attack edits: record = the recorded values (the model sees the "
+    space: str = option(SPACES[0], "what the attack edits: record = the recorded values (the model sees the "
                         "input prepare derives from the edited record); tensor = the model's input cell by cell "
-                        "(Sun et al.)", spaces.NAMES)
+                        "(Sun et al.)", SPACES)
     max_iter: int = option(1000, "proximal updates per target, over all λ-search runs (no early stop)", ge=1,
                            le=1_000_000)
     observed_only: bool = option(False, "tensor space: perturb only cells that were really measured (mask)")
@@ -182,10 +185,10 @@ class AttackParams:
                               "fastest-moving hour, besides every kink of the input's line", ge=1, le=1024)
 
     def check(self) -> None:
-        """What the types and choices cannot say about the algorithm's keys."""
+        """What the types and choices cannot say about the algorithm's keys; the keys a space cannot take are
+        the space's to refuse (pipeline/attack/spaces/: `spaces.check`, which calls this)."""
         if not 1 <= self.lam_search <= self.max_iter:
             raise ConfigError(f"[attack] lam_search = {self.lam_search}: must be in 1…max_iter ({self.max_iter})")
-        spaces.get(self.space).check(self)
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,7 @@ class AttackConfig(AttackParams):
                               f"{self.chunk_samples} (shards must not share a chunk)")
 
 
-ERROR_KINDS = ("decimal", "transpose", "unit", "delete")  # docs/methods.md §9
+ERROR_KINDS = tuple(error_kinds.KINDS)  # registered in pipeline/error_kinds.py, in store-code order (§9)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ the layout `prepare` reads (upper- or lower-case names and headers).
 from __future__ import annotations
 
 import gzip
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.features import FEATURES
@@ -149,3 +151,30 @@ def prepare_repeatedly(tables: Path, runs: Path, times: int, timeout: float = 60
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return list(pool.map(prepare, range(times)))
+
+
+def write_edited_tables(demo_dir, out, cells: pd.DataFrame) -> None:
+    """The demo's tables with every event of each cell in `cells` (hadm_id, icustay_id, intime, feature,
+    hour, after) set to `after`: the cell's mean becomes the edited value, as in an edited record."""
+    out.mkdir()
+    for f in demo_dir.glob("*.csv.gz"):
+        if not f.name.startswith(("LABEVENTS", "CHARTEVENTS")):
+            shutil.copy(f, out / f.name)
+    for table, key in (("LABEVENTS", "hadm_id"), ("CHARTEVENTS", "icustay_id")):
+        events = pd.read_csv(demo_dir / f"{table}.csv.gz", dtype=str, keep_default_na=False)  # written back as read
+        charttime = pd.to_datetime(events["charttime"])
+        valuenum = pd.to_numeric(events["valuenum"], errors="coerce")
+        itemid = pd.to_numeric(events["itemid"])
+        for c in cells[cells.table == table].itertuples():
+            feature = FEATURES[c.feature]
+            hours = (charttime - c.intime).dt.total_seconds() / 3600
+            rows = (events[key] == str(getattr(c, key))) & itemid.isin(feature.all_itemids) \
+                & valuenum.notna() & (hours >= c.hour) & (hours < c.hour + 1)
+            if table == "CHARTEVENTS":
+                rows &= events["error"] != "1"
+            assert rows.any(), f"no event behind cell {c}"
+            fahrenheit = itemid[rows].isin(feature.fahrenheit_itemids).to_numpy()
+            new = np.where(fahrenheit, c.after * 9 / 5 + 32, c.after)  # as the chart would hold it
+            events.loc[rows, "valuenum"] = [repr(float(v)) for v in new]
+            events.loc[rows, "value"] = [repr(float(v)) for v in new]
+        events.to_csv(out / f"{table}.csv", index=False)

@@ -42,12 +42,12 @@ def trained_on_demo(demo_run: Path, where: Path) -> Path:
 
 
 def prepare_again(demo_dir: Path, cells, where: Path, stats_from: Path):
-    """The demo's raw tables with `cells` edited (tests/test_realizable.py: write_edited_tables), prepared
+    """The demo's raw tables with `cells` edited (tests/mimic_tables.py: write_edited_tables), prepared
     again with the statistics of `stats_from` (a dataset.zarr); the new dataset, loaded."""
     import xarray as xr
 
     from pipeline.cli import main
-    from tests.test_realizable import write_edited_tables
+    from tests.mimic_tables import write_edited_tables
 
     write_edited_tables(demo_dir, where / "edited-mimic", cells)
     assert main(["prepare", "--run-dir", str(where / "again"), "--mimic-dir", str(where / "edited-mimic"),

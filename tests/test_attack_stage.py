@@ -134,7 +134,7 @@ def test_tune_attack_runs_the_attack_that_attack_runs(space, trained_run, tmp_pa
     import optuna
     import torch
 
-    from pipeline.attack.l1 import AttackResult
+    from pipeline.attack.core import AttackResult
     from pipeline.attack.tune_attack import measures
     from pipeline.infra import study
 
@@ -168,7 +168,7 @@ def test_tune_attack_runs_the_attack_that_attack_runs(space, trained_run, tmp_pa
 def test_objectives_on_a_known_result():
     import torch
 
-    from pipeline.attack.l1 import AttackResult
+    from pipeline.attack.core import AttackResult
     from pipeline.attack.tune_attack import score
 
     p = torch.zeros(3, 2, 48, 19)

@@ -11,10 +11,10 @@ import pytest
 import torch
 import xarray as xr
 
+from pipeline.attack.core import Margins, margin
 from pipeline.attack.entry_errors import KIND_CODE, candidates, erroneous_values
 from pipeline.attack.errors_stage import errors_shard
-from pipeline.attack.fewest_errors import Margins, fewest_errors
-from pipeline.attack.l1 import margin
+from pipeline.attack.fewest_errors import fewest_errors
 from pipeline.cli import main
 from pipeline.data.record import derive, feature_stats
 from pipeline.features import BY_NAME, FEATURES, NAMES
@@ -56,6 +56,21 @@ def test_the_error_model_on_hand_picked_values():
     glucose = errors_of("glucose", 180)
     assert glucose[("unit", round(180 / 18.016, 4))] == (False, pytest.approx(180 / 18.016))
     assert any(k == "delete" for k, _ in glucose)  # its only event lost: imputed again
+
+
+def test_an_error_kind_is_a_registered_function_and_config_offers_its_name(monkeypatch):
+    """A new kind is one function with @kind: the search tries it, under the next store code; config's
+    choices are the registry's names in order."""
+    from pipeline import config, error_kinds
+    from pipeline.attack import entry_errors
+
+    assert config.ERROR_KINDS == tuple(error_kinds.KINDS) == tuple(KIND_CODE)
+    monkeypatch.setattr(error_kinds, "KINDS", dict(error_kinds.KINDS))
+    monkeypatch.setattr(entry_errors, "KINDS", error_kinds.KINDS)
+    error_kinds.kind("sign")(lambda feature, v: [-v])
+    assert ("sign", -7.35) in erroneous_values(BY_NAME["ph"], 7.35, [*config.ERROR_KINDS, "sign"])
+    with pytest.raises(ValueError, match="'decimal' registered twice"):
+        error_kinds.kind("decimal")(lambda feature, v: [])
 
 
 def test_an_error_on_one_of_several_events_moves_the_mean_by_its_share():

@@ -16,7 +16,7 @@ from pipeline import config
 from pipeline.cli import main
 from pipeline.errors import InputError
 from pipeline.model import load_model, metrics, training
-from pipeline.model.tune_model import REFERENCE_SPACE, distributions
+from pipeline.model.tune_model import distributions
 from pipeline.options import check_bounds
 from pipeline.susceptibility import report
 from tests.runs import ROOT, TINY, copy_run, copy_trained, quick_tuning
@@ -246,8 +246,8 @@ def test_model_shape_options_have_upper_bounds():
     bounds = {f.name: f.metadata["bounds"] for f in dataclasses.fields(config.ModelParams)}
     for name in ("hidden", "layers", "heads", "kernel", "fc", "batch_size"):
         assert "le" in bounds[name], name
-    widest = config.TuneModelConfig(max_hidden=256, max_layers=2, min_lr=1e-5)
-    for space in (REFERENCE_SPACE, widest):
+    reference = config.load(ROOT / "configs" / "cluster.toml", []).tune_model  # the reference search space
+    for space in (reference, config.TuneModelConfig()):
         for name, dist in distributions(space).items():
             values = getattr(dist, "choices", None) or (dist.low, dist.high)
             for v in values:

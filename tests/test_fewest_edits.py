@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.attack.core import AttackResult, Margins
 from pipeline.attack.fewest_edits import METHODS, Target, fewest_edits, sparsest
-from pipeline.attack.fewest_errors import Margins
-from pipeline.attack.l1 import AttackResult
 from pipeline.attack.one_edit import MIN_MARGIN, scan
 from pipeline.config import AttackParams
 

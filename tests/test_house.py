@@ -28,7 +28,8 @@ def test_no_module_is_over_400_lines():
 
 
 def test_an_import_inside_a_function_says_why():
-    """Allowed where it breaks an import cycle or defers a heavy import; the line (or the one above) says so."""
+    """Allowed where it defers a heavy import or one that few callers need; the line (or the one above) says
+    so. Never to break an import cycle: there are none (tests/test_layers.py)."""
     silent = []
     for path in SOURCES:
         lines = path.read_text().splitlines()
@@ -156,11 +157,13 @@ def test_every_list_of_choices_is_written_once():
 
 def test_only_the_spaces_name_the_attack_spaces():
     """What differs between the tensor and the record space is the space's (pipeline/attack/spaces/): no
-    other module compares the space's name or checks for one space's class."""
+    other module compares the space's name or checks for one space's class. The names are listed once, as
+    the choices of [attack] space in config.py (below the attack, which reads them)."""
     spaces_dir = ROOT / "pipeline" / "attack" / "spaces"
     asks = re.compile(r'"(record|tensor)"|\bspace\s*[!=]=|isinstance\([^)]*(Record|Tensor)Space')
     found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for path in SOURCES if spaces_dir not in path.parents
-             for n, line in enumerate(path.read_text().splitlines(), 1) if asks.search(line)]
+             for n, line in enumerate(path.read_text().splitlines(), 1) if asks.search(line)
+             and not line.startswith("SPACES = (")]
     assert not found, "\n".join(found)
 
 

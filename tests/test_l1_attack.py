@@ -5,7 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pipeline.attack.l1 import BEST, FIRST, L1Attack, hinge, margin, next_lambda, soft_threshold, split_budget
+from pipeline.attack.core import BEST, FIRST, margin
+from pipeline.attack.l1 import L1Attack, hinge, next_lambda, soft_threshold, split_budget
 from pipeline.config import AttackConfig, ModelParams
 from pipeline.model import MortalityLSTM
 

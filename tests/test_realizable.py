@@ -9,7 +9,7 @@ import pytest
 import torch
 import xarray as xr
 
-from pipeline.attack.l1 import margin
+from pipeline.attack.core import margin
 from pipeline.cli import main
 from pipeline.features import FEATURES
 from pipeline.model import load_model
@@ -61,33 +61,6 @@ def test_analyze_proves_every_record_space_example_realizable(demo_attacked, tmp
     assert "recorded at hour" in report and "re-derive from the edited record" in report
     edits = pd.read_csv(run / "tables" / "edits_best.csv")
     assert (edits.reaches_from <= edits.hour).all() and (edits.hour <= edits.reaches_to).all()
-
-
-def write_edited_tables(demo_dir, out, cells: pd.DataFrame) -> None:
-    """The demo's tables with every event of each cell in `cells` (hadm_id, icustay_id, intime, feature,
-    hour, after) set to `after`: the cell's mean becomes the edited value, as in an edited record."""
-    out.mkdir()
-    for f in demo_dir.glob("*.csv.gz"):
-        if not f.name.startswith(("LABEVENTS", "CHARTEVENTS")):
-            shutil.copy(f, out / f.name)
-    for table, key in (("LABEVENTS", "hadm_id"), ("CHARTEVENTS", "icustay_id")):
-        events = pd.read_csv(demo_dir / f"{table}.csv.gz", dtype=str, keep_default_na=False)  # written back as read
-        charttime = pd.to_datetime(events["charttime"])
-        valuenum = pd.to_numeric(events["valuenum"], errors="coerce")
-        itemid = pd.to_numeric(events["itemid"])
-        for c in cells[cells.table == table].itertuples():
-            feature = FEATURES[c.feature]
-            hours = (charttime - c.intime).dt.total_seconds() / 3600
-            rows = (events[key] == str(getattr(c, key))) & itemid.isin(feature.all_itemids) \
-                & valuenum.notna() & (hours >= c.hour) & (hours < c.hour + 1)
-            if table == "CHARTEVENTS":
-                rows &= events["error"] != "1"
-            assert rows.any(), f"no event behind cell {c}"
-            fahrenheit = itemid[rows].isin(feature.fahrenheit_itemids).to_numpy()
-            new = np.where(fahrenheit, c.after * 9 / 5 + 32, c.after)  # as the chart would hold it
-            events.loc[rows, "valuenum"] = [repr(float(v)) for v in new]
-            events.loc[rows, "value"] = [repr(float(v)) for v in new]
-        events.to_csv(out / f"{table}.csv", index=False)
 
 
 def test_edits_written_into_the_raw_tables_flip_the_re_prepared_sample(demo_dir, demo_attacked, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.attack import spaces
-from pipeline.attack.l1 import ranks_before
+from pipeline.attack.core import ranks_before
 from pipeline.config import AttackConfig, ConfigError
 from tests.runs import copy_trained
 from tests.test_attack_stage import run_attack
@@ -61,6 +61,39 @@ def test_the_attack_ranks_by_the_space_score_then_the_margin():
     assert equal.tolist() == [False, False, True, False]
 
 
+def test_the_attack_and_the_fewest_edit_search_pick_best_by_one_rule():
+    """The L1 attack keeps the flipped iterate that ranks first by the space's keys, then the larger margin
+    (l1._Book); the searches rank their examples by Example.rank: both are core.rank_key. Fed the same
+    flipped examples (exact values, ties of keys and of margins included), they keep the same one."""
+    from pipeline.attack.core import BEST
+    from pipeline.attack.fewest_edits import Example
+    from pipeline.attack.l1 import _Book
+    from pipeline.attack.spaces.record import RecordSpace
+
+    rng = np.random.default_rng(0)
+    n, shape = 200, (3, 2)
+    box = torch.ones((n, *shape))
+    space = RecordSpace(torch.zeros((n, *shape), dtype=torch.float64), torch.ones(2, dtype=torch.float64),
+                        torch.ones((n, *shape), dtype=torch.bool), -box, box, transform=None)
+    book = _Book(n, torch.Size(shape), torch.device("cpu"), space)
+    seen = []
+    for it in range(12):
+        delta = (rng.integers(-2, 3, (n, *shape)) * 0.25 * (rng.random((n, *shape)) < 0.4)).astype(np.float32)
+        m = rng.choice([-0.5, 0.25, 0.5, 1.0], n)
+        logits = torch.from_numpy(np.stack([np.zeros(n), m], axis=1)).float()  # target 0: margin Z_1 − Z_0 = m
+        book.record(it, torch.from_numpy(delta), logits, torch.zeros(n, dtype=torch.long),
+                    torch.ones(n, dtype=torch.float64))
+        seen.append((delta, m))
+    kept = book.result().perturbation[:, BEST].numpy()
+    compared = 0
+    for i in range(n):
+        flipped = [Example(d[i], float(m[i]), "l1") for d, m in seen if m[i] > space.MIN_MARGIN]
+        if len(flipped) > 1:
+            np.testing.assert_array_equal(kept[i], min(flipped, key=Example.rank).delta, err_msg=f"target {i}")
+            compared += 1
+    assert compared > n // 2
+
+
 def test_each_space_is_a_module_named_as_its_choice():
     for name in spaces.NAMES:
         assert spaces.get(name).name == name
@@ -71,8 +104,8 @@ def test_each_space_is_a_module_named_as_its_choice():
 
 def test_a_space_refuses_the_keys_it_cannot_take():
     with pytest.raises(ConfigError, match="observed_only"):
-        AttackConfig(space="record", observed_only=True).check()
-    AttackConfig(space="tensor", observed_only=True).check()
+        spaces.check(AttackConfig(space="record", observed_only=True))
+    spaces.check(AttackConfig(space="tensor", observed_only=True))
 
 
 def test_a_store_that_names_no_space_is_read_as_the_tensor_space():

@@ -9,6 +9,7 @@ Four targets, 4 hours, the 19 features; perturbations (scaled units) in a few ce
     t3      1     Glc@h3 +0.5 (yes)              nothing (no)
 """
 
+import json
 import math
 import os
 import subprocess
@@ -24,6 +25,7 @@ from pipeline.attack.shards import allocate
 from pipeline.config import PipelineConfig
 from pipeline.data import prepare
 from pipeline.features import NAMES
+from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir, consolidated_zarr_v3
 from pipeline.infra.stages import run_stage
 from pipeline.susceptibility import analyze
@@ -31,6 +33,12 @@ from pipeline.susceptibility.scores import norms, scores
 from tests.runs import ROOT
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
+
+def load_summary(run_dir) -> list[dict]:
+    """analyze's summary table (tables/summary.json), one row per direction and kind."""
+    return json.loads(RunDir(run_dir).table(layout.SUMMARY).read_text())
+
 
 K, NA, GLC = NAMES.index("potassium"), NAMES.index("sodium"), NAMES.index("glucose")
 HOURS = 4
@@ -177,7 +185,7 @@ def test_stage_writes_store_tables_figures_report(hand_made_run):
     for name in figures:
         assert f"(figures/{name})" in report
     assert "| 0→1 | first | 3 | 2 | 66.7% |" in report  # success rate per direction and kind
-    summary = {(r["direction"], r["kind"]): r for r in analyze.load_summary(path)}
+    summary = {(r["direction"], r["kind"]): r for r in load_summary(path)}
     assert summary[("0to1", "best")]["share_l0_le_10"] == pytest.approx(2 / 3)  # t2 failed: not sparse
     # every changed cell of the best examples, in clinical units (× (p95 − p5) = 2 + j)
     changes = pd.read_csv(path / "tables" / "changes_best.csv")
@@ -187,7 +195,7 @@ def test_stage_writes_store_tables_figures_report(hand_made_run):
         [0.1 * (2 + K), -0.3 * (2 + K), 0.2 * (2 + NA)], rel=1e-5)
     assert "hadm_id" in changes and (changes.direction == "0to1").all()
     assert "(0→1, 1 cell): potassium at hour 0" in report  # the sparsest example spelled out
-    summary = {(r["direction"], r["kind"]): r for r in analyze.load_summary(path)}
+    summary = {(r["direction"], r["kind"]): r for r in load_summary(path)}
     assert summary[("0to1", "best")]["median_l0"] == 1.5
     assert summary[("0to1", "first")]["median_iteration"] == 3
 

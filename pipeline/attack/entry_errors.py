@@ -2,14 +2,8 @@
 
 A cell of the record is the mean v of its `count` events that hour. An error is made on one event,
 whose value is taken to be v (exact when the hour holds one event, as most lab hours do): the typed
-value becomes e, and the cell's mean moves to v + (e − v) / count. The kinds:
-
-- ``decimal``: the point slips one place, e = 10·v or v / 10;
-- ``transpose``: two adjacent digits swapped, as the value is usually typed (the feature's decimals:
-  138 → 318, 183; 4.1 → 1.4; 7.35 → 3.75, 7.53);
-- ``unit``: the value typed in a unit the feature is often confused with (features.py: glucose in
-  mmol/L, creatinine in µmol/L, a temperature in °F, SpO2 as a fraction, …);
-- ``delete``: the value is lost.
+value becomes e, and the cell's mean moves to v + (e − v) / count. The kinds of slip and the values each
+types are registered functions (pipeline/error_kinds.py: decimal, transpose, unit, delete).
 
 `prepare` keeps an event only when lo < e ≤ hi; an erroneous value outside that range is dropped, as
 `prepare` would drop it: the cell loses the event, so with a single event it is no longer recorded and
@@ -22,45 +16,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import ERROR_KINDS
+from pipeline.error_kinds import KINDS
 from pipeline.features import FEATURES, Feature
 
-KIND_CODE = {kind: code for code, kind in enumerate(ERROR_KINDS)}
-
-
-def typed(v: float, decimals: int) -> str:
-    """The value as it is usually typed: `decimals` digits after the point."""
-    return f"{v:.{decimals}f}"
-
-
-def transpositions(v: float, decimals: int) -> list[float]:
-    """Every value made by swapping two adjacent, different digits of `v` as typed (the point stays)."""
-    text = typed(abs(v), decimals)
-    digits = text.replace(".", "")
-    point = text.find(".")
-    found = []
-    for i in range(len(digits) - 1):
-        if digits[i] == digits[i + 1]:
-            continue
-        swapped = digits[:i] + digits[i + 1] + digits[i] + digits[i + 2:]
-        new = swapped if point < 0 else swapped[:point] + "." + swapped[point:]
-        found.append(float(new) * (-1 if v < 0 else 1))
-    return found
+KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
 
 
 def erroneous_values(feature: Feature, v: float, kinds: tuple[str, ...] | list[str]) -> list[tuple[str, float]]:
     """(kind, typed value) of every error of `kinds` on an event of value `v` of `feature`; a deletion
     has NaN (nothing is typed). Values equal to `v` (no change) are left out, and repeats keep the first kind."""
-    found: list[tuple[str, float]] = []
-    for kind in kinds:
-        if kind == "decimal":
-            found += [(kind, v * 10), (kind, v / 10)]
-        elif kind == "transpose":
-            found += [(kind, e) for e in transpositions(v, feature.decimals)]
-        elif kind == "unit":
-            found += [(kind, v * slip.factor + slip.offset) for slip in feature.slips]
-        elif kind == "delete":
-            found.append((kind, float("nan")))
+    found = [(kind, e) for kind in kinds for e in KINDS[kind](feature, v)]
     unique, seen = [], {round(v, 9)}  # the value itself is no error
     for kind, e in found:
         if e != e or round(e, 9) not in seen:  # NaN: the deletion, never a repeat
@@ -89,7 +54,7 @@ class Candidates:
 
     hour: np.ndarray  # int
     feature: np.ndarray  # int
-    kind: np.ndarray  # int8, index into ERROR_KINDS
+    kind: np.ndarray  # int8, index into the error kinds (pipeline/error_kinds.py)
     recorded: np.ndarray  # float64: the cell's value before
     erroneous: np.ndarray  # float64: the typed value (NaN for a deletion)
     dropped: np.ndarray  # bool: prepare drops the erroneous event (out of range), or it was deleted

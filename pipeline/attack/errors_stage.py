@@ -22,7 +22,8 @@ import shutil
 import numpy as np
 import xarray as xr
 
-from pipeline.attack.fewest_errors import ERROR_FIELDS, Margins, fewest_errors
+from pipeline.attack.core import Margins
+from pipeline.attack.fewest_errors import ERROR_FIELDS, fewest_errors
 from pipeline.attack.shards import shard_ranges
 from pipeline.attack.targets import select_targets
 from pipeline.config import ERROR_KINDS, ConfigError, ModelParams, PipelineConfig

@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.attack import one_edit
-from pipeline.attack.fewest_errors import Margins
-from pipeline.attack.l1 import BEST, FIRST, AttackResult, margin
+from pipeline.attack.core import BEST, FIRST, AttackResult, Margins, margin, rank_key
 from pipeline.attack.one_edit import Record, Scan
 from pipeline.attack.spaces.record import METHODS, MIN_MARGIN
 from pipeline.config import AttackParams
@@ -51,8 +50,8 @@ class Example:
         return float(np.abs(self.delta.astype(np.float64)).sum())
 
     def rank(self) -> tuple:
-        """Sparser first, then smaller, then the larger margin."""
-        return self.edits, self.l1, -self.margin
+        """The record space's keys (sparser first, then smaller), then the larger margin: core.rank_key."""
+        return rank_key((self.edits, self.l1), self.margin)
 
 
 @dataclass

@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
+from pipeline.attack.core import Margins
 from pipeline.attack.entry_errors import Candidates, apply, candidates
-from pipeline.attack.l1 import margin
 from pipeline.attack.spaces.record import MIN_MARGIN  # a flip must survive being re-derived anywhere
 from pipeline.data.record import derive_record
 
@@ -50,27 +49,6 @@ class Found:
     errors: list[dict]  # the flipping errors, or the path closest to flipping
     margin0: float  # the clean record's margin (negative: correctly classified)
     passes: int  # records evaluated through the model
-
-
-class Margins:
-    """Z_o − Z_t of the model for batches of inputs x (n, time, feature), counting the records passed."""
-
-    def __init__(self, model: torch.nn.Module, batch_size: int):
-        self.model, self.batch_size = model, batch_size
-        self.device = next(model.parameters()).device
-        self.passes = 0
-
-    @torch.no_grad()
-    def __call__(self, x: np.ndarray, y: int | np.ndarray) -> np.ndarray:
-        """`y`: the class of every input, or one per input."""
-        y = np.broadcast_to(np.asarray(y, dtype=np.int64), (len(x),))
-        out = []
-        for i in range(0, len(x), self.batch_size):
-            chunk = torch.from_numpy(x[i:i + self.batch_size]).to(self.device)
-            target = torch.from_numpy(y[i:i + self.batch_size].copy()).to(self.device)
-            out.append(margin(self.model(chunk), target).double().cpu().numpy())
-        self.passes += len(x)
-        return np.concatenate(out) if out else np.zeros(0)
 
 
 def inputs(state: State, cand: Candidates, stats: dict[str, np.ndarray]) -> np.ndarray:

@@ -19,7 +19,7 @@ The batch loss is the *sum* of per-sample losses, so a sample's optimization doe
 batch. It does not stop at the first success: it runs `max_iter` updates and keeps, per sample, the
 **first** flipped iterate and the **best** one, whatever κ and λ: the flipped iterate that ranks first by
 the space's rule (pipeline/attack/spaces/: the smallest L1 in the tensor space, the fewest edited values
-in the record space), ties broken by the larger margin.
+in the record space), ties broken by the larger margin (the one rule, pipeline/attack/core.py).
 
 >>> result = L1Attack(model, AttackParams(max_iter=100)).run(x, target, mask)   # doctest: +SKIP
 >>> result.perturbation[:, BEST]                                                 # (batch, 48, 19)
@@ -28,32 +28,15 @@ in the record space), ties broken by the larger margin.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 
-from pipeline.attack.spaces.base import BEST, FIRST, KINDS, Space  # noqa: F401 (KINDS: the result's kinds)
+from pipeline.attack.core import BEST, FIRST, AttackResult, margin, ranks_before
+from pipeline.attack.spaces.base import Space
 from pipeline.attack.spaces.tensor import TensorSpace
 from pipeline.config import ATTACK_OPTIMIZERS, AttackParams
 
 ADAM_BETAS, RMSPROP_ALPHA, EPS = (0.9, 0.999), 0.99, 1e-8  # torch.optim's defaults
-
-
-@dataclass
-class AttackResult:
-    """Per sample and kind (FIRST, BEST): the perturbation and where and how it was found."""
-
-    perturbation: torch.Tensor  # (n, 2, time, feature)
-    found: torch.Tensor  # (n, 2) bool
-    iteration: torch.Tensor  # (n, 2) int: number of updates applied to reach it; -1 if not found
-    margin: torch.Tensor  # (n, 2) Z_o − Z_t at that iterate (> 0: flipped); NaN if not found
-    lam: torch.Tensor  # (n, 2) the λ of the run that found it (differs from the config's with lam_search)
-    logits: torch.Tensor  # (n, 2, 2) the model's logits at x + P
-
-    @property
-    def l1(self) -> torch.Tensor:
-        """(n, 2) ‖P‖₁ of each example (0 where none was found)."""
-        return self.perturbation.abs().sum(dim=(2, 3))
 
 
 def soft_threshold(p: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
@@ -65,13 +48,6 @@ def hinge(logits: torch.Tensor, target: torch.Tensor, kappa: float, offset: floa
     """max(Z_t − Z_o + offset, −κ) per sample; negative once the margin Z_o − Z_t exceeds `offset`."""
     m = margin(logits, target)
     return torch.clamp(-(m - offset) if offset else -m, min=-kappa)
-
-
-def margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Z_o − Z_t per sample: positive when the prediction is flipped away from the target class."""
-    z_t = logits.gather(1, target[:, None])[:, 0]
-    z_o = logits.gather(1, (1 - target)[:, None])[:, 0]
-    return z_o - z_t
 
 
 def split_budget(max_iter: int, runs: int) -> list[int]:
@@ -240,16 +216,6 @@ class L1Attack:
                 else:
                     point.copy_(new)
                 pert = new
-
-
-def ranks_before(score: tuple[torch.Tensor, ...], than: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample, whether `score` comes before `than` in lexicographic order, and whether they are equal."""
-    before = torch.zeros_like(score[0], dtype=torch.bool)
-    equal = torch.ones_like(before)
-    for a, b in zip(score, than, strict=True):
-        before |= equal & (a < b)
-        equal &= a == b
-    return before, equal
 
 
 class _Book:

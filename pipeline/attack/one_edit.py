@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.attack.fewest_errors import Margins
+from pipeline.attack.core import Margins
 from pipeline.attack.spaces.record import MIN_MARGIN
 from pipeline.data.record import derive_record, plan, width
 

@@ -26,7 +26,7 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
-from pipeline.attack import spaces
+from pipeline.attack import searches, spaces
 from pipeline.attack.l1 import L1Attack
 from pipeline.attack.spaces.base import Space
 from pipeline.attack.targets import TargetInputs, select_targets
@@ -46,7 +46,7 @@ VARIABLES = ("perturbation", "found", "iteration", "margin", "lam", "logits")
 
 def attack_params(cfg: PipelineConfig, run_dir: RunDir) -> tuple[AttackConfig, str]:
     """The config's [attack], with tune-attack's best values for the keys it tuned when it ran."""
-    cfg.attack.check()
+    spaces.check(cfg.attack)
     return tuned(run_dir, "tune-attack", cfg.attack)
 
 
@@ -151,7 +151,7 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
         space = inputs.space(config, device, rows)
         result = attack.run(space, torch.from_numpy(target[rows]))
         successes += int(result.found[:, 0].sum())
-        batch = space.refine(attack.model, result, inputs, target, rows, config)  # record: the fewest edits
+        batch = searches.refine(space, attack.model, result, inputs, target, rows, config)  # record: fewest edits
         with blaming(run.partial(layout.ATTACK)):
             write_batch(store, space, batch, b0, b1)
         progress["done"].append(b0)
@@ -170,7 +170,7 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
 
 
 def write_batch(store: zarr.Group, space: Space, batch, b0: int, b1: int) -> None:
-    """One batch's examples (what `space.refine` returned) into rows b0…b1 of the store in the making."""
+    """One batch's examples (what `searches.refine` returned) into rows b0…b1 of the store in the making."""
     result = space.write(store, batch, b0, b1)
     for name in VARIABLES:
         values = getattr(result, name).cpu().numpy()

@@ -30,7 +30,9 @@ import optuna
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
-from pipeline.attack.l1 import BEST, AttackResult, L1Attack
+from pipeline.attack import spaces
+from pipeline.attack.core import BEST, AttackResult
+from pipeline.attack.l1 import L1Attack
 from pipeline.attack.targets import TargetInputs, select_targets
 from pipeline.config import ATTACK_OPTIMIZERS, AttackParams, ConfigError, ModelParams, PipelineConfig
 from pipeline.infra import layout, rundir, study
@@ -148,7 +150,7 @@ def tune_attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     for name in ta.params:
         if name not in TUNABLE:
             raise ConfigError(f"[tune-attack] params: {name!r} cannot be tuned (tunable: {', '.join(TUNABLE)})")
-    cfg.attack.check()
+    spaces.check(cfg.attack)
     study.check_driver(cfg.run.storage)
     targets = select_targets(run_dir, cfg.attack.targets, cfg.model)
     rng = np.random.default_rng(cfg.run.seed)

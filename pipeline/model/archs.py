@@ -1,7 +1,7 @@
 """The architectures `[model] arch` chooses: each one's module and the [model] keys that shape it, which
 are also the keys tune-model searches for it (docs/methods.md §2.1). A new architecture is a module with
-a class ``(params, n_features, n_time)`` → logits (batch, 2), its row in ARCHS, and its name in
-config.ARCHS.
+a class ``(params, n_features, n_time)`` → logits (batch, 2) that declares its NAME, LABEL and KEYS, its
+class in MODULES, and its name in config.ARCHS.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pipeline.model.recurrent import MortalityGRU, MortalityLSTM
 from pipeline.model.tcn import MortalityTCN
 from pipeline.model.transformer import MortalityTransformer
 
-HEAD = ("fc", "dropout", "activation")  # the common read-out's keys (recurrent.head)
 TRAINING = ("optimizer", "lr", "batch_size")  # every architecture's, searched after its own
 
 
@@ -31,13 +30,11 @@ class Arch:
     keys: tuple[str, ...]  # the [model] keys that shape it, in the order tune-model suggests them
 
 
-ARCHS: dict[str, Arch] = {
-    "lstm": Arch("LSTM", MortalityLSTM, ("hidden", "layers", "bidirectional", *HEAD)),
-    "gru": Arch("GRU", MortalityGRU, ("hidden", "layers", "bidirectional", *HEAD)),
-    "transformer": Arch("Transformer encoder", MortalityTransformer, ("hidden", "layers", "heads", *HEAD)),
-    "tcn": Arch("TCN", MortalityTCN, ("hidden", "layers", "kernel", *HEAD)),
-    "logreg": Arch("Logistic regression", MortalityLogReg, ()),
-}
+# each class declares its NAME, LABEL and KEYS in its own module; this is where they are registered
+MODULES = (MortalityLSTM, MortalityGRU, MortalityTransformer, MortalityTCN, MortalityLogReg)
+ARCHS: dict[str, Arch] = {m.NAME: Arch(m.LABEL, m, m.KEYS) for m in MODULES}
+if tuple(ARCHS) != config.ARCHS:  # config (below the model) offers the names as [model] arch's choices
+    raise ImportError(f"the registered architectures {tuple(ARCHS)} are not config.ARCHS {config.ARCHS}")
 
 
 def build(params: ModelParams, n_features: int = 19, n_time: int = 48) -> nn.Module:

@@ -15,6 +15,9 @@ from pipeline.config import ModelParams
 class MortalityLogReg(nn.Module):
     """x (batch, time, feature) float32 in [0, 1] → logits (batch, 2)."""
 
+    NAME, LABEL = "logreg", "Logistic regression"
+    KEYS = ()
+
     def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
         super().__init__()
         self.params = params

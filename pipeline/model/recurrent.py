@@ -18,6 +18,7 @@ from torch import nn
 from pipeline.config import ModelParams
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}  # config.ACTIVATIONS names them (tests/test_archs.py)
+HEAD = ("fc", "dropout", "activation")  # the [model] keys of the read-out every architecture shares (head)
 
 
 def head(params: ModelParams, width: int) -> nn.Sequential:
@@ -37,6 +38,9 @@ def last_states(h_n: torch.Tensor, params: ModelParams, batch: int) -> torch.Ten
 class MortalityLSTM(nn.Module):
     """x (batch, time, feature) float32 in [0, 1] → logits (batch, 2)."""
 
+    NAME, LABEL = "lstm", "LSTM"  # [model] arch; as the report names it
+    KEYS = ("hidden", "layers", "bidirectional", *HEAD)  # the [model] keys that shape it, as tune-model suggests them
+
     def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
         super().__init__()
         self.params = params
@@ -55,6 +59,9 @@ class MortalityLSTM(nn.Module):
 
 class MortalityGRU(nn.Module):
     """The LSTM's shape with a GRU cell (fewer weights; YAIB's best recurrent model on MIMIC-IV mortality)."""
+
+    NAME, LABEL = "gru", "GRU"
+    KEYS = ("hidden", "layers", "bidirectional", *HEAD)
 
     def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
         super().__init__()

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelParams
-from pipeline.model.recurrent import ACTIVATIONS, head
+from pipeline.model.recurrent import ACTIVATIONS, HEAD, head
 
 
 class CausalBlock(nn.Module):
@@ -33,6 +33,9 @@ class CausalBlock(nn.Module):
 
 class MortalityTCN(nn.Module):
     """x (batch, time, feature) float32 in [0, 1] → logits (batch, 2)."""
+
+    NAME, LABEL = "tcn", "TCN"
+    KEYS = ("hidden", "layers", "kernel", *HEAD)
 
     def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
         super().__init__()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelParams
-from pipeline.model.recurrent import head
+from pipeline.model.recurrent import HEAD, head
 
 
 def hour_encoding(n_time: int, width: int) -> torch.Tensor:
@@ -31,6 +31,9 @@ def hour_encoding(n_time: int, width: int) -> torch.Tensor:
 
 class MortalityTransformer(nn.Module):
     """x (batch, time, feature) float32 in [0, 1] → logits (batch, 2)."""
+
+    NAME, LABEL = "transformer", "Transformer encoder"
+    KEYS = ("hidden", "layers", "heads", *HEAD)
 
     def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
         super().__init__()

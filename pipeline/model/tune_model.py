@@ -27,9 +27,6 @@ from pipeline.model.archs import ARCHS, TRAINING
 
 log = logging.getLogger(__name__)
 
-REFERENCE_SPACE = TuneModelConfig(max_hidden=256, max_layers=2, min_lr=1e-5)
-
-
 def distributions(space: TuneModelConfig) -> dict[str, BaseDistribution]:
     """Every [model] key tune-model searches, one distribution each within `space`'s bounds, in its own
     units (sizes are powers of 2, drawn as choices). A key has the same distribution for every architecture

@@ -12,7 +12,6 @@ direction (``0to1``, ``1to0``: prediction 0 → 1 and 1 → 0) and kind (first, 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,16 +19,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipeline import figures
 from pipeline.attack import spaces
-from pipeline.attack.realizable import imputed_share, record_edits, rederived_flips
 from pipeline.config import ModelParams, PipelineConfig
 from pipeline.errors import InputError
 from pipeline.infra import cf, layout, rundir
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
-from pipeline.susceptibility import entry_report, report
+from pipeline.susceptibility import entry_report, figures, report
 from pipeline.susceptibility.one_edit_map import feature_table, one_edit_scores
+from pipeline.susceptibility.realizable import imputed_share, record_edits, rederived_flips
 from pipeline.susceptibility.scores import CLINICAL_ATTRS, DIRECTIONS, direction_of, norms, scores, to_clinical
 
 log = logging.getLogger(__name__)
@@ -322,7 +320,3 @@ def write_results(cfg: PipelineConfig, run_dir: RunDir) -> None:
     rundir.write_text(run_dir.report, report.render(run_dir.path, data, attack, summary, tables, captions, changes,
                                                         edits, [*fewest, *entry]))
     log.info("analyze: report %s (%d figures)", run_dir.report, len(captions))
-
-
-def load_summary(run_dir: Path) -> dict:
-    return json.loads(RunDir(run_dir).table(layout.SUMMARY).read_text())

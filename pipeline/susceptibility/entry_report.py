@@ -8,8 +8,8 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from pipeline.attack.core import margin
 from pipeline.attack.entry_errors import apply, mean_after
-from pipeline.attack.l1 import margin
 from pipeline.data.record import derive_record, feature_stats
 from pipeline.features import BY_NAME, FEATURES
 from pipeline.infra import cf, layout

@@ -5,14 +5,16 @@ differs between spaces: the search variable and its box, the margin a flip must 
 better, what the space adds to ``attack.zarr`` (and its CF attributes), and its paragraphs of the report.
 The attack, the `attack` stage and the analysis ask the space; none of them compares its name.
 
-A new space is a new module here and its name in :data:`NAMES`.
+A new space is a new module here and its name in ``pipeline.config.SPACES`` (config, below the attack,
+offers the names as the choices of [attack] space).
 """
 
 from __future__ import annotations
 
 import importlib
 
-NAMES = ("record", "tensor")  # the choices of [attack] space; the first is the default
+from pipeline.config import SPACES as NAMES
+
 DEFAULT = NAMES[0]
 UNNAMED = "tensor"  # the space of an attack.zarr written before stores named theirs
 
@@ -22,6 +24,13 @@ def get(name: str) -> type:
     if name not in NAMES:
         raise ValueError(f"unknown attack space {name!r} ({', '.join(NAMES)})")
     return importlib.import_module(f"{__name__}.{name}").SPACE
+
+
+def check(params) -> None:
+    """ConfigError for [attack] keys that do not go together: the algorithm's (AttackParams.check), then
+    those the chosen space cannot take."""
+    params.check()
+    get(params.space).check(params)
 
 
 def of(attack) -> type:

@@ -1,28 +1,35 @@
 """What every attack space defines, and what a space that adds nothing inherits.
 
-A space is built per batch of targets (:meth:`Space.build`). The L1 attack (pipeline/attack/l1.py) only
-calls :meth:`Space.input`, :meth:`Space.project`, :meth:`Space.score`, `lower` and `MIN_MARGIN`; the
-`attack` stage (pipeline/attack/shards.py) :meth:`~Space.variables`, :meth:`~Space.refine` and
-:meth:`~Space.write`; the analysis the class attributes and :meth:`~Space.edited_values`.
+A space is built per batch of targets (:meth:`Space.build`). The searches (pipeline/attack/l1.py,
+one_edit.py, fewest_edits.py) only call :meth:`Space.input`, :meth:`Space.project`, :meth:`Space.score`,
+`lower` and `MIN_MARGIN`; the `attack` stage (pipeline/attack/shards.py) :meth:`~Space.variables` and
+:meth:`~Space.write`; the analysis the class attributes and :meth:`~Space.edited_values`. Which searches
+run in a space after the L1 attack is not the space's business: pipeline/attack/searches.py wires them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # annotations only: these modules import the spaces
+from pipeline.attack.core import KINDS, AttackResult
+
+if TYPE_CHECKING:  # annotations only: the libraries are imported by who opens the stores
     import xarray as xr
     import zarr
 
-    from pipeline.attack.l1 import AttackResult
-    from pipeline.attack.targets import TargetInputs
     from pipeline.config import AttackParams
 
-FIRST, BEST = 0, 1  # the L1 attack's two examples per target
-KINDS = ("first", "best")
+
+class Inputs(Protocol):
+    """What a space is built from: dataset.zarr's arrays of the targets (pipeline.attack.targets.TargetInputs)."""
+
+    x: np.ndarray  # float32 (n, time, feature)
+    mask: np.ndarray  # bool (n, time, feature)
+    value: np.ndarray | None  # float64 (n, time, feature), NaN where not recorded
+    stats: dict[str, np.ndarray]
 
 
 class Space:
@@ -52,7 +59,7 @@ class Space:
         """Raise InputError when dataset.zarr (at `path`) lacks what this space reads."""
 
     @classmethod
-    def build(cls, inputs: TargetInputs, params: AttackParams, device: torch.device, rows: slice) -> Space:
+    def build(cls, inputs: Inputs, params: AttackParams, device: torch.device, rows: slice) -> Space:
         """The space of targets `rows` of `inputs`."""
         raise NotImplementedError
 
@@ -75,14 +82,9 @@ class Space:
         `empty(shape, dtype, fill)` makes a lazy array chunked as the store."""
         return {}
 
-    def refine(self, model: torch.nn.Module, result: AttackResult, inputs: TargetInputs, y: np.ndarray,
-               rows: slice, params: AttackParams):
-        """The batch's examples after the L1 attack's `result`: other searches may add kinds. Default: none."""
-        return result
-
     def write(self, store: zarr.Group, batch, b0: int, b1: int) -> AttackResult:
-        """Write this space's own variables of `batch` (what :meth:`refine` returned) into rows b0…b1 of
-        the store; return the result whose perturbation is the change of the model's input."""
+        """Write this space's own variables of `batch` (what pipeline/attack/searches.py returned) into rows
+        b0…b1 of the store; return the result whose perturbation is the change of the model's input."""
         return batch
 
     @staticmethod

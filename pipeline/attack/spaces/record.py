@@ -1,7 +1,7 @@
 """The record space: the attack edits recorded values, and the model sees what `prepare` derives from the
 edited record (docs/methods.md §10). After the L1 attack, the one-edit scan and the fewest-edit search
-(pipeline/attack/one_edit.py, fewest_edits.py) look for the sparsest example; all three use this
-space's box and its MIN_MARGIN."""
+(pipeline/attack/one_edit.py, fewest_edits.py; wired by pipeline/attack/searches.py) look for the
+sparsest example; all three use this space's box and its MIN_MARGIN."""
 
 from __future__ import annotations
 
@@ -36,17 +36,6 @@ def plausible_edits(value: np.ndarray, mask: np.ndarray, stats: dict[str, np.nda
     lower = np.where(mask, np.minimum(((lo + edge) - v) / w, 0.0), 0.0)
     upper = np.where(mask, np.maximum(((hi - edge) - v) / w, 0.0), 0.0)
     return lower, upper
-
-
-def search_targets(inputs, y: np.ndarray, rows: slice) -> list:
-    """Targets `rows` of `inputs` (of class y[rows]) for the one-edit scan and the fewest-edit search, with
-    the box the attack uses (float32, as RecordSpace holds it)."""
-    from pipeline.attack.fewest_edits import Target  # here: the searches import this module's MIN_MARGIN
-
-    value, mask = inputs.value[rows], inputs.mask[rows]
-    lower, upper = plausible_edits(value, mask, inputs.stats)
-    return [Target(v, int(c), inputs.stats, lo, hi) for v, c, lo, hi in
-            zip(value, y[rows], lower.astype(np.float32), upper.astype(np.float32), strict=True)]
 
 
 class RecordSpace(Space):
@@ -142,13 +131,6 @@ class RecordSpace(Space):
                                 {"long_name": "the largest margin Z_o − Z_t the one-edit scan found for this "
                                               "value alone (NaN: nothing was recorded)", "units": one}),
         }
-
-    def refine(self, model, result, inputs, y, rows, params):
-        """The one-edit scan, the fewest-edit search and the pruned L1 examples: kinds first, best (the
-        sparsest of all), l1_best (a :class:`~pipeline.attack.fewest_edits.Batch`)."""
-        from pipeline.attack.fewest_edits import sparsest  # here: the searches import this module's MIN_MARGIN
-
-        return sparsest(model, result, search_targets(inputs, y, rows), params)
 
     def write(self, store, batch, b0, b1):
         w = self.width.cpu().numpy()

@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 
 from pipeline.attack import spaces
-from pipeline.attack.l1 import margin
+from pipeline.attack.core import margin
 from pipeline.data.record import derive, feature_stats, plan, width
 from pipeline.susceptibility.scores import direction_of
 

@@ -1,0 +1,130 @@
+"""The analysis's figures: susceptibility heatmaps and rankings, the examples' norms and iterations, the
+cross-validation curves (PNG, saved by pipeline/figures.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pipeline.figures import plt, save  # pyplot on the Agg backend, chosen there before pyplot loads
+from pipeline.model.metrics import auprc, auroc, pr_curve, roc_curve
+from pipeline.susceptibility.scores import label as direction_label
+
+
+def score_heatmaps(score: xr.DataArray, n: xr.DataArray, path: Path, title: str, colorbar: str,
+                   count: str = "examples", vmax: float | None = None) -> None:
+    """One panel per (direction, kind): the score over hour (x) and feature (y), one shared colour scale
+    (from 0 to `vmax`, default the largest score); `n` (direction, kind) is the number of successful
+    examples (or of `count`) behind each panel."""
+    directions, kinds = score["direction"].values, score["kind"].values
+    if vmax is None:
+        vmax = float(score.max()) if np.isfinite(score.max()) and float(score.max()) > 0 else 1.0
+    fig, axes = plt.subplots(len(directions), len(kinds), figsize=(6.2 * len(kinds), 4.6 * len(directions)),
+                             squeeze=False, constrained_layout=True)
+    for r, d in enumerate(directions):
+        for c, k in enumerate(kinds):
+            ax = axes[r, c]
+            panel = score.sel(direction=d, kind=k).transpose("feature", "time")
+            image = ax.imshow(panel.values, aspect="auto", cmap="viridis", vmin=0, vmax=vmax,
+                              interpolation="nearest", origin="upper")
+            ax.set_yticks(range(panel.sizes["feature"]), [str(f) for f in panel["feature"].values], fontsize=8)
+            ax.set_xticks(range(0, panel.sizes["time"], 6))
+            number = int(n.sel(direction=d, kind=k))
+            what = f"{k} examples (N = {number})" if count == "examples" else f"{k} ({count}: {number})"
+            ax.set(xlabel="hour after ICU admission", title=f"{direction_label(d)}, {what}")
+            if number == 0:
+                empty = "no successful example" if count == "examples" else f"no {count[:-1]}"
+                ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center")
+    fig.colorbar(image, ax=axes, label=colorbar, shrink=0.8)
+    fig.suptitle(title)
+    save(fig, path)
+
+
+def ranking_bars(s_j: xr.DataArray, n: xr.DataArray, path: Path, xlabel: str) -> None:
+    """Per direction: the per-feature score of each kind of example, features by the best examples' score."""
+    directions = s_j["direction"].values
+    fig, axes = plt.subplots(1, len(directions), figsize=(6 * len(directions), 6), squeeze=False,
+                             constrained_layout=True)
+    for ax, d in zip(axes[0], directions, strict=True):
+        table = s_j.sel(direction=d).to_pandas().T.fillna(0.0)  # feature × kind
+        table = table.sort_values("best" if "best" in table.columns else table.columns[-1])
+        rows, height = np.arange(len(table)), 0.8 / len(table.columns)
+        for i, kind in enumerate(table.columns):
+            ax.barh(rows + (i - (len(table.columns) - 1) / 2) * height, table[kind], height=height,
+                    label=f"{kind} (N = {int(n.sel(direction=d, kind=kind))})")
+        ax.set_yticks(rows, table.index)
+        ax.set(xlabel=xlabel, title=f"direction {direction_label(d)}")
+        if int(n.sel(direction=d).max()) == 0:
+            ax.text(0.5, 0.5, "no successful example", transform=ax.transAxes, ha="center", va="center")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(table.columns), title="examples")
+        ax.grid(axis="x", alpha=0.3)
+    save(fig, path)
+
+
+def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path, sparse_cells: int = 10) -> None:
+    """L0, L1 and L∞ of the successful examples, first vs best; the L0 panel marks `sparse_cells`."""
+    labels = {"l0": "L0: cells changed (of 48 × 19 = 912)", "l1": "L1: Σ |P| (scaled units)",
+              "linf": "L∞: max |P| (scaled units)"}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
+    for ax, (name, label) in zip(axes, labels.items(), strict=True):
+        values = {str(k): norms[name].sel(kind=k).values[found.sel(kind=k).values] for k in norms["kind"].values}
+        every = np.concatenate(list(values.values()))
+        bins = np.histogram_bin_edges(every, bins=30) if every.size else 10
+        for kind, v in values.items():
+            ax.hist(v, bins=bins, alpha=0.55, label=f"{kind} (median {np.median(v):.3g})" if v.size else kind)
+        if name == "l0" and values.get("best") is not None and values["best"].size:
+            share = np.mean(values["best"] <= sparse_cells)
+            ax.axvline(sparse_cells, color="black", ls=":", lw=1,
+                       label=f"≤ {sparse_cells} cells: {100 * share:.0f}% of best examples")
+        ax.set(xlabel=label, ylabel="examples")
+        ax.legend()
+    fig.suptitle("size of the successful perturbations, both directions, per kind of example")
+    save(fig, path)
+
+
+def iteration_cdf(iteration: xr.DataArray, found: xr.DataArray, direction: xr.DataArray, max_iter: int,
+                  path: Path) -> None:
+    """Share of targets with an example by iteration k, per direction and kind (ends at the success rate)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    steps = np.arange(max_iter + 1)
+    for colour, d in enumerate(np.unique(direction.values)):
+        for k in iteration["kind"].values:
+            members = (direction == d).values
+            it = iteration.sel(kind=k).values[members]
+            ok = found.sel(kind=k).values[members]
+            share = np.searchsorted(np.sort(it[ok]), steps, side="right") / max(members.sum(), 1)
+            ax.step(steps, share, where="post", label=f"{direction_label(d)}, {k} example (n = {members.sum()})",
+                    color=f"C{colour}", linestyle="-" if k == "first" else "--")
+    ax.set(xlabel="iteration (proximal updates)", ylabel="share of targets with an example", ylim=(0, 1.02),
+           title="when the first and the best examples were found")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center right")
+    save(fig, path)
+
+
+def cv_curves(folds: list[pd.DataFrame], test: pd.DataFrame | None, path: Path) -> None:
+    """ROC and precision–recall curves of each held-out CV fold (and of the test set), columns y, prob."""
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
+    curves = [(f"fold {k}", f, dict(alpha=0.6, lw=1)) for k, f in enumerate(folds)]
+    if test is not None:
+        curves.append(("test set (final model)", test, dict(color="black", lw=2)))
+    for name, frame, style in curves:
+        fpr, tpr = roc_curve(frame.prob, frame.y)
+        recall, precision = pr_curve(frame.prob, frame.y)
+        ax_roc.plot(fpr, tpr, label=f"{name}: AUROC {auroc(frame.prob, frame.y):.3f}", **style)
+        ax_pr.step(np.r_[0.0, recall], np.r_[precision[:1], precision], where="pre",
+                   label=f"{name}: AUPRC {auprc(frame.prob, frame.y):.3f}", **style)
+    ax_roc.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax_roc.set(xlabel="false positive rate (1 − specificity)", ylabel="true positive rate (sensitivity)",
+               title="ROC, held-out data only")
+    prevalence = float(np.mean(np.concatenate([f.y.to_numpy() for f in folds]))) if folds else 0.0
+    ax_pr.axhline(prevalence, color="grey", ls=":", lw=1, label=f"prevalence {prevalence:.2f}")
+    ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", ylim=(0, 1.02),
+              title="precision–recall, held-out data only")
+    for ax in (ax_roc, ax_pr):
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    save(fig, path)

@@ -38,7 +38,7 @@ SERVICE_FIXTURES = {"slurm_cluster": "slurm", "postgres_url": "postgres", "fresh
 
 def pytest_collection_modifyitems(config, items):
     """Mark every test that needs a service by the fixtures it uses (and an executor `kind` of "slurm"), so that
-    the marks cannot be forgotten: CI runs the marked tests with the services up and all the others with them
+    the marks cannot be forgotten: CI runs the marked tests with the services up, then every test with them
     hidden (.ci/without-services.sh), which is what `make test` meets on a laptop."""
     for item in items:
         needs = {SERVICE_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SERVICE_FIXTURES}

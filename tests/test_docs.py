@@ -9,6 +9,7 @@ change what" table names real files.
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -179,7 +180,8 @@ def where_to_change_what() -> list[str]:
 
 @pytest.mark.parametrize("change", ["add a feature", "add an attack optimizer", "add an executor", "add a stage",
                                     "add a figure", "add a model architecture", "add an entry-error kind",
-                                    "add an attack space", "read another MEDS dataset"])
+                                    "add an attack space", "read another MEDS dataset",
+                                    "add a search that feeds best", "change the rule for best"])
 def test_where_to_change_what_has_a_row(change):
     assert any(row.split("|")[1].strip() == change for row in where_to_change_what()), change
 
@@ -193,6 +195,46 @@ def test_where_to_change_what_names_existing_files():
         missing += [f"{row.split('|')[1].strip()}: {p}" for p in paths if not exists(p)]
     assert not empty, f"rows that name no file: {empty}"
     assert not missing, "files named in 'Where to change what' that do not exist:\n" + "\n".join(missing)
+
+
+# what each registering change touches: (the registry's name as the row spells it, the file that defines it)
+REGISTRIES = {
+    "add an entry-error kind": [("@kind", "pipeline/error_kinds.py")],
+    "add a model architecture": [("MODULES", "pipeline/model/archs.py"), ("ARCHS", "pipeline/config.py")],
+    "add an attack space": [("SPACES", "pipeline/config.py"), ("AFTER_L1", "pipeline/attack/searches.py")],
+    "add a search that feeds best": [("METHODS", "pipeline/attack/spaces/record.py"),
+                                     ("AFTER_L1", "pipeline/attack/searches.py"),
+                                     ("core.rank_key", "pipeline/attack/core.py")],
+    "change the rule for best": [("rank_key", "pipeline/attack/core.py"), ("ranks_before", "pipeline/attack/core.py")],
+}
+
+
+def defines(path: Path, name: str) -> bool:
+    """Whether `path` defines `name` at its top level: an assignment, a function or class, or (`@name`) a
+    decorator whose functions it applies."""
+    tree = ast.parse(path.read_text())
+    name = name.rsplit(".", 1)[-1]
+    if name.startswith("@"):
+        return any(isinstance(d, ast.Call) and getattr(d.func, "id", None) == name[1:]
+                   for node in tree.body if isinstance(node, ast.FunctionDef) for d in node.decorator_list)
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == name:
+            return True
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
+            else []
+        if any(getattr(t, "id", None) == name for t in targets):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("change", REGISTRIES)
+def test_a_registering_change_names_the_registry_where_the_code_keeps_it(change):
+    """The row of "Where to change what" names each registry the change registers in, and its file; the file
+    defines it (so a moved or renamed registry fails here, not in a reader's hands)."""
+    (row,) = [r for r in where_to_change_what() if r.split("|")[1].strip() == change]
+    for name, path in REGISTRIES[change]:
+        assert f"`{name}" in row and f"`{path}`" in row, (change, name, path)
+        assert defines(ROOT / path, name), f"{path} does not define {name}"
 
 
 def test_every_test_file_is_on_the_map_of_the_tests():

@@ -90,6 +90,9 @@ def test_tune_attack_with_two_array_workers_on_postgresql(slurm_cluster, fresh_p
     best = json.loads((run / "tune-attack" / "best.json").read_text())
     s = optuna.load_study(study_name=best["study"], storage=study.open_storage(fresh_pg_url, run))
     done = s.get_trials(states=study.DONE)
-    assert len(done) == 6 and len(s.trials) == 6
+    assert len(done) == 6
+    # any other trial is FAIL, none left running or waiting: given back when two workers asked for the last
+    # slot at once, or failed for a heartbeat missed on a busy machine and retried (pipeline/infra/study/)
+    assert all(t.state.name == "FAIL" for t in s.trials if t not in done), [t.state for t in s.trials]
     assert {t.user_attrs["worker"] for t in done} <= {0, 1}
     assert worker_reports(run, "tune-attack") == {0: 6, 1: 6}, "both workers took part until the study was full"

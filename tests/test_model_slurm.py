@@ -53,7 +53,10 @@ def test_tune_model_on_postgresql_then_cv_as_one_array(slurm_cluster, fresh_pg_u
                                            "tune-model.max_layers=2")]) == 0
     s = load(run, fresh_pg_url)
     done = s.get_trials(states=study.DONE)
-    assert len(done) == 4 and len(s.trials) == 4
+    assert len(done) == 4
+    # any other trial is FAIL, none left running or waiting: given back when two workers asked for the last
+    # slot at once, or failed for a heartbeat missed on a busy machine and retried (pipeline/infra/study/)
+    assert all(t.state.name == "FAIL" for t in s.trials if t not in done), [t.state for t in s.trials]
     assert {t.user_attrs["worker"] for t in done} <= {0, 1}
     assert worker_reports(run, "tune-model") == {0: 4, 1: 4}, "both workers took part until the study was full"
     assert array_tasks(run / "jobs" / "tune-model").__len__() == 1

@@ -33,10 +33,11 @@ setup: $(VENV)/.installed
 run: setup
 	$(PY) -m pipeline run --run-dir $(RUN_DIR) $(ARGS)
 
-# the tests on TEST_WORKERS processes (pytest-xdist; 0: in pytest's own, auto: one per core)
+# the tests on TEST_WORKERS processes (pytest-xdist; 0: in pytest's own, auto: one per core), a test file
+# to a process (its module-scoped runs are made once)
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline tests

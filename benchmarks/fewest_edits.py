@@ -44,8 +44,8 @@ from pipeline.attack.core import BEST, Margins
 from pipeline.attack.fewest_edits import Target, fewest_edits
 from pipeline.attack.l1 import L1Attack
 from pipeline.attack.one_edit import MIN_MARGIN, scan
-from pipeline.attack.searches import record_targets
 from pipeline.attack.targets import TargetInputs, select_targets
+from pipeline.attack.wiring.record import record_targets
 from pipeline.config import AttackConfig
 from pipeline.data.record import derive_record, width
 from pipeline.infra.launch import tuned

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import error_kinds
+from pipeline.features import FEATURES, WINDOW_HOURS
 from pipeline.options import ConfigError, build_section, option  # noqa: F401 (re-exported: the config API)
 from pipeline.redact import redacted, without_password  # noqa: F401 (part of the config API: used by callers)
 
@@ -60,7 +61,7 @@ class PrepareConfig:
     min_age_years: float = option(18.0, "minimum age at ICU intime, years", ge=0)
     min_hospital_hours: float = option(24.0, "minimum hospital stay dischtime − admittime, hours", ge=0)
     min_icu_hours: float = option(24.0, "minimum ICU stay outtime − intime, hours", ge=0)
-    window_hours: int = option(48, "hourly bins from ICU intime", ge=1)
+    window_hours: int = option(WINDOW_HOURS, "hourly bins from ICU intime", ge=1)
     span_start_max_hours: float = option(1.0, "span rule: a sample's first kept event at t ≤ this", ge=0)
     span_end_min_hours: float = option(47.0, "span rule: a sample's last kept event at t ≥ this", ge=0)
     lower_percentile: float = option(5.0, "winsorize / scale from this percentile of the window's events", ge=0, lt=100)
@@ -90,7 +91,7 @@ class ModelParams:
     hidden: int = option(128, "lstm/gru: hidden units per direction; transformer: model width; tcn: channels", ge=1,
                          le=1024)
     layers: int = option(1, "lstm/gru: stacked layers; transformer: encoder layers; tcn: residual blocks (6 see "
-                         "the whole 48 h)", ge=1, le=8)
+                         f"the whole {WINDOW_HOURS} h)", ge=1, le=8)
     bidirectional: bool = option(True, "lstm/gru: read the series both ways")
     heads: int = option(4, "transformer: attention heads (hidden must be a multiple of it)", ge=1, le=16)
     kernel: int = option(3, "tcn: convolution width in hours (dilation doubles per block)", ge=2, le=16)
@@ -234,7 +235,8 @@ class ErrorsConfig:
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
-    top_features: int = option(10, "features listed in the ranked susceptibility tables", ge=1, le=19)
+    top_features: int = option(10, "features listed in the ranked susceptibility tables", ge=1,
+                              le=len(FEATURES))
 
 
 @dataclass(frozen=True)

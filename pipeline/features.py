@@ -1,4 +1,5 @@
-"""The 19 input features: where they come from in MIMIC-III and which values are plausible.
+"""The model's input: the features (where they come from in MIMIC-III and which values are plausible) and
+the hours of the window.
 
 This table is docs/dataset.md's feature table in code; `prepare` and `synth` both read it. Order matters:
 it is the order of the `feature` dimension of dataset.zarr.
@@ -64,6 +65,7 @@ FEATURES: tuple[Feature, ...] = (
 )
 
 NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+WINDOW_HOURS = 48  # the papers' window: hourly bins of the first 48 h from ICU intime ([prepare] window_hours)
 BY_NAME = {f.name: f for f in FEATURES}
 FAHRENHEIT_ITEMIDS = frozenset(i for f in FEATURES for i in f.fahrenheit_itemids)
 

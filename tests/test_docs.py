@@ -201,9 +201,9 @@ def test_where_to_change_what_names_existing_files():
 REGISTRIES = {
     "add an entry-error kind": [("@kind", "pipeline/error_kinds.py")],
     "add a model architecture": [("MODULES", "pipeline/model/archs.py"), ("ARCHS", "pipeline/config.py")],
-    "add an attack space": [("SPACES", "pipeline/config.py"), ("AFTER_L1", "pipeline/attack/searches.py")],
-    "add a search that feeds best": [("METHODS", "pipeline/attack/spaces/record.py"),
-                                     ("AFTER_L1", "pipeline/attack/searches.py"),
+    "add an attack space": [("SPACES", "pipeline/config.py"), ("TEXT", "pipeline/susceptibility/space_text.py")],
+    "add a search that feeds best": [("FURTHER", "pipeline/attack/wiring/record.py"),
+                                     ("Search", "pipeline/attack/fewest_edits.py"),
                                      ("core.rank_key", "pipeline/attack/core.py")],
     "change the rule for best": [("rank_key", "pipeline/attack/core.py"), ("ranks_before", "pipeline/attack/core.py")],
 }

@@ -122,3 +122,32 @@ def test_a_batch_keeps_the_l1_attacks_examples_and_the_sparsest_of_all():
     assert r.iteration[:, 1].tolist() == [-1, -1] and r.iteration[0, 2] == 9
     assert (r.margin[:, 1] > MIN_MARGIN).all()
     assert np.isfinite(batch.one_edit[:, 10, 3]).all() and np.isnan(batch.one_edit).sum() == 2 * (T * F - 1)
+
+
+def test_a_further_search_named_by_the_wiring_feeds_best_with_its_own_code():
+    """A search beyond the built-in ones (the record space's wiring names it, FURTHER) takes part in best by
+    the same rank and has its own `method` code after METHODS: here the beam search for two edits, run as a
+    further search while the built-in one is off (max_edits 1), finds what the built-in one finds."""
+    from pipeline.attack.fewest_edits import search_many
+
+    def two_edits(margins, targets, scans, params):
+        return [None if e is None else type(e)(e.delta, e.margin, "two_edits")
+                for e in search_many(margins, targets, scans, 2, params.edits_beam)]
+
+    model = Linear(weights(CASES["two"][0]))
+    targets = [Target(VALUE.copy(), 0, STATS, *BOX)]
+    none = AttackResult(torch.zeros(1, 2, T, F), torch.zeros(1, 2, dtype=torch.bool), torch.full((1, 2), -1),
+                        torch.zeros(1, 2), torch.ones(1, 2), torch.zeros(1, 2, 2))
+    alone = sparsest(model, none, targets, AttackParams(max_edits=1))
+    assert not alone.result.found[0, 1] and alone.method[0, 1] == -1  # no single edit flips it
+    further = sparsest(model, none, targets, AttackParams(max_edits=1), further={"two_edits": two_edits})
+    built_in = sparsest(model, none, targets, AttackParams(max_edits=2))
+    assert further.method[0, 1] == len(METHODS) and built_in.method[0, 1] == METHODS.index("search")
+    assert torch.equal(further.result.perturbation[:, 1], built_in.result.perturbation[:, 1])
+    assert (further.result.perturbation[0, 1] != 0).sum() == 2
+
+    def mislabelled(margins, targets, scans, params):
+        return [type(e)(e.delta, e.margin, "search") for e in two_edits(margins, targets, scans, params)]
+
+    with pytest.raises(ValueError, match="the search 'two_edits' returned an example of method 'search'"):
+        sparsest(model, none, targets, AttackParams(max_edits=1), further={"two_edits": mislabelled})

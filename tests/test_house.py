@@ -127,17 +127,17 @@ def test_slurm_needs_a_profile_is_checked_in_one_place():
 
 def test_every_list_of_choices_is_written_once():
     """Model and attack optimizers, activations, architectures and error kinds: config.py lists each once;
-    the attack spaces pipeline/attack/spaces/, the record space's searches its module; the modules, the
-    tuning spaces and the stores take them from there (a reordered or extended list cannot drift apart).
+    the attack spaces pipeline/attack/spaces/, the codes of the record space's searches fewest_edits.py; the
+    modules, the tuning spaces and the stores take them from there (a reordered or extended list cannot drift
+    apart).
     Item ids of °F and the digits values are typed with: features.py, once."""
     from pipeline import config
-    from pipeline.attack import spaces
-    from pipeline.attack.spaces import record
+    from pipeline.attack import fewest_edits, spaces
 
     lists = {"model optimizers": config.OPTIMIZERS, "attack optimizers": config.ATTACK_OPTIMIZERS,
              "activations": config.ACTIVATIONS, "architectures": config.ARCHS, "error kinds": config.ERROR_KINDS,
-             "attack spaces": spaces.NAMES, "searches of the record space": record.METHODS}
-    owners = {ROOT / "pipeline" / "config.py", Path(spaces.__file__), Path(record.__file__)}
+             "attack spaces": spaces.NAMES, "searches of the record space": fewest_edits.METHODS}
+    owners = {ROOT / "pipeline" / "config.py", Path(spaces.__file__), Path(fewest_edits.__file__)}
     for path in SOURCES:
         if path in owners:
             continue
@@ -156,12 +156,15 @@ def test_every_list_of_choices_is_written_once():
 
 
 def test_only_the_spaces_name_the_attack_spaces():
-    """What differs between the tensor and the record space is the space's (pipeline/attack/spaces/): no
-    other module compares the space's name or checks for one space's class. The names are listed once, as
-    the choices of [attack] space in config.py (below the attack, which reads them)."""
-    spaces_dir = ROOT / "pipeline" / "attack" / "spaces"
+    """What differs between the tensor and the record space is the space's: its geometry
+    (pipeline/attack/spaces/), its wiring (pipeline/attack/wiring/) and the report's text of it
+    (space_text.py, keyed by name); no other module compares the space's name or checks for one space's
+    class. The names are listed once, as the choices of [attack] space in config.py (below the attack,
+    which reads them). tests/test_layers.py checks the imports: no stage reaches a space but by name."""
+    owners = (ROOT / "pipeline" / "attack" / "spaces", ROOT / "pipeline" / "attack" / "wiring")
     asks = re.compile(r'"(record|tensor)"|\bspace\s*[!=]=|isinstance\([^)]*(Record|Tensor)Space')
-    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for path in SOURCES if spaces_dir not in path.parents
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for path in SOURCES
+             if not any(o in path.parents for o in owners) and path.name != "space_text.py"
              for n, line in enumerate(path.read_text().splitlines(), 1) if asks.search(line)
              and not line.startswith("SPACES = (")]
     assert not found, "\n".join(found)

@@ -141,8 +141,27 @@ def test_the_attack_core_imports_nothing_of_the_package():
     spaces = {m for m in graph if m.startswith("pipeline.attack.spaces")}
     searches = {"pipeline.attack.l1", "pipeline.attack.one_edit", "pipeline.attack.fewest_edits",
                 "pipeline.attack.fewest_errors", "pipeline.attack.entry_errors"}
-    for module in spaces:  # geometry: the spaces use the core, never a search
-        assert not graph[module] & searches, (module, graph[module] & searches)
+    wirings = {m for m in graph if m.startswith("pipeline.attack.wiring")}
+    for module in spaces:  # geometry: the spaces use the core, never a search nor a wiring
+        assert not graph[module] & (searches | wirings), (module, graph[module] & (searches | wirings))
+    for module in searches:  # the searches know the spaces, not how they are wired or stored
+        assert not graph[module] & wirings, (module, graph[module] & wirings)
+
+
+def test_the_stages_and_the_analysis_reach_a_space_by_its_name_only():
+    """Only the wiring of a space (and the searches that work in it) import a named space's module; the
+    `attack` stage, the targets and the analysis ask the registries (spaces.get, wiring.get, wiring.of)."""
+    from pipeline.config import SPACES
+
+    graph = imports(PACKAGE)
+    named = {f"pipeline.attack.{layer}.{name}" for layer in ("spaces", "wiring") for name in SPACES}
+    searches = {"pipeline.attack.l1", "pipeline.attack.one_edit", "pipeline.attack.fewest_edits",
+                "pipeline.attack.fewest_errors"}
+    for module, targets in graph.items():
+        if module.startswith("pipeline.attack.wiring.") or module in searches:
+            assert not targets & {n for n in named if ".wiring." in n}, module  # a wiring is reached by name
+            continue
+        assert not targets & named, (module, targets & named)
 
 
 @pytest.mark.parametrize(("planted", "cycle"), [

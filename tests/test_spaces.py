@@ -1,13 +1,15 @@
-"""The attack spaces (pipeline/attack/spaces/): each owns what differs between spaces, and what it writes
-into attack.zarr about its examples is true of them."""
+"""The attack spaces (pipeline/attack/spaces/: geometry) and their wiring (pipeline/attack/wiring/: searches,
+store, reading back): what a space's store says about its examples is true of them, and every space has
+its place in each layer."""
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.attack import spaces
+from pipeline.attack import spaces, wiring
 from pipeline.attack.core import ranks_before
 from pipeline.config import AttackConfig, ConfigError
+from pipeline.susceptibility.space_text import TEXT
 from tests.runs import copy_trained
 from tests.test_attack_stage import run_attack
 
@@ -25,13 +27,13 @@ def test_the_kind_long_name_is_true_of_the_examples(name, trained_run, tmp_path)
     """attack.zarr's `kind` carries the space's own description, and the examples obey it: in the tensor
     space best is the flipped iterate with the smallest L1, so never larger than first; in the record space
     best (any search) and l1_best (the L1 attack) have the fewest edited values, then the smallest L1."""
-    space = spaces.get(name)
+    space, wired = spaces.get(name), wiring.get(name)
     store = run_attack(copy_trained(trained_run, tmp_path), "--executor", "debug", f"attack.space={name}",
                        "attack.max_iter=60")
-    assert store.attrs["space"] == name and spaces.of(store) is space
-    assert store.kind.values.tolist() == list(space.KINDS)
-    assert store.kind.attrs["long_name"] == space.KIND["long_name"]
-    assert store.perturbation.attrs["long_name"] == space.EFFECT
+    assert store.attrs["space"] == name and wiring.of(store) is wired and wired.SPACE is space
+    assert store.kind.values.tolist() == list(wired.KINDS)
+    assert store.kind.attrs["long_name"] == wired.KIND["long_name"]
+    assert store.perturbation.attrs["long_name"] == wired.EFFECT
     found = store.found.values
     assert found[:, 0].sum() > 5, "too few examples to check anything"
     assert (found[:, 1] | ~found[:, 0]).all()  # an iterate flipped: a best example exists
@@ -39,12 +41,12 @@ def test_the_kind_long_name_is_true_of_the_examples(name, trained_run, tmp_path)
     assert (margin[found] > space.MIN_MARGIN).all()
     both = found[:, 0]
     if name == "tensor":
-        assert "smallest L1" in space.KIND["long_name"]
+        assert "smallest L1" in wired.KIND["long_name"]
         p = store.perturbation.values[both]
         assert (l1(p[:, 1]) <= l1(p[:, 0]) + 1e-6).all()
         assert (l1(p[:, 1]) < l1(p[:, 0]) - 1e-6).any(), "best never improved on first: nothing was checked"
     else:
-        assert "fewest edited values" in space.KIND["long_name"]
+        assert "fewest edited values" in wired.KIND["long_name"]
         edit = store["edit"].values[both]
         first, best, l1_best = (edit[:, store.kind.values.tolist().index(k)] for k in ("first", "best", "l1_best"))
         for sparser, than in ((l1_best, first), (best, l1_best)):
@@ -94,12 +96,16 @@ def test_the_attack_and_the_fewest_edit_search_pick_best_by_one_rule():
     assert compared > n // 2
 
 
-def test_each_space_is_a_module_named_as_its_choice():
+def test_each_space_is_a_module_named_as_its_choice_in_each_layer():
+    """Its geometry (spaces/NAME.py), its wiring (wiring/NAME.py) and the report's text of it."""
     for name in spaces.NAMES:
-        assert spaces.get(name).name == name
+        assert spaces.get(name).name == name and wiring.get(name).SPACE is spaces.get(name)
+        assert TEXT[name].paragraph and TEXT[name].kinds and TEXT[name].realizable
+    assert set(TEXT) == set(spaces.NAMES) == set(wiring.NAMES)
     assert AttackConfig().space == spaces.DEFAULT
-    with pytest.raises(ValueError, match="unknown attack space 'pixel'"):
-        spaces.get("pixel")
+    for layer in (spaces, wiring):
+        with pytest.raises(ValueError, match="unknown attack space 'pixel'"):
+            layer.get("pixel")
 
 
 def test_a_space_refuses_the_keys_it_cannot_take():
@@ -114,4 +120,4 @@ def test_a_store_that_names_no_space_is_read_as_the_tensor_space():
     class Unnamed:
         attrs: dict = {}
 
-    assert spaces.of(Unnamed()) is spaces.get("tensor")
+    assert wiring.of(Unnamed()) is wiring.get("tensor")

@@ -18,6 +18,7 @@ passes (thousands of records per pass, and few passes: what a GPU needs).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +27,14 @@ import torch
 from pipeline.attack import one_edit
 from pipeline.attack.core import BEST, FIRST, AttackResult, Margins, margin, rank_key
 from pipeline.attack.one_edit import Record, Scan
-from pipeline.attack.spaces.record import METHODS, MIN_MARGIN
+from pipeline.attack.spaces.record import MIN_MARGIN
 from pipeline.config import AttackParams
 from pipeline.data.record import derive_record, width
 
 log = logging.getLogger(__name__)
+
+METHODS = ("l1", "scan", "search", "pruned")  # the built-in searches: the first codes of attack.zarr's `method`
+
 
 @dataclass
 class Example:
@@ -261,34 +265,50 @@ def shrink_many(margins: Margins, work: list[tuple[Target, Example]]) -> list[Ex
     return [Example(d, m, e.method) for d, m, (_, e) in zip(delta, margin_, work, strict=True)]
 
 
+# A further search that feeds best: given the margins, the targets, their one-edit scans and the parameters,
+# an example (its `method` its own name) or None per target. The record space's wiring names them.
+Search = Callable[[Margins, list[Target], list[Scan], AttackParams], list[Example | None]]
+
+
 @dataclass
 class Batch:
-    """A batch's examples of every kind of the record space (RecordSpace.KINDS in
-    pipeline/attack/spaces/record.py) and its one-edit scans."""
+    """A batch's examples of every kind of the record space (RecordWiring.KINDS in
+    pipeline/attack/wiring/record.py) and its one-edit scans."""
 
     result: AttackResult  # (n, 3, …): first, best, l1_best
-    method: np.ndarray  # (n, 3) int8 index into METHODS; -1: no example
+    method: np.ndarray  # (n, 3) int8 index into METHODS and then the further searches' names; -1: no example
     one_edit: np.ndarray  # (n, time, feature) float32 δ of each value's smallest flipping edit; NaN: none
     one_edit_margin: np.ndarray  # (n, time, feature) float32 the largest margin that value alone reaches
 
 
 def sparsest(model: torch.nn.Module, result: AttackResult, targets: list[Target], params: AttackParams,
-             batch_size: int = 4096) -> Batch:
+             batch_size: int = 4096, further: Mapping[str, Search] | None = None) -> Batch:
     """The L1 attack's `result` (first, best) of a batch of record-space targets, with the one-edit scan and
-    the fewest-edit search of each: kinds first, best (the sparsest of all), l1_best (the L1 attack's own)."""
+    the fewest-edit search of each, and the `further` searches (by name, in order): kinds first, best (the
+    sparsest of all, by Example.rank; a tie keeps the earlier search), l1_best (the L1 attack's own)."""
+    further = dict(further or {})
+    methods = METHODS + tuple(further)
     margins = Margins(model, batch_size)
     n, shape = len(targets), targets[0].value.shape if targets else (0, 0)
     l1_found = result.found[:, BEST].cpu().numpy()
     l1_delta = result.perturbation[:, BEST].cpu().numpy()
     searched = fewest_edits_many(margins, targets, [d if f else None for d, f in zip(l1_delta, l1_found, strict=True)],
                                  params.max_edits, params.edits_beam, params.scan_points)
+    for name, search in further.items():
+        scans = [s for s, _ in searched]
+        for i, e in enumerate(search(margins, targets, scans, params)):
+            if e is not None and e.method != name:
+                raise ValueError(f"the search {name!r} returned an example of method {e.method!r}")
+            if e is not None and e.margin > MIN_MARGIN and (searched[i][1] is None
+                                                            or e.rank() < searched[i][1].rank()):
+                searched[i] = (searched[i][0], e)
     chosen = np.zeros((n, *shape), np.float32)
     found = np.zeros(n, bool)
     method = np.full((n, 3), -1, np.int8)
     for i, (scan, example) in enumerate(searched):
         if example is None:
             continue
-        chosen[i], found[i], method[i, 1] = example.delta, True, METHODS.index(example.method)
+        chosen[i], found[i], method[i, 1] = example.delta, True, methods.index(example.method)
         edited = example.delta != 0
         if example.edits == 1 and not scan.flips[edited].any():
             # a single edit another search found is one the scan missed: the map must still show it

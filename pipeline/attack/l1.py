@@ -3,7 +3,7 @@
 For a correctly classified sample x (class t, other class o) it looks for a sparse, small
 perturbation P that flips the model's prediction, minimizing per sample
 
-    ℓ(P) = max(Z_t(x + P) − Z_o(x + P), −κ) + λ‖P‖₁        (‖·‖₁ over the 48 × 19 cells)
+    ℓ(P) = max(Z_t(x + P) − Z_o(x + P), −κ) + λ‖P‖₁        (‖·‖₁ over the hours × features cells)
 
 by proximal gradient steps (ISTA): a gradient step on the hinge term alone, then the proximal
 operator of λ‖·‖₁ plus the box — soft-thresholding, then projection so that x + P stays in [0, 1] —
@@ -22,7 +22,7 @@ the space's rule (pipeline/attack/spaces/: the smallest L1 in the tensor space, 
 in the record space), ties broken by the larger margin (the one rule, pipeline/attack/core.py).
 
 >>> result = L1Attack(model, AttackParams(max_iter=100)).run(x, target, mask)   # doctest: +SKIP
->>> result.perturbation[:, BEST]                                                 # (batch, 48, 19)
+>>> result.perturbation[:, BEST]                                                 # (batch, time, feature)
 """
 
 from __future__ import annotations

@@ -26,10 +26,11 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
-from pipeline.attack import searches, spaces
+from pipeline.attack import spaces, wiring
 from pipeline.attack.l1 import L1Attack
 from pipeline.attack.spaces.base import Space
 from pipeline.attack.targets import TargetInputs, select_targets
+from pipeline.attack.wiring.base import Wiring
 from pipeline.config import AttackConfig, AttackParams, ConfigError, ModelParams, PipelineConfig
 from pipeline.errors import blaming
 from pipeline.features import NAMES
@@ -68,12 +69,12 @@ def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: 
 
     one = cf.DIMENSIONLESS
     cells = ("sample", "kind", "time", "feature")
-    space = spaces.get(attrs["space"])
-    k = len(space.KINDS)
+    wired = wiring.get(attrs["space"])
+    k = len(wired.KINDS)
     ds = xr.Dataset(
-        {**space.variables(n, n_time, n_feat, empty),
+        {**wired.variables(n, n_time, n_feat, empty),
          "perturbation": (cells, empty((n, k, n_time, n_feat), np.float32, 0.0),
-                          {"long_name": space.EFFECT, "units": one,
+                          {"long_name": wired.EFFECT, "units": one,
                            "description": "P in scaled [0, 1] units; × (p95 − p5) for clinical units"}),
          "found": (("sample", "kind"), empty((n, k), bool, False),
                    {"long_name": "an example of this kind was found (the prediction flipped)"}),
@@ -98,7 +99,7 @@ def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: 
                       {"long_name": "true label: in-hospital mortality", **cf.CLASSES}),
                 "pred": ("sample", targets["pred"].to_numpy(np.int8),
                          {"long_name": "the model's prediction before the attack (equals y)", **cf.CLASSES}),
-                "kind": ("kind", np.array(space.KINDS, dtype=object), space.KIND),
+                "kind": ("kind", np.array(wired.KINDS, dtype=object), wired.KIND),
                 "time": ("time", np.arange(n_time), cf.TIME),
                 "feature": ("feature", np.array(NAMES, dtype=object), cf.FEATURE),
                 "class": ("class", np.arange(2), {"long_name": "class of the logit", **cf.CLASSES})},
@@ -138,6 +139,7 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     model = load_model(run.path, device, model_params)
     config = AttackParams(**params)
     attack = L1Attack(model, config)
+    wired = wiring.get(config.space)
     inputs = TargetInputs.load(run, store["dataset_index"][start:stop], config.space)
     target = store["y"][start:stop].astype(np.int64)
     batches = [(b, min(b + batch_size, stop)) for b in range(start, stop, batch_size)]
@@ -151,9 +153,9 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
         space = inputs.space(config, device, rows)
         result = attack.run(space, torch.from_numpy(target[rows]))
         successes += int(result.found[:, 0].sum())
-        batch = searches.refine(space, attack.model, result, inputs, target, rows, config)  # record: fewest edits
+        batch = wired.after_l1(attack.model, result, inputs, target, rows, config)  # record: fewest edits
         with blaming(run.partial(layout.ATTACK)):
-            write_batch(store, space, batch, b0, b1)
+            write_batch(store, wired, space, batch, b0, b1)
         progress["done"].append(b0)
         progress["writes"].append([b0, b1])
         progress["successes"] = successes
@@ -169,9 +171,9 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     return progress
 
 
-def write_batch(store: zarr.Group, space: Space, batch, b0: int, b1: int) -> None:
-    """One batch's examples (what `searches.refine` returned) into rows b0…b1 of the store in the making."""
-    result = space.write(store, batch, b0, b1)
+def write_batch(store: zarr.Group, wired: type[Wiring], space: Space, batch, b0: int, b1: int) -> None:
+    """One batch's examples (what the wiring's `after_l1` returned) into rows b0…b1 of the store in the making."""
+    result = wired.write(space, store, batch, b0, b1)
     for name in VARIABLES:
         values = getattr(result, name).cpu().numpy()
         store[name][b0:b1] = values.astype(np.int32) if name == "iteration" else values
@@ -218,7 +220,7 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     found = store.found.values
     log.info("attack: success rate %.1f%% (%d of %d targets)", 100 * found[:, 0].mean(), found[:, 0].sum(),
              len(found))
-    if spaces.of(store).EDITS_RECORD:  # how few edits flip (best: the sparsest example of any search)
+    if "edit" in store:  # edits of the record: how few edits flip (best: the sparsest example of any search)
         best = store.sel(kind="best")
         edits = np.where(best.found.values, (best["edit"].values != 0).sum(axis=(1, 2)), 0)
         for k in range(1, params.max_edits + 1):

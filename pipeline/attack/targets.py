@@ -44,7 +44,8 @@ def select_targets(run_dir: RunDir, scope: str, model_params: ModelParams | None
 @dataclass
 class TargetInputs:
     """What the attack reads of dataset.zarr for a set of samples: the model's input x and its mask,
-    and — for the record space — the recorded values and the feature statistics."""
+    the recorded values (what the record space edits; None in a store made before the record was kept) and the
+    feature statistics."""
 
     x: np.ndarray  # float32 (n, time, feature)
     mask: np.ndarray  # bool (n, time, feature)
@@ -55,10 +56,10 @@ class TargetInputs:
     def load(cls, run_dir: RunDir, index: np.ndarray, space: str) -> TargetInputs:
         """Samples `index` of the run's dataset.zarr, as the attack space named `space` reads them."""
         ds = run_dir.dataset()
-        reader = spaces.get(space)
-        reader.check_dataset(ds, run_dir / layout.DATASET)
+        spaces.get(space).check_dataset(ds, run_dir / layout.DATASET)
         return cls(np.ascontiguousarray(ds.x.values[index], dtype=np.float32), ds["mask"].values[index],
-                   ds["value"].values[index] if reader.READS_RECORD else None, feature_stats(ds))
+                   ds["value"].isel(sample=index).values if "value" in ds else None,  # only these rows
+                   feature_stats(ds))
 
     def space(self, params: AttackParams, device: torch.device, rows: slice | None = None) -> Space:
         """The attack's search space (`params.space`) for samples `rows` (default: all)."""

@@ -11,8 +11,8 @@ Objectives (docs/methods.md §4):
   counting as +∞. The best trial is chosen lexicographically: most targets flipped, then the lowest
   median L1.
 - ``success_rate`` (maximized): the share of targets flipped.
-- ``sparse_small_max`` (maximized, the reference's): Σ over flipped targets of (1 − L0 / 912) / L∞.
-  Dominated by 1/L∞, it rewards spreading the change over many cells, and failures cost nothing.
+- ``sparse_small_max`` (maximized, the reference's): Σ over flipped targets of (1 − L0 / cells) / L∞, cells
+  = hours × features. Dominated by 1/L∞, it rewards spreading the change over many cells, and failures cost nothing.
 - ``sparse_small`` (maximized): the same with L1 in place of L∞.
 
 The best parameters go to ``tune-attack/best.json`` and become `attack`'s for this run.
@@ -78,8 +78,8 @@ def search_space(names: list[str], attack: AttackParams) -> dict:
 METRICS = {
     "min_l1": "median L1 of the best examples (scaled units, a failure = inf)",
     "success_rate": "share of targets flipped",
-    "sparse_small_max": "sum over flipped targets of (1 - L0/912) / Linf",
-    "sparse_small": "sum over flipped targets of (1 - L0/912) / L1",
+    "sparse_small_max": "sum over flipped targets of (1 - L0/cells) / Linf",
+    "sparse_small": "sum over flipped targets of (1 - L0/cells) / L1",
 }
 
 

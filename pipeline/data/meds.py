@@ -3,7 +3,7 @@ tables (docs/dataset.md, "MEDS input").
 
 A MEDS root holds ``data/**/*.parquet`` (one event a row: ``subject_id``, ``time``, ``code``,
 ``numeric_value`` and any extra columns) and ``metadata/``. A feature map (``maps/*.toml``, or a file
-of the user's) says which codes are which of the 19 features and which codes are the cohort's events:
+of the user's) says which codes are which of the features and which codes are the cohort's events:
 birth, death, hospital and ICU admission and discharge. From those the source builds the three small
 tables the CSV path reads — PATIENTS, ADMISSIONS, ICUSTAYS, with the columns cohort.py uses — and
 streams the feature events, batch by batch, into the same Parquet the CSV path writes (mimic.py's

@@ -2,7 +2,7 @@
 
 Tables are ``NAME.csv`` or ``NAME.csv.gz`` with file and column names in any case (the full release
 has upper-case headers, the open demo lower-case). LABEVENTS and CHARTEVENTS are never loaded whole:
-:func:`filter_events` streams them block by block and keeps only the 19 features' rows that pass the
+:func:`filter_events` streams them block by block and keeps only the features' rows that pass the
 event rules, written to Parquet.
 
 Duplicates: a row of PATIENTS, ADMISSIONS or ICUSTAYS identical to an earlier one in every column read

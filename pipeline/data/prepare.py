@@ -2,9 +2,9 @@
 
 1. cohort from PATIENTS, ADMISSIONS, ICUSTAYS (cohort.py), exact duplicate rows dropped, a key on two
    different rows an error (mimic.py)
-2. LABEVENTS and CHARTEVENTS streamed to Parquet, keeping the valid events of the 19 features, exact
+2. LABEVENTS and CHARTEVENTS streamed to Parquet, keeping the valid events of the features, exact
    duplicate events dropped (mimic.py), both tables at once on two threads
-3. Dask dataframes over the Parquet: events → samples, span rule, 48 hourly bins (timeseries.py)
+3. Dask dataframes over the Parquet: events → samples, span rule, hourly bins (timeseries.py)
 4. interpolation, median fill, winsorize and scale; written with xarray as Zarr v3, chunked along
    `sample`, to a temporary name renamed into place when complete
 """
@@ -160,7 +160,8 @@ def build_dataset(source: Path, cfg: PrepareConfig, work_dir: Path | None = None
     del values
     record = timeseries.build_record(per_cell, len(cohort), cfg.window_hours, len(FEATURES), stats)
     attrs = {
-        "description": "MIMIC-III in-hospital mortality: 19 features in 48 hourly bins from ICU intime",
+        "description": f"MIMIC-III in-hospital mortality: {len(FEATURES)} features in {cfg.window_hours} hourly bins "
+                       "from ICU intime",
         # the source read (MIMIC-III tables or a MEDS root: `source` says which); relative when it is in the
         # run directory (synth's raw/), so that a run directory copied or moved makes the same dataset again
         "mimic_dir": in_run(source, work_dir),

@@ -54,7 +54,7 @@ class Stage:
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("synth", "write synthetic MIMIC-III tables (CSV.gz) and each admission's true risk",
           "raw/", "pipeline.data.synth:synth", outputs=("raw",), replaced_by_mimic=True),
-    Stage("prepare", "cohort, 48 hourly bins, imputation and scaling of 19 features (Dask)",
+    Stage("prepare", "cohort, hourly bins, imputation and scaling of the features (Dask)",
           "dataset.zarr", "pipeline.data.prepare:prepare", outputs=("dataset.zarr",), scratch=("prepare-events-*",),
           source="pipeline.data.inputs"),
     Stage("tune-model", "distributed Optuna search of the model's hyper-parameters", "optuna study",

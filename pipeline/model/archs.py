@@ -15,6 +15,7 @@ from torch import nn
 
 from pipeline import config
 from pipeline.config import ModelParams
+from pipeline.features import FEATURES, WINDOW_HOURS
 from pipeline.model.logreg import MortalityLogReg
 from pipeline.model.recurrent import MortalityGRU, MortalityLSTM
 from pipeline.model.tcn import MortalityTCN
@@ -37,7 +38,7 @@ if tuple(ARCHS) != config.ARCHS:  # config (below the model) offers the names as
     raise ImportError(f"the registered architectures {tuple(ARCHS)} are not config.ARCHS {config.ARCHS}")
 
 
-def build(params: ModelParams, n_features: int = 19, n_time: int = 48) -> nn.Module:
+def build(params: ModelParams, n_features: int = len(FEATURES), n_time: int = WINDOW_HOURS) -> nn.Module:
     """The model of `params.arch`: float32 (n, n_time, n_features) in [0, 1] → logits (n, 2)."""
     params.check()
     return ARCHS[params.arch].module(params, n_features, n_time)

@@ -3,7 +3,7 @@
 Two forms: a TorchScript file (``torch.jit.save``: code and weights in one archive, no pickle), or an
 importable factory ``package.module:function`` that returns an ``nn.Module`` plus a state_dict file
 (``[model] weights``, read with ``weights_only=True``). Either must map the pipeline's input — float32
-(n, 48, 19) in [0, 1], the run's dataset.zarr `x` (with ``prepare.stats_from`` the statistics the model
+(n, time, feature) in [0, 1], the run's dataset.zarr `x` (with ``prepare.stats_from`` the statistics the model
 was trained with) — to 2 float32 logits (n, 2), class 1 = death, finite, each row its sample's alone,
 with a gradient reaching the input (the attack follows it); `train` checks all of it on the whole test
 set, and a model that fails is one line, exit 1.

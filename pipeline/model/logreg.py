@@ -1,6 +1,6 @@
 """Logistic regression on the flattened input: the classical baseline (mimic3-benchmarks, YAIB).
 
-One linear map of the 48 · 19 values to 2 logits; their difference is the log-odds of death, linear in
+One linear map of the hours × features values to 2 logits; their difference is the log-odds of death, linear in
 every cell — so the attack's gradients, and the fewest edits, are exact and easy to read.
 """
 
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelParams
+from pipeline.features import FEATURES, WINDOW_HOURS
 
 
 class MortalityLogReg(nn.Module):
@@ -18,7 +19,7 @@ class MortalityLogReg(nn.Module):
     NAME, LABEL = "logreg", "Logistic regression"
     KEYS = ()
 
-    def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
+    def __init__(self, params: ModelParams, n_features: int = len(FEATURES), n_time: int = WINDOW_HOURS):
         super().__init__()
         self.params = params
         self.linear = nn.Linear(n_time * n_features, 2)

@@ -1,4 +1,4 @@
-"""The recurrent models: an LSTM (the papers') or a GRU over the 48 hourly steps of 19 features, 2 logits.
+"""The recurrent models: an LSTM (the papers') or a GRU over the hourly steps of the features, 2 logits.
 
 Read-out from the final hidden state of each direction — forward at t = 47, backward at t = 0 (the
 published code took the output at the last step, where the backward direction has seen one step) —
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelParams
+from pipeline.features import FEATURES, WINDOW_HOURS
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}  # config.ACTIVATIONS names them (tests/test_archs.py)
 HEAD = ("fc", "dropout", "activation")  # the [model] keys of the read-out every architecture shares (head)
@@ -41,7 +42,7 @@ class MortalityLSTM(nn.Module):
     NAME, LABEL = "lstm", "LSTM"  # [model] arch; as the report names it
     KEYS = ("hidden", "layers", "bidirectional", *HEAD)  # the [model] keys that shape it, as tune-model suggests them
 
-    def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
+    def __init__(self, params: ModelParams, n_features: int = len(FEATURES), n_time: int = WINDOW_HOURS):
         super().__init__()
         self.params = params
         self.lstm = nn.LSTM(n_features, params.hidden, num_layers=params.layers, batch_first=True,
@@ -63,7 +64,7 @@ class MortalityGRU(nn.Module):
     NAME, LABEL = "gru", "GRU"
     KEYS = ("hidden", "layers", "bidirectional", *HEAD)
 
-    def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
+    def __init__(self, params: ModelParams, n_features: int = len(FEATURES), n_time: int = WINDOW_HOURS):
         super().__init__()
         self.params = params
         self.gru = nn.GRU(n_features, params.hidden, num_layers=params.layers, batch_first=True,

@@ -13,6 +13,7 @@ from torch import nn
 
 from pipeline.config import ModelParams
 from pipeline.errors import InputError, MissingArtifact
+from pipeline.features import FEATURES, WINDOW_HOURS
 from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir
 from pipeline.model import archs, external
@@ -28,7 +29,7 @@ def save_model(folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
 
 def load_model(run_dir: Path | str, device: str | torch.device = "cpu",
                model: ModelParams | None = None) -> nn.Module:
-    """The final model of a run (stage `train`), in eval mode: float32 (n, 48, 19) → logits (n, 2).
+    """The final model of a run (stage `train`), in eval mode: float32 (n, time, feature) → logits (n, 2).
 
     `model` is this command's [model] table: a model trained elsewhere is loaded only as it names it (code
     is never chosen by model.json, which a writer of the run directory controls)."""
@@ -44,6 +45,7 @@ def load_model(run_dir: Path | str, device: str | torch.device = "cpu",
         raise InputError(f"{folder / layout.MODEL_META}: the run's model was trained here ({arch}), not [model] "
                          f"external = {model.external!r}; redo `train --force` with this config")
     params = archs.params_from_dict(meta["params"])
-    net = archs.build(params, n_features=meta.get("n_features", 19), n_time=meta.get("n_time", 48))
+    # a model saved before its shape was recorded read the features and the window of its time
+    net = archs.build(params, n_features=meta.get("n_features", len(FEATURES)), n_time=meta.get("n_time", WINDOW_HOURS))
     net.load_state_dict(torch.load(folder / layout.WEIGHTS, map_location=device, weights_only=True))
     return net.to(device).eval()

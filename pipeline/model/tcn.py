@@ -1,4 +1,4 @@
-"""A temporal convolutional network (Bai et al. 2018) over the 48 hourly steps → 2 logits.
+"""A temporal convolutional network (Bai et al. 2018) over the hourly steps → 2 logits.
 
 `layers` residual blocks, each two causal convolutions of width `kernel` with dilation 2^block (an hour
 sees only itself and earlier hours), activation and dropout after each, and a 1×1 convolution on the skip
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelParams
+from pipeline.features import FEATURES, WINDOW_HOURS
 from pipeline.model.recurrent import ACTIVATIONS, HEAD, head
 
 
@@ -37,7 +38,7 @@ class MortalityTCN(nn.Module):
     NAME, LABEL = "tcn", "TCN"
     KEYS = ("hidden", "layers", "kernel", *HEAD)
 
-    def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
+    def __init__(self, params: ModelParams, n_features: int = len(FEATURES), n_time: int = WINDOW_HOURS):
         super().__init__()
         self.params = params
         widths = [n_features] + [params.hidden] * params.layers

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Data:
-    x: torch.Tensor  # (n, 48, 19) float32
+    x: torch.Tensor  # (n, time, feature) float32
     y: np.ndarray  # (n,) int
     held_out: np.ndarray | None = None  # (n,) bool: the MEDS split's held_out subjects; None: no MEDS split
 

@@ -1,10 +1,10 @@
-"""A small Transformer encoder over the 48 hourly steps → 2 logits.
+"""A small Transformer encoder over the hourly steps → 2 logits.
 
-Each hour's 19 values are embedded linearly (Linear(19 → hidden)) plus a fixed sinusoidal encoding of the
+Each hour's feature values are embedded linearly (Linear(features → hidden)) plus a fixed sinusoidal encoding of the
 hour; `layers` pre-norm encoder layers (`heads` heads, feed-forward 2 · hidden, GELU, dropout) follow;
 the read-out is attention pooling — a learned score per hour, softmax over the window, the weighted sum —
 then the common head (recurrent.head). The input is the imputed series, which has no padding and no
-missing cells (every window is 48 h; `mask` is not an input), so no attention mask is needed: the
+missing cells (every window has the same hours; `mask` is not an input), so no attention mask is needed: the
 pooling learns which hours matter.
 """
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelParams
+from pipeline.features import FEATURES, WINDOW_HOURS
 from pipeline.model.recurrent import HEAD, head
 
 
@@ -35,7 +36,7 @@ class MortalityTransformer(nn.Module):
     NAME, LABEL = "transformer", "Transformer encoder"
     KEYS = ("hidden", "layers", "heads", *HEAD)
 
-    def __init__(self, params: ModelParams, n_features: int = 19, n_time: int = 48):
+    def __init__(self, params: ModelParams, n_features: int = len(FEATURES), n_time: int = WINDOW_HOURS):
         super().__init__()
         self.params = params
         self.embed = nn.Linear(n_features, params.hidden)

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipeline.attack import spaces
 from pipeline.config import ModelParams, PipelineConfig
 from pipeline.errors import InputError
 from pipeline.infra import cf, layout, rundir
@@ -219,7 +218,7 @@ def draw(run_dir: RunDir, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dic
     figures.ranking_bars(sus.s_j, sus.n, fig("s_j_ranking.png", "S_j per feature, per kind of example"),
                          "S_j = Σ over hours of GMP · GPP")
     figures.norm_histograms(ex, ex.found, fig("norms.png", "L0, L1, L∞ of the examples, per kind"),
-                            report.SPARSE_CELLS)
+                            (sus.sizes["time"], sus.sizes["feature"]), report.SPARSE_CELLS)
     iterated = [k for k in ex.kind.values if bool((ex.iteration.sel(kind=k).notnull() | ~ex.found.sel(kind=k)).all())]
     figures.iteration_cdf(ex.iteration.sel(kind=iterated), ex.found.sel(kind=iterated), ex.direction, max_iter,
                           fig("iteration_cdf.png", "iteration at which the L1 attack found its examples (CDF)"))
@@ -289,13 +288,13 @@ def write_results(cfg: PipelineConfig, run_dir: RunDir) -> None:
         else:  # no scores to rank (they are NaN): say so rather than name the first feature
             log.info("analyze: %s, no successful example: no susceptibility scores", d)
     ex = examples(attack)
-    space = spaces.of(attack)
+    edits_record = "edit" in attack  # the examples are edits of the record (else changes of the model's input)
     captions = draw(run_dir, sus, ex, int(attack.attrs["attack_config"]["max_iter"]))
     realizable = realizability(attack, data, run_dir.path, cfg.model)
     imputed = {(d, str(k)): imputed_share(attack, data, str(k), d) for d in DIRECTIONS for k in attack.kind.values}
-    summary = report.summary(sus, ex, realizable, imputed if space.REPORTS_IMPUTED else None)
+    summary = report.summary(sus, ex, realizable, None if edits_record else imputed)
     for row in summary:
-        if space.EDITS_RECORD and row.get("realizable", row["successes"]) < row["successes"]:
+        if edits_record and row.get("realizable", row["successes"]) < row["successes"]:
             raise InputError(f"{run_dir / layout.ATTACK}: {row['successes'] - row['realizable']} of "
                              f"{row['successes']} {row['kind']} examples ({row['direction']}) do not re-derive to a "
                              "flip: the store is not what `attack` found (damaged, or made with another model); "
@@ -307,7 +306,7 @@ def write_results(cfg: PipelineConfig, run_dir: RunDir) -> None:
                      row["realizable"], row["successes"])
     changes = changed_cells(attack, data)
     rundir.write_text(run_dir.table("changes_best.csv"), changes.to_csv(index=False))
-    edits = record_edits(attack, data) if space.EDITS_RECORD else None
+    edits = record_edits(attack, data) if edits_record else None
     if edits is not None:
         rundir.write_text(run_dir.table("edits_best.csv"), edits.to_csv(index=False))
         for d in DIRECTIONS:

@@ -64,10 +64,13 @@ def ranking_bars(s_j: xr.DataArray, n: xr.DataArray, path: Path, xlabel: str) ->
     save(fig, path)
 
 
-def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path, sparse_cells: int = 10) -> None:
-    """L0, L1 and L∞ of the successful examples, first vs best; the L0 panel marks `sparse_cells`."""
-    labels = {"l0": "L0: cells changed (of 48 × 19 = 912)", "l1": "L1: Σ |P| (scaled units)",
-              "linf": "L∞: max |P| (scaled units)"}
+def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path, shape: tuple[int, int],
+                    sparse_cells: int = 10) -> None:
+    """L0, L1 and L∞ of the successful examples, first vs best, of inputs of `shape` (hours, features); the
+    L0 panel marks `sparse_cells`."""
+    hours, features = shape
+    labels = {"l0": f"L0: cells changed (of {hours} × {features} = {hours * features})",
+              "l1": "L1: Σ |P| (scaled units)", "linf": "L∞: max |P| (scaled units)"}
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
     for ax, (name, label) in zip(axes, labels.items(), strict=True):
         values = {str(k): norms[name].sel(kind=k).values[found.sel(kind=k).values] for k in norms["kind"].values}

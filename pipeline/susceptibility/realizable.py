@@ -2,7 +2,7 @@
 
 An example is realizable when writing its edit into the record — the recorded values only — and deriving
 the model's input with the transform `prepare` uses (pipeline/data/record.py, the run's statistics) still flips
-the prediction. How an example is written into the record is the space's (pipeline/attack/spaces/):
+the prediction. How an example is written into the record is the space's wiring (pipeline/attack/wiring/):
 for a record-space run it is the example itself, re-derived in numpy; for a tensor-space run it keeps
 only the changes of recorded cells (a change of an imputed cell is no edit of the record) and lets the
 imputed cells follow, as `prepare` would.
@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from pipeline.attack import spaces
+from pipeline.attack import wiring
 from pipeline.attack.core import margin
 from pipeline.data.record import derive, feature_stats, plan, width
 from pipeline.susceptibility.scores import direction_of
@@ -26,7 +26,7 @@ BATCH = 1024
 def edited_values(attack: xr.Dataset, data: xr.Dataset, kind: str, rows: np.ndarray) -> np.ndarray:
     """The recorded values (clinical units, float64) of targets `rows` with their example of `kind`
     written in, as the store's space writes an example into the record."""
-    return spaces.of(attack).edited_values(attack, data, kind, rows)
+    return wiring.of(attack).edited_values(attack, data, kind, rows)
 
 
 def rederived_flips(attack: xr.Dataset, data: xr.Dataset, model: torch.nn.Module, kind: str) -> np.ndarray:

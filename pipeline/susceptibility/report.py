@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipeline.attack import spaces
+from pipeline.attack import wiring
 from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir
 from pipeline.model.archs import ARCHS, TRAINING
 from pipeline.susceptibility.scores import DIRECTIONS, label
+from pipeline.susceptibility.space_text import TEXT
 
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "accuracy")
 SPARSE_CELLS = 10  # an example that changes at most this many cells reads as a few data-entry errors
@@ -109,7 +110,8 @@ def data_section(data: xr.Dataset) -> list[str]:
     lines = ["## Data", "",
              f"- source: `{data.attrs.get('mimic_dir', '?')}`",
              f"- {n} samples (ICU stays), {positive} died in hospital ({100 * positive / max(n, 1):.1f}%); "
-             f"{100 * float(data['mask'].mean()):.1f}% of the 48 × 19 cells hold a measurement",
+             f"{100 * float(data['mask'].mean()):.1f}% of the {data.sizes['time']} × {data.sizes['feature']} cells "
+             "hold a measurement",
              "- cohort, rule by rule: " + ", ".join(f"{k} {v}" for k, v in counts.items())]
     if "duplicates_dropped" in data.attrs:  # absent from stores written before it was counted
         lines.append("- exact duplicate rows dropped: "
@@ -151,8 +153,9 @@ def test_set(run_dir: Path) -> str:
 def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame,
                    edits: pd.DataFrame | None = None) -> list[str]:
     cfg = attack.attrs.get("attack_config", {})
-    space = spaces.of(attack)
-    record_lines = realizability_lines(rows, space.REALIZABLE_TEXT)
+    text = TEXT[wiring.name_of(attack)]
+    hours, features = attack.sizes["time"], attack.sizes["feature"]
+    record_lines = realizability_lines(rows, text.realizable)
     rows = pd.DataFrame(rows)
     rows = rows.drop(columns=[c for c in rows.columns if c.startswith(("realizable", "imputed", "share_edits",
                                                                        "found_by"))])
@@ -169,10 +172,11 @@ def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame,
             f"{attack.attrs.get('targets', '?')} set. Parameters ({attack.attrs.get('params_source', '?')}): "
             + _params(cfg) + f"; seed {attack.attrs.get('seed')}.", "",
             "A direction is the prediction before → after (`0to1`, `1to0` in susceptibility.zarr and "
-            "`tables/`). " + space.KIND_TEXT + " L0 counts the changed cells of the 48 × 19 = 912; L1 and L∞ "
+            "`tables/`). " + text.kinds + f" L0 counts the changed cells of the {hours} × {features} = "
+            f"{hours * features}; L1 and L∞ "
             "in scaled units (1 = the feature's p5…p95 range). The last column is the share of all targets in "
             f"the direction whose example changes at most {SPARSE_CELLS} cells.", "",
-            space.PARAGRAPH, "",
+            text.paragraph.format(hours=hours, features=features), "",
             table(rows), *record_lines,
             *(sparsest_edits(edits) if edits is not None else sparsest_examples(changes))]
 

@@ -1,12 +1,12 @@
-"""The attack's search spaces: what an adversarial example changes (docs/methods.md §3, §10).
+"""The attack's search spaces: what an adversarial example changes (docs/methods.md §3, §10), as geometry.
 
-One module per space, each with a class ``SPACE`` (a :class:`~.base.Space`) that owns everything that
-differs between spaces: the search variable and its box, the margin a flip must clear, which example is
-better, what the space adds to ``attack.zarr`` (and its CF attributes), and its paragraphs of the report.
-The attack, the `attack` stage and the analysis ask the space; none of them compares its name.
+One module per space, each with a class ``SPACE`` (a :class:`~.base.Space`): the search variable and its
+box, the margin a flip must clear and which example is better. What attack.zarr keeps of a space's
+examples and which searches run in it are its wiring's (pipeline/attack/wiring/, a module of the same
+name); what the report says of it, pipeline/susceptibility/space_text.py.
 
-A new space is a new module here and its name in ``pipeline.config.SPACES`` (config, below the attack,
-offers the names as the choices of [attack] space).
+A new space is a module here, one in wiring/, its text in the report and its name in
+``pipeline.config.SPACES`` (config, below the attack, offers the names as the choices of [attack] space).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import importlib
 from pipeline.config import SPACES as NAMES
 
 DEFAULT = NAMES[0]
-UNNAMED = "tensor"  # the space of an attack.zarr written before stores named theirs
 
 
 def get(name: str) -> type:
@@ -32,7 +31,3 @@ def check(params) -> None:
     params.check()
     get(params.space).check(params)
 
-
-def of(attack) -> type:
-    """The class of the space an ``attack.zarr`` (an xarray Dataset or zarr group) was searched in."""
-    return get(attack.attrs.get("space", UNNAMED))

@@ -1,10 +1,10 @@
-"""What every attack space defines, and what a space that adds nothing inherits.
+"""What every attack space defines: geometry only.
 
 A space is built per batch of targets (:meth:`Space.build`). The searches (pipeline/attack/l1.py,
-one_edit.py, fewest_edits.py) only call :meth:`Space.input`, :meth:`Space.project`, :meth:`Space.score`,
-`lower` and `MIN_MARGIN`; the `attack` stage (pipeline/attack/shards.py) :meth:`~Space.variables` and
-:meth:`~Space.write`; the analysis the class attributes and :meth:`~Space.edited_values`. Which searches
-run in a space after the L1 attack is not the space's business: pipeline/attack/searches.py wires them.
+one_edit.py, fewest_edits.py) call :meth:`Space.input`, :meth:`Space.project`, :meth:`Space.score`, the box
+(`lower`, `upper`) and `MIN_MARGIN`. Which searches run in a space, what attack.zarr keeps of them and how
+the analysis reads an example back are the space's wiring (pipeline/attack/wiring/); what the report says
+of it is the report's (pipeline/susceptibility/space_text.py).
 """
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import numpy as np
 import torch
 
-from pipeline.attack.core import KINDS, AttackResult
-
 if TYPE_CHECKING:  # annotations only: the libraries are imported by who opens the stores
     import xarray as xr
-    import zarr
 
     from pipeline.config import AttackParams
 
@@ -37,15 +34,6 @@ class Space:
 
     name: ClassVar[str]
     MIN_MARGIN: ClassVar[float] = 0.0  # an iterate counts as flipped when its margin Z_o − Z_t exceeds this
-    KINDS: ClassVar[tuple[str, ...]] = KINDS  # the examples attack.zarr keeps per target, in order
-    KIND: ClassVar[dict]  # CF attributes of attack.zarr's `kind`: what each kind is, in this space
-    EFFECT: ClassVar[str]  # long_name of attack.zarr's `perturbation`
-    READS_RECORD: ClassVar[bool] = False  # needs dataset.zarr's recorded values
-    EDITS_RECORD: ClassVar[bool] = False  # examples are edits of the record: the report's edit tables
-    REPORTS_IMPUTED: ClassVar[bool] = False  # the report gives the share of changed cells never recorded
-    PARAGRAPH: ClassVar[str]  # the report's "what the attack changes"
-    KIND_TEXT: ClassVar[str]  # the report's sentence on the kinds of example
-    REALIZABLE_TEXT: ClassVar[str]  # "n of m examples …": what the realizability check shows in this space
 
     lower: torch.Tensor  # the box of the variable, (n, time, feature)
     upper: torch.Tensor
@@ -75,20 +63,3 @@ class Space:
         """Per sample, the keys that rank flipped iterates, compared in order (smaller is better); the
         attack breaks a tie of all of them by the larger margin. Default: the L1 of the variable."""
         return (p.abs().sum(dim=(1, 2)),)
-
-    @classmethod
-    def variables(cls, n: int, n_time: int, n_feat: int, empty) -> dict:
-        """The variables this space adds to attack.zarr: {name: (dims, empty array, CF attrs)};
-        `empty(shape, dtype, fill)` makes a lazy array chunked as the store."""
-        return {}
-
-    def write(self, store: zarr.Group, batch, b0: int, b1: int) -> AttackResult:
-        """Write this space's own variables of `batch` (what pipeline/attack/searches.py returned) into rows
-        b0…b1 of the store; return the result whose perturbation is the change of the model's input."""
-        return batch
-
-    @staticmethod
-    def edited_values(attack: xr.Dataset, data: xr.Dataset, kind: str, rows: np.ndarray) -> np.ndarray:
-        """The recorded values (clinical units, float64) of targets `rows` with their example of `kind`
-        written into the record."""
-        raise NotImplementedError

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.mimic_tables import prepare_repeatedly, with_unparseable_values  # noqa: E402 (the repository's root)
+from tests.support.mimic_tables import prepare_repeatedly, with_unparseable_values  # noqa: E402 (the repository's root)
 
 
 def main() -> None:

@@ -16,14 +16,16 @@ from pipeline.infra.rundir import atomic_path  # noqa: E402
 
 
 def save(fig: plt.Figure, path: Path) -> None:
+    """Every figure is laid out by matplotlib's constrained layout when it is made, so it is drawn once here
+    (bbox_inches="tight" would draw it twice: half of `analyze`'s time, benchmarks/README.md)."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 
 def learning_curve(history: pd.DataFrame, path: Path, title: str) -> None:
     """Per epoch: training vs held-out loss (left), held-out AUROC and AUPRC (right)."""
-    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     ax_loss.plot(history.epoch, history.train_loss, marker=".", label="training (class-balanced draws)")
     ax_loss.plot(history.epoch, history.loss, marker=".", label="held-out fold")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title=f"{title}: loss")
@@ -39,7 +41,7 @@ def learning_curve(history: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def training_loss(losses: list[float], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
     ax.plot(range(1, len(losses) + 1), losses, marker=".")
     ax.set(xlabel="epoch", ylabel="cross-entropy loss (class-balanced draws)", title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_SERVICES = os.environ.get("PIPELINE_REQUIRE_SERVICES") == "1"
 CLUSTER_ENV = Path(os.environ.get("PIPELINE_TEST_CLUSTER", "/tmp/pipeline-test-cluster")) / "env.sh"
 
-# Slurm jobs and spawned local workers import task functions from tests.tasks by name.
+# Slurm jobs and spawned local workers import task functions from tests.support.tasks by name.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
@@ -174,7 +174,7 @@ def small_run(tmp_path_factory) -> Path:
 def trained_run(small_run, tmp_path_factory) -> Path:
     """small_run plus a tiny trained model (split, model/); copy before writing."""
     from pipeline.cli import main
-    from tests.runs import TINY, copy_run
+    from tests.support.runs import TINY, copy_run
 
     run = copy_run(small_run, tmp_path_factory.mktemp("trained"))
     assert main(["train", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3",

@@ -14,7 +14,7 @@ from pipeline.config import ModelParams
 from pipeline.infra.registry import chain
 from pipeline.model import archs, build, load_model, training
 from pipeline.model.recurrent import ACTIVATIONS
-from tests.runs import FEWEST_QUICK, copy_run, quick_tuning
+from tests.support.runs import FEWEST_QUICK, copy_run, quick_tuning
 
 SMALL = {"hidden": 16, "layers": 2, "fc": 8, "heads": 2}
 TINY_MODEL = {"hidden": 8, "layers": 1, "fc": 8, "heads": 2}  # the stages' plumbing, at the least cost

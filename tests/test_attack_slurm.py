@@ -10,9 +10,9 @@ import pytest
 import xarray as xr
 
 from pipeline.cli import main
-from tests.runs import TEST_PROFILE, copy_trained, worker_reports
-from tests.slurm_control import resume, signal_pending, suspend, wait_until
-from tests.test_attack_stage import ATTACK
+from tests.support.chains import ATTACK
+from tests.support.runs import TEST_PROFILE, copy_trained, worker_reports
+from tests.support.slurm_control import resume, signal_pending, suspend, wait_until
 
 pytestmark = pytest.mark.slurm
 VARIABLES = ("perturbation", "found", "iteration", "margin", "lam", "logits", "dataset_index", "y", "pred")

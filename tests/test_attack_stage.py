@@ -6,27 +6,16 @@ import re
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from pipeline.attack.shards import shard_ranges
 from pipeline.attack.targets import select_targets
 from pipeline.cli import main
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model, training
-from tests.runs import FEWEST_QUICK, copy_trained
+from tests.support.chains import ATTACK, run_attack
+from tests.support.runs import copy_trained
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
-
-# the plumbing (shards, resuming, markers, tuning's config) does not depend on how many targets there are: the
-# test set's (about 35 in batches of 8) and one edit at most (tests/test_fewest_edits.py checks the searches)
-ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=test", "attack.max_iter=30", "attack.batch_size=8",
-          "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1", *FEWEST_QUICK, "attack.max_edits=1"]
-
-
-def run_attack(run, *extra):
-    assert main(["attack", "--run-dir", str(run), *ATTACK, *extra]) == 0
-    return xr.open_zarr(run / "attack.zarr", consolidated=False)
-
 
 def test_shard_ranges_on_batch_multiples():
     assert shard_ranges(100, 3, 16) == [(0, 32), (32, 80), (80, 100)]  # 7 batches: 2 + 3 + 2
@@ -197,7 +186,7 @@ def test_lambda_search_from_the_config(trained_run, tmp_path):
 
 @pytest.mark.parametrize("stage", ["attack", "tune-attack"])
 def test_without_a_split_the_stage_names_it_and_exits_1(stage, trained_run, tmp_path, capsys):
-    from tests.runs import copy_run
+    from tests.support.runs import copy_run
 
     run = copy_run(trained_run, tmp_path)  # dataset.zarr only
     assert main([stage, "--run-dir", str(run), *ATTACK, "--executor", "debug"]) == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.infra.executor import CheckpointableTask, ExecutorSpec, TaskFailed, run_tasks
-from tests import tasks
+from tests.support import tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "slurm" / "profiles" / "test-cluster.toml"

@@ -136,7 +136,7 @@ def test_every_numeric_key_declares_its_range():
     (["attack.observed_only=true"], "[attack] observed_only = true is a tensor-space option"),
 ])
 def test_a_bad_attack_space_is_one_line_exit_2(overrides, message, trained_run, tmp_path, capsys):
-    from tests.runs import copy_trained
+    from tests.support.runs import copy_trained
 
     run = copy_trained(trained_run, tmp_path)
     assert main(["attack", "--run-dir", str(run), "--executor", "debug", *overrides]) == 2

@@ -19,7 +19,7 @@ import xarray as xr
 
 from pipeline.cli import main
 from pipeline.infra.rundir import HOST, RunDir
-from tests.runs import stage_held
+from tests.support.runs import stage_held
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ import json
 from wsgiref.util import setup_testing_defaults
 
 from pipeline.cli import main
-from tests.runs import copy_run, copy_trained
+from tests.support.runs import copy_run, copy_trained
 
 
 def api(app, path: str):

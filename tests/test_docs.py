@@ -23,7 +23,7 @@ ARCHITECTURE = ROOT / "docs/architecture.md"
 README_MAX_LINES = 200
 
 # the files whose references must resolve: the code, the tests, the scripts and the docs
-SCANNED = ("pipeline/**/*.py", "tests/*.py", "benchmarks/**/*", "analysis/**/*", "slurm/**/*", "containers/**/*",
+SCANNED = ("pipeline/**/*.py", "tests/**/*.py", "benchmarks/**/*", "analysis/**/*", "slurm/**/*", "containers/**/*",
            "configs/*", ".ci/*", "Makefile", "docs/*.md", "README.md")
 TEXT = {".py", ".md", ".toml", ".sh", ".def", ".txt", ".cfg", ""}
 

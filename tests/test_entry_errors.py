@@ -20,7 +20,7 @@ from pipeline.data.record import derive, feature_stats
 from pipeline.features import BY_NAME, FEATURES, NAMES
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
-from tests.runs import copy_trained, prepare_again, trained_on_demo
+from tests.support.runs import copy_trained, prepare_again, trained_on_demo
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.infra.executor import ExecutorSpec, TaskFailed, job_name, load_profile, preview_submission, run_tasks
-from tests import tasks
+from tests.support import tasks
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 

@@ -19,7 +19,7 @@ from pipeline.model import load_model, metrics, training
 from pipeline.model.tune_model import distributions
 from pipeline.options import check_bounds
 from pipeline.susceptibility import report
-from tests.runs import ROOT, TINY, copy_run, copy_trained, quick_tuning
+from tests.support.runs import ROOT, TINY, copy_run, copy_trained, quick_tuning
 
 QUICK = ["--executor", "debug", "--seed", "5", "cv.folds=3", "train.epochs=2", "model.batch_size=64"]
 

@@ -21,15 +21,12 @@ import xarray as xr
 
 from pipeline.cli import main
 from pipeline.infra.rundir import HOST, RunDir, recover_replaced
-from tests.runs import FEWEST_QUICK, TINY, copy_run, copy_trained, stage_held
+from tests.support.chains import pipeline_cmd
+from tests.support.runs import FEWEST_QUICK, TINY, copy_run, copy_trained, stage_held
 
 ROOT = Path(__file__).resolve().parent.parent
 ATTACK = ["--seed", "5", "cv.folds=3", "attack.targets=test", "attack.max_iter=30", "attack.batch_size=32",
           "attack.chunk_samples=8", "attack.lam=0.001", "attack.lr=0.1", "--executor", "debug", *FEWEST_QUICK]
-
-
-def pipeline_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline", *args]
 
 
 def children(pid: int) -> list[int]:

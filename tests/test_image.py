@@ -17,8 +17,8 @@ import pytest
 import xarray as xr
 
 from pipeline.cli import main
-from tests.runs import FEWEST_QUICK, TEST_PROFILE, TINY, copy_run
-from tests.slurm_control import wait_until
+from tests.support.runs import FEWEST_QUICK, TEST_PROFILE, TINY, copy_run
+from tests.support.slurm_control import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = Path(os.environ.get("PIPELINE_IMAGE", ROOT / "pipeline-cpu.sif")).resolve()

@@ -18,8 +18,8 @@ from pipeline.config import PrepareConfig
 from pipeline.data.meds_export import write_meds
 from pipeline.data.prepare import build_dataset
 from pipeline.features import CHART, FEATURES, LAB
-from tests.meds_tables import as_eicu, rounded_copy
-from tests.test_run import TINY_CHAIN, assert_complete
+from tests.support.chains import TINY_CHAIN, assert_complete
+from tests.support.meds_tables import as_eicu, assert_one_line_nothing_written, prepare_meds, rounded_copy
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 
@@ -93,18 +93,6 @@ BAD = {
     "empty shard": (lambda t: t.slice(0, 0), 1, "an empty shard"),
     "no ids": (lambda t: t.drop_columns(["hadm_id", "icustay_id"]), 1, "missing column 'hadm_id'"),
 }
-
-
-def prepare_meds(root, run, *overrides):
-    return main(["prepare", "--run-dir", str(run), "prepare.source=meds", f"prepare.meds_dir={root}", *overrides])
-
-
-def assert_one_line_nothing_written(capsys, run, needle):
-    err = capsys.readouterr().err.strip()
-    assert needle in err and len(err.splitlines()) == 1, err
-    assert not (run / "dataset.zarr").exists()
-    assert not list(run.glob("prepare-events-*")) and not list(run.glob("*.tmp*"))
-    return err
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

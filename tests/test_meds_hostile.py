@@ -19,9 +19,9 @@ from pipeline.cli import main
 from pipeline.data.meds import FeatureMap
 from pipeline.data.meds_export import write_meds
 from pipeline.features import CHART, LAB
-from tests.runs import ROOT, TINY
-from tests.test_faults import pipeline_cmd
-from tests.test_meds import assert_one_line_nothing_written, prepare_meds
+from tests.support.chains import pipeline_cmd
+from tests.support.meds_tables import assert_one_line_nothing_written, prepare_meds
+from tests.support.runs import ROOT, TINY
 
 MIMIC_IV = FeatureMap.load("mimic-iv")
 

@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.config import ModelParams
 from pipeline.model import MortalityLSTM, load_model, metrics, training
 from pipeline.model.archs import ARCHS, TRAINING
-from tests.runs import TEST_PROFILE, TINY, copy_run, quick_tuning, worker_reports
+from tests.support.runs import TEST_PROFILE, TINY, copy_run, quick_tuning, worker_reports
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 

@@ -11,8 +11,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.infra import study
-from tests.runs import TEST_PROFILE, TINY, copy_run, worker_reports
-from tests.slurm_control import process_state, resume, suspend, wait_until
+from tests.support.runs import TEST_PROFILE, TINY, copy_run, worker_reports
+from tests.support.slurm_control import process_state, resume, suspend, wait_until
 
 pytestmark = [pytest.mark.slurm]
 

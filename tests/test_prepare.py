@@ -12,7 +12,7 @@ import xarray as xr
 
 from pipeline.cli import main
 from pipeline.features import NAMES
-from tests.mimic_tables import baseline, prepare_repeatedly, with_unparseable_values
+from tests.support.mimic_tables import baseline, prepare_repeatedly, with_unparseable_values
 
 ROOT = Path(__file__).resolve().parent.parent
 # pinned outputs on the demo: a change to any rule or to the scaling shows up here

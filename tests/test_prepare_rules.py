@@ -11,7 +11,7 @@ from pipeline.data.prepare import build_dataset
 from pipeline.data.record import derive
 from pipeline.errors import InputError
 from pipeline.features import NAMES
-from tests.mimic_tables import HR, Tables, baseline, filler_value
+from tests.support.mimic_tables import HR, Tables, baseline, filler_value
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 

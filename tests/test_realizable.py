@@ -13,7 +13,7 @@ from pipeline.attack.core import margin
 from pipeline.cli import main
 from pipeline.features import FEATURES
 from pipeline.model import load_model
-from tests.runs import prepare_again, trained_on_demo
+from tests.support.runs import prepare_again, trained_on_demo
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline.infra.executor import job_name
-from tests.runs import ROOT, TEST_PROFILE, TINY, copy_run
+from tests.support.runs import ROOT, TEST_PROFILE, TINY, copy_run
 
 pytestmark = pytest.mark.slurm
 

@@ -30,8 +30,8 @@ from pipeline.infra.executor import (
 )
 from pipeline.infra.executor.slurm import calls_digest
 from pipeline.infra.executor.workers import running
-from tests import tasks
-from tests.runs import ROOT, TEST_PROFILE
+from tests.support import tasks
+from tests.support.runs import ROOT, TEST_PROFILE
 
 CALLS = [(i, 123) for i in range(2)]
 
@@ -82,7 +82,8 @@ def test_cancel_stops_the_live_local_workers_of_a_run(tmp_path):
     """Case 24: the refusal for a live local worker advises `pipeline cancel`, which only knew Slurm. It
     now ends the run's local workers (those carrying their launch's mark), and their driver fails."""
     run, logs = tmp_path / "run", tmp_path / "spans"
-    script = ("import sys; from pipeline.infra.executor import ExecutorSpec, run_tasks; from tests import tasks; "
+    script = ("import sys; from pipeline.infra.executor import ExecutorSpec, run_tasks; "
+              "from tests.support import tasks; "
               "run_tasks(tasks.record_interval, [(i, 600.0, sys.argv[2]) for i in range(2)], "
               "spec=ExecutorSpec('local', workers=2), jobs_dir=sys.argv[1], stage='cv', progress=False)")
     driver = subprocess.Popen([sys.executable, "-c", script, str(run / "jobs" / "cv"), str(logs)], cwd=ROOT,

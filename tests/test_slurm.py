@@ -18,7 +18,7 @@ from pipeline.infra.executor import (
     preview_submission,
     run_tasks,
 )
-from tests import tasks
+from tests.support import tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "slurm" / "profiles" / "test-cluster.toml"

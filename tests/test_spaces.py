@@ -10,8 +10,8 @@ from pipeline.attack import spaces, wiring
 from pipeline.attack.core import ranks_before
 from pipeline.config import AttackConfig, ConfigError
 from pipeline.susceptibility.space_text import TEXT
-from tests.runs import copy_trained
-from tests.test_attack_stage import run_attack
+from tests.support.chains import run_attack
+from tests.support.runs import copy_trained
 
 
 def l0(a: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import xarray as xr
 from pipeline.attack.shards import allocate, resumable
 from pipeline.cli import main
 from pipeline.infra import cf
-from tests.runs import FEWEST_QUICK, copy_trained
+from tests.support.runs import FEWEST_QUICK, copy_trained
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 

@@ -14,7 +14,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.infra import study
 from pipeline.infra.executor import ExecutorSpec, run_tasks
-from tests import tasks
+from tests.support import tasks
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 
@@ -58,7 +58,7 @@ def test_no_file_of_a_tuning_run_holds_the_database_password(fresh_pg_url, small
     """The workers get the URL without its password (PGPASSWORD carries it); nothing written holds it."""
     from pipeline.cli import main
     from pipeline.config import without_password
-    from tests.runs import TINY, copy_run
+    from tests.support.runs import TINY, copy_run
 
     password = without_password(fresh_pg_url)[1]
     assert password
@@ -154,7 +154,7 @@ def test_a_study_name_reads_run_and_stage_and_tells_configs_apart(tmp_path):
 
 def test_a_stage_redone_with_another_search_space_starts_a_study_of_its_own(small_run, tmp_path):
     from pipeline.cli import main
-    from tests.runs import copy_run
+    from tests.support.runs import copy_run
 
     run = copy_run(small_run, tmp_path)
     args = ["tune-model", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3",

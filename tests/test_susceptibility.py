@@ -30,7 +30,7 @@ from pipeline.infra.rundir import RunDir, consolidated_zarr_v3
 from pipeline.infra.stages import run_stage
 from pipeline.susceptibility import analyze
 from pipeline.susceptibility.scores import norms, scores
-from tests.runs import ROOT
+from tests.support.runs import ROOT
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 

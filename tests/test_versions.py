@@ -10,7 +10,7 @@ import pytest
 from pipeline.infra import versions
 from pipeline.infra.executor import CheckpointableTask, ExecutorSpec, TaskFailed, run_tasks
 from pipeline.infra.versions import VersionMismatch, check_versions, mismatches, runtime_versions
-from tests import tasks
+from tests.support import tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = ROOT / "slurm" / "profiles" / "test-cluster.toml"

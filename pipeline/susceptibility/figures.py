@@ -91,7 +91,7 @@ def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path, shape: t
 def iteration_cdf(iteration: xr.DataArray, found: xr.DataArray, direction: xr.DataArray, max_iter: int,
                   path: Path) -> None:
     """Share of targets with an example by iteration k, per direction and kind (ends at the success rate)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
     steps = np.arange(max_iter + 1)
     for colour, d in enumerate(np.unique(direction.values)):
         for k in iteration["kind"].values:

@@ -144,7 +144,7 @@ def prepare_repeatedly(tables: Path, runs: Path, times: int, timeout: float = 60
         try:
             done = subprocess.run([sys.executable, "-m", "pipeline", "prepare", "--run-dir", str(runs / f"r{k}"),
                                    "--mimic-dir", str(tables)], capture_output=True, text=True, timeout=timeout,
-                                  cwd=Path(__file__).resolve().parent.parent)
+                                  cwd=Path(__file__).resolve().parents[2])
         except subprocess.TimeoutExpired:
             return 124, "timed out"
         return done.returncode, done.stderr

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.cli import main
+
 TABLES = ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "LABEVENTS", "CHARTEVENTS")
 
 
@@ -77,3 +79,15 @@ def as_eicu(meds_root: Path, out: Path) -> Path:
     (out / "metadata").mkdir()
     pq.write_table(pq.read_table(meds_root / "metadata" / "codes.parquet"), out / "metadata" / "codes.parquet")
     return out
+
+
+def prepare_meds(root, run, *overrides):
+    return main(["prepare", "--run-dir", str(run), "prepare.source=meds", f"prepare.meds_dir={root}", *overrides])
+
+
+def assert_one_line_nothing_written(capsys, run, needle):
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not (run / "dataset.zarr").exists()
+    assert not list(run.glob("prepare-events-*")) and not list(run.glob("*.tmp*"))
+    return err

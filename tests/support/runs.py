@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEST_PROFILE = ROOT / "slurm" / "profiles" / "test-cluster.toml"
 # a tiny model: the tests check plumbing and discipline, not accuracy
 TINY = ["model.hidden=8", "model.fc=8", "model.batch_size=64", "model.bidirectional=true"]
@@ -42,12 +42,12 @@ def trained_on_demo(demo_run: Path, where: Path) -> Path:
 
 
 def prepare_again(demo_dir: Path, cells, where: Path, stats_from: Path):
-    """The demo's raw tables with `cells` edited (tests/mimic_tables.py: write_edited_tables), prepared
+    """The demo's raw tables with `cells` edited (tests/support/mimic_tables.py: write_edited_tables), prepared
     again with the statistics of `stats_from` (a dataset.zarr); the new dataset, loaded."""
     import xarray as xr
 
     from pipeline.cli import main
-    from tests.mimic_tables import write_edited_tables
+    from tests.support.mimic_tables import write_edited_tables
 
     write_edited_tables(demo_dir, where / "edited-mimic", cells)
     assert main(["prepare", "--run-dir", str(where / "again"), "--mimic-dir", str(where / "edited-mimic"),

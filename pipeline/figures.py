@@ -17,7 +17,7 @@ from pipeline.infra.rundir import atomic_path  # noqa: E402
 
 def save(fig: plt.Figure, path: Path) -> None:
     """Every figure is laid out by matplotlib's constrained layout when it is made, so it is drawn once here
-    (bbox_inches="tight" would draw it twice: half of `analyze`'s time, benchmarks/README.md)."""
+    (bbox_inches="tight" would draw it twice: benchmarks/analyze_figures.py)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

@@ -3,6 +3,7 @@ and the model's training curves. The analysis's figures are in pipeline/suscepti
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,14 @@ def save(fig: plt.Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def suptitle(fig: plt.Figure, text: str) -> None:
+    """The figure's title, wrapped to the figure's width: a figure is saved at its own size, so a title
+    wider than it would be cut off at both edges."""
+    size = plt.rcParams["figure.titlesize"]
+    points = matplotlib.font_manager.FontProperties(size=size).get_size_in_points()
+    fig.suptitle(textwrap.fill(text, max(20, int(fig.get_figwidth() * 72 / (0.6 * points)))))
 
 
 def learning_curve(history: pd.DataFrame, path: Path, title: str) -> None:

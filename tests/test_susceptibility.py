@@ -25,6 +25,7 @@ from pipeline.attack.shards import allocate
 from pipeline.config import PipelineConfig
 from pipeline.data import prepare
 from pipeline.features import NAMES
+from pipeline.figures import plt, suptitle
 from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir, consolidated_zarr_v3
 from pipeline.infra.stages import run_stage
@@ -230,3 +231,15 @@ def test_compare_runs_script(hand_made_run, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "direction 0→1: Spearman rank correlation 1.000" in out.stdout  # a run against itself
     assert (tmp_path / "compare.png").stat().st_size > 10_000
+
+
+def test_a_long_figure_title_is_wrapped_inside_the_figure():
+    """Figures are saved at their own size (pipeline/figures.py): a one-column heatmap's title of 80
+    characters was cut off at both edges."""
+    fig = plt.figure(figsize=(6.2, 9.2), constrained_layout=True)
+    suptitle(fig, "how large the smallest flipping edit of one value is (median over the targets)")
+    fig.canvas.draw()
+    title, whole = fig._suptitle.get_window_extent(), fig.bbox
+    plt.close(fig)
+    assert "\n" in fig._suptitle.get_text()
+    assert whole.x0 <= title.x0 and title.x1 <= whole.x1 and title.y1 <= whole.y1

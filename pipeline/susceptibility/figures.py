@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipeline.figures import plt, save  # pyplot on the Agg backend, chosen there before pyplot loads
+from pipeline.figures import plt, save, suptitle  # pyplot on the Agg backend, chosen there before pyplot loads
 from pipeline.model.metrics import auprc, auroc, pr_curve, roc_curve
 from pipeline.susceptibility.scores import label as direction_label
 
@@ -39,7 +39,7 @@ def score_heatmaps(score: xr.DataArray, n: xr.DataArray, path: Path, title: str,
                 empty = "no successful example" if count == "examples" else f"no {count[:-1]}"
                 ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center")
     fig.colorbar(image, ax=axes, label=colorbar, shrink=0.8)
-    fig.suptitle(title)
+    suptitle(fig, title)
     save(fig, path)
 
 
@@ -84,7 +84,7 @@ def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path, shape: t
                        label=f"≤ {sparse_cells} cells: {100 * share:.0f}% of best examples")
         ax.set(xlabel=label, ylabel="examples")
         ax.legend()
-    fig.suptitle("size of the successful perturbations, both directions, per kind of example")
+    suptitle(fig, "size of the successful perturbations, both directions, per kind of example")
     save(fig, path)
 
 

@@ -59,7 +59,8 @@ export PIPELINE_FLOORS=1
 # Only the tests marked `thirdparty`: the lowest versions can differ from the lock's only where the package
 # calls a library, and every part that calls one has such a test (tests/test_floors.py). The heavy
 # end-to-end chains run in the main job only: each makes the library calls of faster tests again.
-"$PY" -m pytest -q -p no:cacheprovider -m "thirdparty and not slurm and not postgres and not image and not heavy" "$@"
+"$PY" -m pytest -q -p no:cacheprovider --durations=15 \
+    -m "thirdparty and not slurm and not postgres and not image and not heavy" "$@"
 "$VENV/bin/ruff" check pipeline tests .ci  # the dev extra's linter at its floor
 
 # 3. the [postgres] extra at its floor

@@ -17,16 +17,14 @@ from pipeline.infra.rundir import atomic_path  # noqa: E402
 
 
 def save(fig: plt.Figure, path: Path) -> None:
-    """Every figure is laid out by matplotlib's constrained layout when it is made, so it is drawn once here
-    (bbox_inches="tight" would draw it twice: benchmarks/analyze_figures.py)."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
 def suptitle(fig: plt.Figure, text: str) -> None:
-    """The figure's title, wrapped to the figure's width: a figure is saved at its own size, so a title
-    wider than it would be cut off at both edges."""
+    """The figure's title, wrapped to the figure's width (a longer one would widen the saved figure past
+    its panels, or be cut off where the figure is saved at its own size)."""
     size = plt.rcParams["figure.titlesize"]
     points = matplotlib.font_manager.FontProperties(size=size).get_size_in_points()
     fig.suptitle(textwrap.fill(text, max(20, int(fig.get_figwidth() * 72 / (0.6 * points)))))
@@ -34,7 +32,7 @@ def suptitle(fig: plt.Figure, text: str) -> None:
 
 def learning_curve(history: pd.DataFrame, path: Path, title: str) -> None:
     """Per epoch: training vs held-out loss (left), held-out AUROC and AUPRC (right)."""
-    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(history.epoch, history.train_loss, marker=".", label="training (class-balanced draws)")
     ax_loss.plot(history.epoch, history.loss, marker=".", label="held-out fold")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title=f"{title}: loss")
@@ -50,7 +48,7 @@ def learning_curve(history: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def training_loss(losses: list[float], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(range(1, len(losses) + 1), losses, marker=".")
     ax.set(xlabel="epoch", ylabel="cross-entropy loss (class-balanced draws)", title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -234,8 +234,8 @@ def test_compare_runs_script(hand_made_run, tmp_path):
 
 
 def test_a_long_figure_title_is_wrapped_inside_the_figure():
-    """Figures are saved at their own size (pipeline/figures.py): a one-column heatmap's title of 80
-    characters was cut off at both edges."""
+    """A one-column heatmap's title of 80 characters is wrapped to the figure's width, not set on one line
+    wider than the panels (pipeline/figures.py)."""
     fig = plt.figure(figsize=(6.2, 9.2), constrained_layout=True)
     suptitle(fig, "how large the smallest flipping edit of one value is (median over the targets)")
     fig.canvas.draw()

@@ -22,8 +22,9 @@ def score_heatmaps(score: xr.DataArray, n: xr.DataArray, path: Path, title: str,
     directions, kinds = score["direction"].values, score["kind"].values
     if vmax is None:
         vmax = float(score.max()) if np.isfinite(score.max()) and float(score.max()) > 0 else 1.0
+    # shared axes: the features are named on the left, the hours at the bottom (half the text to lay out)
     fig, axes = plt.subplots(len(directions), len(kinds), figsize=(6.2 * len(kinds), 4.6 * len(directions)),
-                             squeeze=False, constrained_layout=True)
+                             squeeze=False, sharex=True, sharey=True, constrained_layout=True)
     for r, d in enumerate(directions):
         for c, k in enumerate(kinds):
             ax = axes[r, c]
@@ -35,6 +36,7 @@ def score_heatmaps(score: xr.DataArray, n: xr.DataArray, path: Path, title: str,
             number = int(n.sel(direction=d, kind=k))
             what = f"{k} examples (N = {number})" if count == "examples" else f"{k} ({count}: {number})"
             ax.set(xlabel="hour after ICU admission", title=f"{direction_label(d)}, {what}")
+            ax.label_outer()
             if number == 0:
                 empty = "no successful example" if count == "examples" else f"no {count[:-1]}"
                 ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center")
@@ -91,7 +93,7 @@ def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path, shape: t
 def iteration_cdf(iteration: xr.DataArray, found: xr.DataArray, direction: xr.DataArray, max_iter: int,
                   path: Path) -> None:
     """Share of targets with an example by iteration k, per direction and kind (ends at the success rate)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     steps = np.arange(max_iter + 1)
     for colour, d in enumerate(np.unique(direction.values)):
         for k in iteration["kind"].values:

@@ -16,6 +16,7 @@ from pipeline.attack.entry_errors import KIND_CODE, candidates, erroneous_values
 from pipeline.attack.errors_stage import errors_shard
 from pipeline.attack.fewest_errors import fewest_errors
 from pipeline.cli import main
+from pipeline.config import ERROR_KINDS
 from pipeline.data.record import derive, feature_stats
 from pipeline.features import BY_NAME, FEATURES, NAMES
 from pipeline.infra.rundir import RunDir
@@ -24,7 +25,7 @@ from tests.support.runs import copy_trained, prepare_again, trained_on_demo
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 
-ALL = ["decimal", "transpose", "unit", "delete"]
+ALL = list(ERROR_KINDS)  # every registered kind, in the order of their codes
 
 
 def errors_of(name: str, v: float, n: int = 1) -> dict[tuple[str, float], tuple[bool, float]]:
@@ -184,7 +185,7 @@ def test_an_errors_store_is_read_with_its_own_codes(demo_errors):
     store = xr.open_zarr(demo_errors / "errors.zarr", consolidated=False).load()
     data = xr.open_zarr(demo_errors / "dataset.zarr", consolidated=False).load()
     other = store.copy()
-    other["kind"] = recoded(store.kind, [3, 1, 0, 2])
+    other["kind"] = recoded(store.kind, list(range(len(ALL)))[::-1])
     other["feature"] = recoded(store.feature, list(range(len(NAMES)))[::-1])
     assert not np.array_equal(other.kind.values, store.kind.values)
     pd.testing.assert_frame_equal(entry_report.errors_table(other), entry_report.errors_table(store))

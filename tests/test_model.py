@@ -190,7 +190,7 @@ def test_tune_model_with_two_local_workers_on_the_journal_file(small_run, tmp_pa
     run = copy_run(small_run, tmp_path)
     assert main(["tune-model", "--run-dir", str(run), "--executor", "local", "--workers", "2", "--seed", "5",
                  "cv.folds=3", "tune-model.trials=4", "tune-model.max_epochs=2", "tune-model.epochs_per_report=1",
-                 "tune-model.folds_used=2"]) == 0
+                 "tune-model.folds_used=2", "tune-model.max_hidden=32"]) == 0  # small models: the workers are tested
     best = json.loads((run / "tune-model" / "best.json").read_text())
     from pipeline.infra import study
 

@@ -103,7 +103,8 @@ def test_a_store_without_the_record_says_to_prepare_again_and_that_works(stage, 
     old = xr.open_zarr(run / "dataset.zarr", consolidated=False).load().drop_vars(["value", "count"])
     shutil.rmtree(run / "dataset.zarr")
     old.to_zarr(run / "dataset.zarr", zarr_format=3, consolidated=False)
-    args = [*RECORD_ATTACK, "attack.max_iter=20", "errors.beam=1", "errors.max_errors=1"]
+    args = [*RECORD_ATTACK, "attack.targets=test", "attack.max_iter=20", "attack.max_edits=1", "errors.beam=1",
+            "errors.max_errors=1"]  # the advice is the subject: the test set, one edit or error
     code = main([stage, "--run-dir", str(run), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "holds no recorded values" in err[0] and "prepare --force" in err[0], err

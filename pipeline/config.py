@@ -221,9 +221,9 @@ ERROR_KINDS = tuple(error_kinds.KINDS)  # registered in pipeline/error_kinds.py,
 class ErrorsConfig:
     """[errors]: the fewest plausible data-entry errors that flip each target (docs/methods.md §9)."""
 
-    kinds: list[str] = option(list(ERROR_KINDS), "error kinds tried: decimal (×10, ÷10), transpose (adjacent "
-                              "digits), unit (the feature's usual unit confusions), delete (a value lost)",
-                              ERROR_KINDS, min_items=1)
+    kinds: list[str] = option(list(ERROR_KINDS), "error kinds tried (default: every one): " + "; ".join(
+                              f"{name} ({error_kinds.SUMMARY[name]})" for name in ERROR_KINDS), ERROR_KINDS,
+                              min_items=1)
     max_errors: int = option(3, "errors per target at most; a target no such set flips is reported as not flipped",
                              ge=1, le=10)
     beam: int = option(4, "search width: states kept per step (1 = greedy; the greedy path is always kept)", ge=1,

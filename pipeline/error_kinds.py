@@ -2,7 +2,7 @@
 the values an event of value v of a feature is typed as by that slip. The order of registration is the
 order of [errors] kinds and of the codes errors.zarr stores (new kinds go last: old stores stay readable).
 
-A new kind is one function here with ``@kind("name")``; config offers the names as the choices of
+A new kind is one function here with ``@kind("name", "what it does")``; config offers the names as the choices of
 [errors] kinds, the beam search (pipeline/attack/entry_errors.py) calls the functions.
 """
 
@@ -13,14 +13,15 @@ from collections.abc import Callable
 from pipeline.features import Feature
 
 KINDS: dict[str, Callable[[Feature, float], list[float]]] = {}
+SUMMARY: dict[str, str] = {}  # each kind in a few words ([errors] kinds' help)
 
 
-def kind(name: str):
-    """Register the decorated function as the error kind `name`."""
+def kind(name: str, summary: str):
+    """Register the decorated function as the error kind `name`, `summary` saying what it does."""
     def register(values: Callable[[Feature, float], list[float]]):
         if name in KINDS:
             raise ValueError(f"error kind {name!r} registered twice")
-        KINDS[name] = values
+        KINDS[name], SUMMARY[name] = values, summary
         return values
     return register
 
@@ -45,25 +46,25 @@ def transpositions(v: float, decimals: int) -> list[float]:
     return found
 
 
-@kind("decimal")
+@kind("decimal", "×10, ÷10")
 def decimal_slip(feature: Feature, v: float) -> list[float]:
     """The point slips one place: 10·v or v / 10."""
     return [v * 10, v / 10]
 
 
-@kind("transpose")
+@kind("transpose", "adjacent digits swapped")
 def transposed_digits(feature: Feature, v: float) -> list[float]:
     """Two adjacent digits swapped, as the value is usually typed (138 → 318, 183; 7.35 → 3.75, 7.53)."""
     return transpositions(v, feature.decimals)
 
 
-@kind("unit")
+@kind("unit", "the feature's usual unit confusions")
 def unit_mix_up(feature: Feature, v: float) -> list[float]:
     """The value typed in a unit the feature is often confused with (features.py: glucose in mmol/L, …)."""
     return [v * slip.factor + slip.offset for slip in feature.slips]
 
 
-@kind("delete")
+@kind("delete", "a value lost")
 def lost_value(feature: Feature, v: float) -> list[float]:
     """The value is lost: nothing is typed (NaN)."""
     return [float("nan")]

@@ -67,11 +67,13 @@ def test_an_error_kind_is_a_registered_function_and_config_offers_its_name(monke
 
     assert config.ERROR_KINDS == tuple(error_kinds.KINDS) == tuple(KIND_CODE)
     monkeypatch.setattr(error_kinds, "KINDS", dict(error_kinds.KINDS))
+    monkeypatch.setattr(error_kinds, "SUMMARY", dict(error_kinds.SUMMARY))
     monkeypatch.setattr(entry_errors, "KINDS", error_kinds.KINDS)
-    error_kinds.kind("sign")(lambda feature, v: [-v])
+    error_kinds.kind("sign", "the sign flipped")(lambda feature, v: [-v])
     assert ("sign", -7.35) in erroneous_values(BY_NAME["ph"], 7.35, [*config.ERROR_KINDS, "sign"])
+    assert error_kinds.SUMMARY["sign"] == "the sign flipped" and set(error_kinds.SUMMARY) == set(error_kinds.KINDS)
     with pytest.raises(ValueError, match="'decimal' registered twice"):
-        error_kinds.kind("decimal")(lambda feature, v: [])
+        error_kinds.kind("decimal", "again")(lambda feature, v: [])
 
 
 def test_an_error_on_one_of_several_events_moves_the_mean_by_its_share():

@@ -92,12 +92,6 @@ def flags(value: np.ndarray, limits: Limits) -> dict[str, np.ndarray]:
     return {"range": outside, "delta": jump}
 
 
-def flagged(value: np.ndarray, limits: Limits) -> np.ndarray:
-    """Recorded cells any check flags."""
-    found = flags(value, limits)
-    return found["range"] | found["delta"]
-
-
 def false_alarm_rate(value: np.ndarray, limits: Limits) -> dict[str, float]:
     """Per check (and any), the share of the recorded values of clean records that it flags."""
     recorded = ~np.isnan(value)

@@ -1,7 +1,8 @@
 """Several runs side by side — architectures, or the same one on other data: is the fragility the model's
 or the data's? One table and one figure of, per run: the model, its CV and test AUROC/AUPRC, the attack's
 success, the median edited values of the sparsest examples and the share flipped by ≤ 1, 2, 3 edits, the
-share flipped by ≤ 1, 2, 3 plausible entry errors, and the most susceptible features.
+share flipped by ≤ 1, 2, 3 plausible entry errors, the share flipped by ≤ 1, 2, 3 edits that no range or delta
+check flags, and the most susceptible features.
 
     python analysis/compare_models.py RUN [RUN ...] [--out FIGURE.png] [--table TABLE]
 
@@ -65,6 +66,12 @@ def row(run: Path, top: int) -> dict:
         frame = pd.read_csv(errors)
         for k in K:
             out[f"errors_le_{k}"] = pooled(frame, f"share_le_{k}")
+    checked = run / "tables" / "checks_k.csv"  # the flips no range or delta check catches (methods §11)
+    if checked.exists():
+        frame = pd.read_csv(checked)
+        for k in K:
+            if f"undetected_le_{k}" in frame:
+                out[f"undetected_le_{k}"] = pooled(frame, f"undetected_le_{k}")
     ranking = run / "tables" / "susceptibility_0to1.csv"
     if ranking.exists():
         out["top_features_0to1"] = ", ".join(pd.read_csv(ranking).sort_values("rank").feature.head(top))
@@ -75,7 +82,9 @@ def markdown(table: pd.DataFrame) -> str:
     cols = {"model": "model", "cv_auroc": "CV AUROC", "test_auroc": "test AUROC", "test_auprc": "test AUPRC",
             "targets": "targets", "success": "attack success", "median_edits_0to1": "median edits 0→1",
             "median_edits_1to0": "median edits 1→0", **{f"edits_le_{k}": f"≤ {k} edits" for k in K},
-            **{f"errors_le_{k}": f"≤ {k} errors" for k in K}, "top_features_0to1": "most susceptible (0→1)"}
+            **{f"errors_le_{k}": f"≤ {k} errors" for k in K},
+            **{f"undetected_le_{k}": f"≤ {k} edits no check flags" for k in K},
+            "top_features_0to1": "most susceptible (0→1)"}
     shown = table.reindex(columns=["run", *cols])
     lines = ["| run | " + " | ".join(cols.values()) + " |", "|---|" + "---|" * len(cols)]
     for r in shown.itertuples(index=False):
@@ -85,7 +94,7 @@ def markdown(table: pd.DataFrame) -> str:
                 cells.append("–")
             elif name == "cv_auroc":
                 cells.append(f"{v:.3f} ± {table.set_index('run').loc[r.run, 'cv_auroc_sd']:.3f}")
-            elif name.startswith(("edits_le", "errors_le")) or name == "success":
+            elif name.startswith(("edits_le", "errors_le", "undetected_le")) or name == "success":
                 cells.append(f"{100 * v:.1f}%")
             elif isinstance(v, float):
                 cells.append(f"{v:.3f}" if "au" in name else f"{v:g}")
@@ -96,13 +105,15 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def figure(table: pd.DataFrame, out: Path) -> None:
-    """Three panels, one bar group per run: AUROC (CV, test), the share flipped by ≤ k edits, by ≤ k errors."""
+    """Four panels, one bar group per run: AUROC (CV, test), the share flipped by ≤ k edits, by ≤ k errors, and by
+    ≤ k edits no check flags."""
     labels = [r.model if r.run == r.model else f"{r.model}\n({r.run})" for r in table.itertuples()]
     x = np.arange(len(table))
-    fig, axes = plt.subplots(1, 3, figsize=(4 + 2.2 * len(table), 4.2), constrained_layout=True)
     panels = [("AUROC", [("cv_auroc", "CV (held-out folds)"), ("test_auroc", "test set")], (0.5, 1.0)),
               ("share of targets flipped by ≤ k edits", [(f"edits_le_{k}", f"≤ {k}") for k in K], (0, 1)),
-              ("share flipped by ≤ k entry errors", [(f"errors_le_{k}", f"≤ {k}") for k in K], (0, 1))]
+              ("share flipped by ≤ k entry errors", [(f"errors_le_{k}", f"≤ {k}") for k in K], (0, 1)),
+              ("share flipped by ≤ k edits no check flags", [(f"undetected_le_{k}", f"≤ {k}") for k in K], (0, 1))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 + 2.8 * len(table), 4.2), constrained_layout=True)
     for ax, (title, series, ylim) in zip(axes, panels, strict=True):
         width = 0.8 / len(series)
         for i, (col, name) in enumerate(series):

@@ -234,6 +234,23 @@ class ErrorsConfig:
 
 
 @dataclass(frozen=True)
+class ChecksConfig:
+    """[checks]: the range and delta checks a hospital runs on a recorded value, and the search for the
+    sparsest flip they do not catch (docs/methods.md §11)."""
+
+    limits: str = option("", "a laboratory's limits table (TOML; docs/methods.md §11); empty = limits derived from "
+                             "the training records (with prepare.stats_from: the trained run's)")
+    range_tail: float = option(0.001, "derived range check: the [q, 1 − q] quantiles of the training records' "
+                                      "values", ge=0, lt=0.5)
+    delta_tail: float = option(0.005, "derived delta check: the [q, 1 − q] quantiles of the change between "
+                                      "consecutive recorded values of a stay", ge=0, lt=0.5)
+    within_hours: float = option(0.0, "delta check: compare only recorded values at most this many hours apart "
+                                      "(0: any two consecutive ones in the window)", ge=0)
+    search: bool = option(True, "search each target's sparsest flip that no check flags (record space: attack "
+                                "and errors); off: the report only says which examples the checks flag")
+
+
+@dataclass(frozen=True)
 class AnalyzeConfig:
     top_features: int = option(10, "features listed in the ranked susceptibility tables", ge=1,
                               le=len(FEATURES))
@@ -254,6 +271,7 @@ class PipelineConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     errors: ErrorsConfig = field(default_factory=ErrorsConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
 
     def section(self, name: str) -> Any:
         return getattr(self, attr_name(name))

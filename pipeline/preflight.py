@@ -63,6 +63,10 @@ def preflight(cfg: PipelineConfig, run_dir: RunDir, stages: list[str], submittin
         from pipeline.data.prepare import frozen_stats  # here: it imports xarray and dask, which few runs need
 
         frozen_stats(cfg.prepare)  # before anything is written: a bad store leaves no run directory behind
+    if {"attack", "errors"} & set(stages) and cfg.checks.limits:
+        from pipeline.checks import table  # here: it imports numpy, which --help and dry runs do not need
+
+        table.load(cfg.checks.limits)  # a bad limits table: one line before the chain starts
     if "train" in stages and cfg.model.external:
         check_external(cfg, run_dir)
     if "prepare" in stages and cfg.prepare.source == "meds":

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.checks.limits import Limits, caught, changes, derive, false_alarm_rate, flags, neighbours
+from pipeline.checks.limits import Limits, bounds, caught, changes, derive, false_alarm_rate, flags, neighbours
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 
@@ -101,3 +101,25 @@ def test_an_edit_is_caught_by_its_own_value_or_by_a_neighbour_it_moved():
     healed = gap.copy()
     healed[0, 2, 0] = NAN  # losing the flagged value raises no new alarm
     assert caught(gap, healed, LIMITS)["any"].tolist() == [False]
+
+
+def test_bounds_are_the_values_a_cell_can_take_without_an_alarm():
+    """Every recorded cell of random stays: its interval's ends pass, a step beyond either end is caught (by
+    its own check or its neighbour's), with absolute and percent delta limits and a time window."""
+    rng = np.random.default_rng(1)
+    value = rng.normal(140, 3, (40, T, F))
+    value[rng.random(value.shape) < 0.4] = NAN
+    limits = Limits(LIMITS.low, LIMITS.high, LIMITS.delta_low, LIMITS.delta_high, within=4,
+                    delta_percent=np.array([8.0, np.inf]))
+    lo, hi = bounds(value, limits)
+    for s, t, f in zip(*np.nonzero(~np.isnan(value)), strict=True):
+        if not lo[s, t, f] <= value[s, t, f] <= hi[s, t, f]:
+            continue  # a value the clean record's checks already flag
+        for end, beyond in ((lo[s, t, f], lo[s, t, f] - 0.01), (hi[s, t, f], hi[s, t, f] + 0.01)):
+            if not np.isfinite(end):
+                continue
+            edited = value[s:s + 1].copy()
+            edited[0, t, f] = end + (1e-9 if end == lo[s, t, f] else -1e-9)
+            assert not caught(value[s:s + 1], edited, limits)["any"][0], (s, t, f, end)
+            edited[0, t, f] = beyond
+            assert caught(value[s:s + 1], edited, limits)["any"][0], (s, t, f, beyond)

@@ -21,6 +21,7 @@ from pipeline.data.record import derive, feature_stats
 from pipeline.features import BY_NAME, FEATURES, NAMES
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
+from tests.support.linear import OneCell
 from tests.support.runs import copy_trained, prepare_again, trained_on_demo
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
@@ -89,19 +90,6 @@ def test_erroneous_values_leave_out_no_change_and_keep_the_first_kind_of_a_repea
     assert erroneous_values(BY_NAME["sodium"], 111.0, ["transpose"]) == []  # equal digits: no transposition
 
 
-class Linear(torch.nn.Module):
-    """logit(1) − logit(0) = w · (x[:, hour, feature] − threshold): only that cell of x counts."""
-
-    def __init__(self, hour: int, feature: int, w: float, threshold: float):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(w), requires_grad=False)
-        self.hour, self.feature, self.threshold = hour, feature, threshold
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.w * (x[:, self.hour, self.feature] - self.threshold)
-        return torch.stack([torch.zeros_like(z), z], dim=1)
-
-
 def record(cells: dict[tuple[int, str], float]) -> tuple[np.ndarray, np.ndarray, dict]:
     value = np.full((48, len(FEATURES)), np.nan)
     count = np.zeros((48, len(FEATURES)), int)
@@ -115,7 +103,7 @@ def record(cells: dict[tuple[int, str], float]) -> tuple[np.ndarray, np.ndarray,
 def test_the_search_finds_the_one_decimal_slip_a_linear_model_needs(beam):
     # survived (y = 0) unless the BUN of hour 40 reads above 60: the ×10 slip of 12 → 120 flips it
     value, count, stats = record({(40, "bun"): 12.0, (20, "sodium"): 140.0, (30, "potassium"): 4.0})
-    model = Linear(40, NAMES.index("bun"), 10.0, 0.6)
+    model = OneCell(40, NAMES.index("bun"), 10.0, 0.6)
     found = fewest_errors(Margins(model, 64), value, count, 0, stats, ALL, 3, beam)
     assert found.flipped and found.margin0 < 0
     (error,) = found.errors
@@ -126,7 +114,7 @@ def test_the_search_finds_the_one_decimal_slip_a_linear_model_needs(beam):
 
 def test_a_target_no_three_errors_can_flip_is_reported_as_not_flipped():
     value, count, stats = record({(40, "bun"): 12.0, (20, "sodium"): 140.0})
-    model = Linear(40, NAMES.index("bun"), 10.0, 5.0)  # x ≤ 1 < 5: nothing flips it
+    model = OneCell(40, NAMES.index("bun"), 10.0, 5.0)  # x ≤ 1 < 5: nothing flips it
     found = fewest_errors(Margins(model, 64), value, count, 0, stats, ALL, 3, 2)
     assert not found.flipped and found.margin0 < 0 and found.passes > 1
     assert all(e["margin"] <= 0 for e in found.errors)

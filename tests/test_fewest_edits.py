@@ -9,6 +9,7 @@ from pipeline.attack.core import AttackResult, Margins
 from pipeline.attack.fewest_edits import METHODS, Target, fewest_edits, sparsest
 from pipeline.attack.one_edit import MIN_MARGIN, scan
 from pipeline.config import AttackParams
+from tests.support.linear import Linear
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 
@@ -17,19 +18,6 @@ T, F = 48, 19
 STATS = {"p5": np.zeros(F), "median": np.full(F, 0.5), "p95": np.ones(F)}
 VALUE = np.full((T, F), 0.5)
 BOX = (np.full((T, F), -3.0, np.float32), np.full((T, F), 3.0, np.float32))  # beyond the clip: nothing moves
-
-
-class Linear(torch.nn.Module):
-    """Logits (0, w·x + b): for class 0 the margin Z_1 − Z_0 is w·x + b."""
-
-    def __init__(self, w: np.ndarray, margin0: float = -1.0):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float32), requires_grad=False)
-        self.b = margin0 - float((w * 0.5).sum())  # the record's own margin (x = 0.5 everywhere)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = (x * self.w).sum(dim=(1, 2)) + self.b
-        return torch.stack([torch.zeros_like(s), s], dim=1)
 
 
 def weights(cells: dict[tuple[int, int], float], rest: float = 1e-3) -> np.ndarray:

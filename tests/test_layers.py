@@ -140,7 +140,7 @@ def test_the_attack_core_imports_nothing_of_the_package():
     assert graph["pipeline.attack.core"] == set()
     spaces = {m for m in graph if m.startswith("pipeline.attack.spaces")}
     searches = {"pipeline.attack.l1", "pipeline.attack.one_edit", "pipeline.attack.fewest_edits",
-                "pipeline.attack.fewest_errors", "pipeline.attack.entry_errors"}
+                "pipeline.attack.fewest_errors", "pipeline.attack.entry_errors", "pipeline.attack.undetected"}
     wirings = {m for m in graph if m.startswith("pipeline.attack.wiring")}
     for module in spaces:  # geometry: the spaces use the core, never a search nor a wiring
         assert not graph[module] & (searches | wirings), (module, graph[module] & (searches | wirings))
@@ -156,7 +156,7 @@ def test_the_stages_and_the_analysis_reach_a_space_by_its_name_only():
     graph = imports(PACKAGE)
     named = {f"pipeline.attack.{layer}.{name}" for layer in ("spaces", "wiring") for name in SPACES}
     searches = {"pipeline.attack.l1", "pipeline.attack.one_edit", "pipeline.attack.fewest_edits",
-                "pipeline.attack.fewest_errors"}
+                "pipeline.attack.fewest_errors", "pipeline.attack.undetected"}
     for module, targets in graph.items():
         if module.startswith("pipeline.attack.wiring.") or module in searches:
             assert not targets & {n for n in named if ".wiring." in n}, module  # a wiring is reached by name

@@ -10,9 +10,12 @@ import torch
 import xarray as xr
 
 from pipeline.attack.core import margin
+from pipeline.checks.limits import caught
 from pipeline.cli import main
+from pipeline.data.record import derive, feature_stats
 from pipeline.features import FEATURES
 from pipeline.model import load_model
+from pipeline.susceptibility import checks_report
 from tests.support.runs import prepare_again, trained_on_demo
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
@@ -61,6 +64,33 @@ def test_analyze_proves_every_record_space_example_realizable(demo_attacked, tmp
     assert "recorded at hour" in report and "re-derive from the edited record" in report
     edits = pd.read_csv(run / "tables" / "edits_best.csv")
     assert (edits.reaches_from <= edits.hour).all() and (edits.hour <= edits.reaches_to).all()
+
+
+def test_every_undetected_example_flips_and_no_check_flags_it(demo_attacked):
+    """The check-aware searches (docs/methods.md §11) on the real demo: their examples are edits of recorded
+    values that flip the prediction once re-derived, pass every check with the stored limits, and are never
+    behind the stored examples that no check flags."""
+    attack = xr.open_zarr(demo_attacked / "attack.zarr", consolidated=False).load()
+    data = xr.open_zarr(demo_attacked / "dataset.zarr", consolidated=False).load()
+    limits = checks_report.limits_of(attack, "attack.zarr")
+    assert limits is not None and attack.attrs["checks"]["source"] == "training records"
+    found = checks_report.undetected_found(attack)
+    assert found.any()
+    rows = np.flatnonzero(found)
+    edited = checks_report.undetected_values(attack, data, rows)
+    assert not caught(checks_report.clean(attack, data)[rows], edited, limits)["any"].any()
+    index = attack.dataset_index.values[rows]
+    x = derive(edited, data["mask"].values[index], feature_stats(data))
+    with torch.no_grad():
+        m = margin(load_model(demo_attacked)(torch.from_numpy(x)), torch.from_numpy(attack.y.values[rows].astype(int)))
+    assert (m.numpy() > 0).all()
+    delta = attack["undetected_edit"].values
+    assert not (delta[~data["mask"].values[attack.dataset_index.values]] != 0).any(), "an imputed cell was edited"
+    k = checks_report.k_table(attack, data, limits, 3)
+    for j in (1, 2, 3):
+        assert (k[f"undetected_le_{j}"] >= k[f"unflagged_best_le_{j}"]).all()
+    one = attack["one_edit_undetected"].values
+    assert ((~np.isnan(one)).any(axis=(1, 2)) == (checks_report.edits_of(attack, "undetected") == 1)).all()
 
 
 def test_edits_written_into_the_raw_tables_flip_the_re_prepared_sample(demo_dir, demo_attacked, tmp_path):

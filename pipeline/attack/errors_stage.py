@@ -26,6 +26,10 @@ from pipeline.attack.core import Margins
 from pipeline.attack.fewest_errors import ERROR_FIELDS, fewest_errors
 from pipeline.attack.shards import shard_ranges
 from pipeline.attack.targets import select_targets
+from pipeline.attack.undetected import unflagged_errors
+from pipeline.checks import table
+from pipeline.checks.limits import Limits
+from pipeline.checks.source import limits_for
 from pipeline.config import ERROR_KINDS, ConfigError, ModelParams, PipelineConfig
 from pipeline.data.record import feature_stats
 from pipeline.errors import InputError, blaming
@@ -42,12 +46,14 @@ SAVE_EVERY = 16  # targets between two saves of a shard's progress
 
 
 def errors_shard(run_dir: str, shard: int, index: list[int], y: list[int], params: dict, workers: int = 1,
-                 model_params: ModelParams | None = None) -> list:
-    """One shard (a task): search each of its targets in turn, resuming after a requeue."""
+                 model_params: ModelParams | None = None, checks: Limits | None = None) -> list:
+    """One shard (a task): search each of its targets in turn, resuming after a requeue; with `checks`, each
+    target's fewest errors that no check flags too (pipeline/attack/undetected.py)."""
     training.set_threads(workers)
     run = RunDir(run_dir)
     key = {"index": index, "params": params, "weights": run.model_record()["weights_sha256"],
-           "inputs": run.fingerprints(layout.DATASET)}
+           "inputs": run.fingerprints(layout.DATASET),
+           "checks": None if checks is None else [np.asarray(v).tolist() for v in dataclasses.astuple(checks)]}
     checkpoint = Checkpoint(run.shard_progress("errors", shard), key=key)
     rows = (checkpoint.load() or {"rows": []})["rows"]
     ds = run.dataset()
@@ -58,6 +64,10 @@ def errors_shard(run_dir: str, shard: int, index: list[int], y: list[int], param
         found = fewest_errors(margins, value[i], count[i], y[i], stats, params["kinds"], params["max_errors"],
                               params["beam"])
         rows.append(dataclasses.asdict(found))
+        if checks is not None:
+            rows[-1]["undetected"] = dataclasses.asdict(fewest_errors(
+                margins, value[i], count[i], y[i], stats, params["kinds"], params["max_errors"], params["beam"],
+                unflagged_errors(checks)))
         if len(rows) % SAVE_EVERY == 0 or len(rows) == len(index):
             with blaming(checkpoint.path):
                 checkpoint.save({"rows": rows})
@@ -77,27 +87,50 @@ def errors(cfg: PipelineConfig, run_dir: RunDir) -> None:
         raise ConfigError(f"[errors] targets = {e.targets!r}: no correctly classified sample to search")
     params = {"kinds": list(e.kinds), "max_errors": e.max_errors, "beam": e.beam, "batch_size": e.batch_size}
     index, y = targets.dataset_index.to_numpy(), targets.y.to_numpy().astype(int)
-    calls = [(str(run_dir.path), k, index[lo:hi].tolist(), y[lo:hi].tolist(), params, cfg.run.workers, cfg.model)
-             for k, (lo, hi) in enumerate(shard_ranges(len(index), e.shards, 1)) if hi > lo]
+    limits, provenance = limits_for(cfg.checks, run_dir)
+    searched = limits if cfg.checks.search else None
+    calls = [(str(run_dir.path), k, index[lo:hi].tolist(), y[lo:hi].tolist(), params, cfg.run.workers, cfg.model,
+              searched) for k, (lo, hi) in enumerate(shard_ranges(len(index), e.shards, 1)) if hi > lo]
     log.info("errors: %d targets (%s set), %d shard(s), kinds %s, at most %d errors, beam %d", len(index),
              e.targets, len(calls), ", ".join(e.kinds), e.max_errors, e.beam)
     rows = [row for shard in run_array(cfg, run_dir, "errors", errors_shard, calls) for row in shard]
     store = to_store(rows, index, y, ds.hadm_id.values[index], e.max_errors, {
         **params, "targets": e.targets, "seed": cfg.run.seed,
         "weights_sha256": run_dir.model_record()["weights_sha256"],
-        "inputs": run_dir.data_fingerprints()})
+        "inputs": run_dir.data_fingerprints(), "checks": {**provenance, "search": cfg.checks.search}}, limits)
     with rundir.atomic_path(run_dir / layout.ERRORS) as tmp:
         store.to_zarr(tmp, zarr_format=3, consolidated=False)
     shutil.rmtree(run_dir.shards_dir("errors"), ignore_errors=True)
     flipped, n_errors = store.flipped.values, store.n_errors.values
     for k in range(1, e.max_errors + 1):
-        log.info("errors: %.1f%% of %d targets flipped by ≤ %d error(s)", 100 * np.mean(flipped & (n_errors <= k)),
-                 len(flipped), k)
+        log.info("errors: %.1f%% of %d targets flipped by ≤ %d error(s)%s", 100 * np.mean(flipped & (n_errors <= k)),
+                 len(flipped), k, "; no check flags %.1f%%" % (100 * np.mean(
+                     store.undetected_flipped.values & (store.undetected_n_errors.values <= k)))
+                 if "undetected_flipped" in store else "")
 
 
 def to_store(rows: list[dict], index: np.ndarray, y: np.ndarray, hadm_id: np.ndarray, max_errors: int,
-             attrs: dict) -> xr.Dataset:
-    """errors.zarr from the shards' rows (one per target, in target order)."""
+             attrs: dict, limits: Limits | None = None) -> xr.Dataset:
+    """errors.zarr from the shards' rows (one per target, in target order), with the checks' `limits` and the
+    check-aware search's results when the rows hold them."""
+    store = searched_store(rows, index, y, hadm_id, max_errors, attrs)
+    if limits is not None:
+        store = store.assign({name: xr.Variable(*v) for name, v in table.variables(limits, "check_feature").items()})
+        store = store.assign_coords(check_feature=("check_feature", np.array(NAMES, dtype=object),
+                                                   {"long_name": "the feature a check's limit is for"}))
+    if rows and "undetected" in rows[0]:
+        undetected = searched_store([r["undetected"] for r in rows], index, y, hadm_id, max_errors, attrs)
+        for name in (*ERROR_FIELDS, "flipped", "n_errors", "passes"):
+            var = undetected[name]
+            store["undetected_" + name] = var.assign_attrs(
+                long_name="the search restricted to errors no check flags (docs/methods.md §11): "
+                          + var.attrs["long_name"])
+    return store
+
+
+def searched_store(rows: list[dict], index: np.ndarray, y: np.ndarray, hadm_id: np.ndarray, max_errors: int,
+                   attrs: dict) -> xr.Dataset:
+    """errors.zarr of one search's rows."""
     n = len(rows)
     fill = {"hour": -1, "feature": -1, "kind": -1, "recorded": np.nan, "erroneous": np.nan, "dropped": False,
             "margin": np.nan}

@@ -79,6 +79,11 @@ class Target:
     def margin(self, margins: Margins, delta: np.ndarray) -> float:
         return float(full_margins(margins, [(self, delta)])[0])
 
+    def box(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The range of δ each cell not yet edited may take once the edits `delta` are made: the box (a
+        check-aware target narrows it, pipeline/attack/undetected.py)."""
+        return self.lower, self.upper
+
 
 def full_margins(margins: Margins, edited: list[tuple[Target, np.ndarray]]) -> np.ndarray:
     """The margin of each target's record with its edits δ written in, derived in full, in one pass."""
@@ -146,9 +151,9 @@ def fewest_edits_many(margins: Margins, targets: list[Target], l1: list[np.ndarr
 
 
 def search_many(margins: Margins, targets: list[Target], scans: list[Scan], max_edits: int,
-                beam: int) -> list[Example | None]:
+                beam: int, shrink: bool = True) -> list[Example | None]:
     """The beam search for k = 2 … max_edits of each target, started from its scan's largest margin per
-    value; all targets' steps in the same passes."""
+    value; all targets' steps in the same passes. `shrink`: shrink each example found (shrink_many)."""
     states: dict[int, list[Example]] = {}
     for i, (t, scan) in enumerate(zip(targets, scans, strict=True)):
         scanned = zip(*np.nonzero(np.isfinite(scan.best_margin)), strict=True)
@@ -186,7 +191,7 @@ def search_many(margins: Margins, targets: list[Target], scans: list[Scan], max_
             states[i] = new
         if not states:
             break
-    kept = [i for i, e in enumerate(out) if e is not None]
+    kept = [i for i, e in enumerate(out) if e is not None and shrink]
     for i, shrunk in zip(kept, shrink_many(margins, [(targets[i], out[i]) for i in kept]), strict=True):
         out[i] = shrunk
     return out
@@ -199,7 +204,7 @@ def ends_many(margins: Margins, states: list[tuple[int, int, Target, np.ndarray]
     for i, b, t, delta in states:
         record = t.record(delta)
         cells = [(int(h), int(f)) for h, f in zip(*np.nonzero(~np.isnan(record.value) & (delta == 0)), strict=True)]
-        for cell, line in zip(cells, one_edit.lines(record.value, cells, t.stats, t.lower, t.upper), strict=True):
+        for cell, line in zip(cells, one_edit.lines(record.value, cells, t.stats, *t.box(delta)), strict=True):
             asks.append((record, cell, line.ends()))
             owners.append((i, b))
     out: dict[int, list] = {i: [] for i, *_ in states}
@@ -279,6 +284,7 @@ class Batch:
     method: np.ndarray  # (n, 3) int8 index into METHODS and then the further searches' names; -1: no example
     one_edit: np.ndarray  # (n, time, feature) float32 δ of each value's smallest flipping edit; NaN: none
     one_edit_margin: np.ndarray  # (n, time, feature) float32 the largest margin that value alone reaches
+    undetected: list | None = None  # per target (check-aware scan, example or None): pipeline/attack/undetected.py
 
 
 def sparsest(model: torch.nn.Module, result: AttackResult, targets: list[Target], params: AttackParams,

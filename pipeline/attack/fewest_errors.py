@@ -12,6 +12,8 @@ once. `beam = 1` is greedy search.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,9 +75,26 @@ def child(state: State, cand: Candidates, i: int, m: float) -> State:
     return State(value, count, float(m), [*state.errors, error])
 
 
+def records(state: State, cand: Candidates) -> np.ndarray:
+    """The record (n, time, feature) each candidate leaves: the state's with its cell set to the new mean."""
+    out = np.repeat(state.value[None], len(cand), axis=0)
+    out[np.arange(len(cand)), cand.hour, cand.feature] = cand.after
+    return out
+
+
+def subset(cand: Candidates, keep: np.ndarray) -> Candidates:
+    return Candidates(**{f.name: getattr(cand, f.name)[keep] for f in dataclasses.fields(Candidates)})
+
+
+# which candidates a search may make (bool per candidate), given the clean record and the state: the
+# check-aware search keeps those no check flags (pipeline/attack/undetected.py)
+Allowed = Callable[[np.ndarray, State, Candidates], np.ndarray]
+
+
 def fewest_errors(margins: Margins, value: np.ndarray, count: np.ndarray, y: int, stats: dict[str, np.ndarray],
-                  kinds: list[str], max_errors: int, beam: int) -> Found:
-    """The search for one target: `value`/`count` its record (time, feature), `y` its correct class."""
+                  kinds: list[str], max_errors: int, beam: int, allowed: Allowed | None = None) -> Found:
+    """The search for one target: `value`/`count` its record (time, feature), `y` its correct class; with
+    `allowed`, only the errors it allows are made."""
     start = margins.passes
     margin0 = float(margins(derive_record(value[None], stats), y)[0])
     states = [State(value.astype(np.float64), count.astype(np.int64), margin0)]
@@ -83,6 +102,8 @@ def fewest_errors(margins: Margins, value: np.ndarray, count: np.ndarray, y: int
         expanded = []  # (margin, state index, candidates, row)
         for b, state in enumerate(states):
             cand = candidates(state.value, state.count, kinds, skip=state.cells)
+            if allowed is not None and len(cand):
+                cand = subset(cand, allowed(value, state, cand))
             if len(cand):
                 m = margins(inputs(state, cand, stats), y)
                 expanded += [(float(m[i]), b, cand, i) for i in range(len(cand))]

@@ -13,6 +13,7 @@ from there after a requeue. When every shard is done, the store is renamed to ``
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -31,6 +32,9 @@ from pipeline.attack.l1 import L1Attack
 from pipeline.attack.spaces.base import Space
 from pipeline.attack.targets import TargetInputs, select_targets
 from pipeline.attack.wiring.base import Wiring
+from pipeline.checks import table
+from pipeline.checks.limits import Limits
+from pipeline.checks.source import limits_for
 from pipeline.config import AttackConfig, AttackParams, ConfigError, ModelParams, PipelineConfig
 from pipeline.errors import blaming
 from pipeline.features import NAMES
@@ -59,8 +63,10 @@ def shard_ranges(n: int, shards: int, unit: int) -> list[tuple[int, int]]:
 
 
 
-def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: dict) -> None:
-    """Create the store with its coordinates and empty variables (written later, region by region)."""
+def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: dict,
+             limits: Limits | None = None) -> None:
+    """Create the store with its coordinates and empty variables (written later, region by region), and the
+    checks' `limits` (record space)."""
     n, n_feat = len(targets), len(NAMES)
     rows = max(1, min(chunk, n))
 
@@ -72,7 +78,7 @@ def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: 
     wired = wiring.get(attrs["space"])
     k = len(wired.KINDS)
     ds = xr.Dataset(
-        {**wired.variables(n, n_time, n_feat, empty),
+        {**wired.variables(n, n_time, n_feat, empty), **(table.variables(limits) if limits is not None else {}),
          "perturbation": (cells, empty((n, k, n_time, n_feat), np.float32, 0.0),
                           {"long_name": wired.EFFECT, "units": one,
                            "description": "P in scaled [0, 1] units; × (p95 − p5) for clinical units"}),
@@ -107,6 +113,17 @@ def allocate(path: Path, targets: pd.DataFrame, n_time: int, chunk: int, attrs: 
     ds.to_zarr(path, mode="w", zarr_format=3, compute=False, consolidated=False)
 
 
+def checks_of(cfg: PipelineConfig, run_dir: RunDir, space: str) -> tuple[Limits | None, dict]:
+    """The checks' limits and their provenance (with the limits' own sha256 and whether the searches ran):
+    the record space's; a tensor-space attack changes no recorded value the checks could see."""
+    if not wiring.get(space).CHECKS:
+        return None, {}
+    limits, provenance = limits_for(cfg.checks, run_dir)
+    digest = hashlib.sha256(b"".join(np.asarray(v, np.float64).tobytes() for _, v, _ in
+                                     table.variables(limits).values())).hexdigest()
+    return limits, {**provenance, "limits_sha256": digest, "search": cfg.checks.search}
+
+
 def store_attrs(attrs: dict) -> dict:
     """The store's global attributes: the attack's `attrs` and the CF ones."""
     return {**cf.GLOBAL, **attrs}
@@ -125,8 +142,9 @@ def resumable(partial: Path, attrs: dict) -> bool:
 
 
 def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, batch_size: int,
-                 workers: int = 1, model_params: ModelParams | None = None) -> dict:
-    """One shard (a task): attack targets start…stop batch by batch, resuming after a requeue."""
+                 workers: int = 1, model_params: ModelParams | None = None, checks: Limits | None = None) -> dict:
+    """One shard (a task): attack targets start…stop batch by batch, resuming after a requeue; with `checks`
+    (record space) each target's sparsest flip that these checks do not catch is searched too."""
     training.set_threads(workers)
     run = RunDir(run_dir)
     store = zarr.open_group(run.partial(layout.ATTACK), mode="r+")
@@ -141,6 +159,7 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     attack = L1Attack(model, config)
     wired = wiring.get(config.space)
     inputs = TargetInputs.load(run, store["dataset_index"][start:stop], config.space)
+    inputs.checks = checks
     target = store["y"][start:stop].astype(np.int64)
     batches = [(b, min(b + batch_size, stop)) for b in range(start, stop, batch_size)]
     bar = tqdm(total=stop - start, desc=f"shard {shard}", unit="target", initial=sum(b1 - b0 for b0, b1 in batches
@@ -186,23 +205,26 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
     if targets.empty:
         raise ConfigError(f"[attack] targets = {a.targets!r}: no correctly classified sample to attack")
     TargetInputs.load(run_dir, np.zeros(0, np.int64), params.space)  # a store the space cannot read: one line, now
+    limits, provenance = checks_of(cfg, run_dir, params.space)
     attrs = {"attack_config": dataclasses.asdict(params.params()), "space": params.space, "params_source": source,
              "targets": a.targets,
              "batch_size": a.batch_size, "seed": cfg.run.seed, **run_dir.model_record(),
-             "inputs": run_dir.data_fingerprints()}  # a partial store resumes only if all match
+             "inputs": run_dir.data_fingerprints(),
+             **({"checks": provenance} if limits is not None else {})}  # a partial store resumes only if all match
     partial = run_dir.partial(layout.ATTACK)
     if not resumable(partial, attrs):
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(run_dir.shards_dir("attack"), ignore_errors=True)
         with rundir.atomic_path(partial) as tmp:  # whole or absent: a kill while allocating leaves no husk
-            allocate(tmp, targets, run_dir.dataset().sizes["time"], a.chunk_samples, attrs)
+            allocate(tmp, targets, run_dir.dataset().sizes["time"], a.chunk_samples, attrs, limits)
     else:
         log.info("attack: resuming the store in %s", partial)
     ranges = shard_ranges(len(targets), a.shards, a.batch_size)
     log.info("attack: %d targets (%s set, correctly classified), %d shard(s), %d iterations, parameters from %s",
              len(targets), a.targets, a.shards, params.max_iter, source)
+    searched = limits if limits is not None and cfg.checks.search else None
     calls = [(str(run_dir.path), k, lo, hi, dataclasses.asdict(params.params()), a.batch_size, cfg.run.workers,
-              cfg.model)
+              cfg.model, searched)
              for k, (lo, hi) in enumerate(ranges) if hi > lo]  # a shard without targets is not submitted
     if len(calls) < a.shards:
         log.info("attack: %d target(s) fill %d batch(es) of %d: %d shard(s) run, not %d", len(targets),

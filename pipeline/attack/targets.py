@@ -14,6 +14,7 @@ import torch
 
 from pipeline.attack import spaces
 from pipeline.attack.spaces.base import Space
+from pipeline.checks.limits import Limits
 from pipeline.config import AttackParams, ModelParams
 from pipeline.data.record import feature_stats
 from pipeline.errors import InputError
@@ -51,6 +52,7 @@ class TargetInputs:
     mask: np.ndarray  # bool (n, time, feature)
     value: np.ndarray | None  # float64 (n, time, feature), NaN where not recorded; None: store without it
     stats: dict[str, np.ndarray]
+    checks: Limits | None = None  # record space: search the sparsest flip these checks do not catch
 
     @classmethod
     def load(cls, run_dir: RunDir, index: np.ndarray, space: str) -> TargetInputs:

@@ -32,6 +32,19 @@ class Limits:
     delta_low: np.ndarray  # the smallest change allowed (negative: a fall)
     delta_high: np.ndarray
     within: float | None = None  # hours: a neighbour further away is not compared (None: any in the window)
+    # a change of more than this percent of the earlier value is flagged too (inf: no such limit); a
+    # laboratory's table may set it (creatinine ±60%), the derived limits do not
+    delta_percent: np.ndarray | None = None
+
+    @property
+    def percent(self) -> np.ndarray:
+        return np.full(len(self.low), np.inf) if self.delta_percent is None else self.delta_percent
+
+    def of(self, feature: int) -> Limits:
+        """The limits of one feature (to check one column of a record: a feature's checks see its series only)."""
+        one = slice(feature, feature + 1)
+        return Limits(self.low[one], self.high[one], self.delta_low[one], self.delta_high[one], self.within,
+                      self.percent[one])
 
 
 def neighbours(recorded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +80,8 @@ def derive(value: np.ndarray, range_quantiles: tuple[float, float] = RANGE_QUANT
     steps = changes(value)
     delta_low, delta_high = (np.array([np.quantile(s, q) if s.size else np.inf * (2 * i - 1) for s in steps])
                              for i, q in enumerate(delta_quantiles))
+    # a few changes all one way must not give a limit that flags an unchanged value
+    delta_low, delta_high = np.minimum(delta_low, 0.0), np.maximum(delta_high, 0.0)
     return Limits(low, high, delta_low, delta_high, within)
 
 
@@ -85,10 +100,14 @@ def flags(value: np.ndarray, limits: Limits) -> dict[str, np.ndarray]:
         near_prev &= t - prev <= limits.within
         near_next &= nxt - t <= limits.within
 
-    def beyond(change: np.ndarray) -> np.ndarray:
-        return (change < limits.delta_low) | (change > limits.delta_high)
+    share = limits.percent / 100
+    relative = np.isfinite(share)
 
-    jump = recorded & ((near_prev & beyond(value - before)) | (near_next & beyond(after - value)))
+    def beyond(change: np.ndarray, earlier: np.ndarray) -> np.ndarray:
+        too_far = relative & (np.abs(change) > np.where(relative, share, 0.0) * np.abs(earlier))
+        return (change < limits.delta_low) | (change > limits.delta_high) | too_far
+
+    jump = recorded & ((near_prev & beyond(value - before, before)) | (near_next & beyond(after - value, value)))
     return {"range": outside, "delta": jump}
 
 
@@ -99,6 +118,36 @@ def false_alarm_rate(value: np.ndarray, limits: Limits) -> dict[str, float]:
     found = flags(value, limits)
     found["any"] = found["range"] | found["delta"]
     return {k: float(v.sum() / n) for k, v in found.items()}
+
+
+def bounds(value: np.ndarray, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
+    """Per recorded cell (sample, time, feature): the values [lo, hi] it could take that no check flags, the
+    rest of the record as it stands — its feature's range intersected with the delta limits around the
+    previous and the next recorded value of its series (each one's own delta pair with it included: the
+    same change). NaN where nothing was recorded."""
+    recorded = ~np.isnan(value)
+    prev, nxt = neighbours(recorded)
+    n_time = value.shape[1]
+    t = np.arange(n_time).reshape(1, -1, 1)
+    before = np.take_along_axis(value, np.maximum(prev, 0), axis=1)
+    after = np.take_along_axis(value, np.minimum(nxt, n_time - 1), axis=1)
+    near_prev, near_next = prev >= 0, nxt < n_time
+    if limits.within is not None:
+        near_prev &= t - prev <= limits.within
+        near_next &= nxt - t <= limits.within
+    lo = np.broadcast_to(limits.low, value.shape).copy()
+    hi = np.broadcast_to(limits.high, value.shape).copy()
+    lo = np.maximum(lo, np.where(near_prev, before + limits.delta_low, -np.inf))
+    hi = np.minimum(hi, np.where(near_prev, before + limits.delta_high, np.inf))
+    lo = np.maximum(lo, np.where(near_next, after - limits.delta_high, -np.inf))
+    hi = np.minimum(hi, np.where(near_next, after - limits.delta_low, np.inf))
+    share = limits.percent / 100  # |v − prev| ≤ share·|prev| and |next − v| ≤ share·|v| (values above 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo = np.maximum(lo, np.where(near_prev & np.isfinite(share), before * (1 - share), -np.inf))
+        hi = np.minimum(hi, np.where(near_prev & np.isfinite(share), before * (1 + share), np.inf))
+        lo = np.maximum(lo, np.where(near_next & np.isfinite(share), after / (1 + share), -np.inf))
+        hi = np.minimum(hi, np.where(near_next & np.isfinite(share) & (share < 1), after / (1 - share), np.inf))
+    return np.where(recorded, lo, np.nan), np.where(recorded, hi, np.nan)
 
 
 def caught(original: np.ndarray, edited: np.ndarray, limits: Limits) -> dict[str, np.ndarray]:

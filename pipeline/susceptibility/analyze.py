@@ -24,7 +24,7 @@ from pipeline.errors import InputError
 from pipeline.infra import cf, layout, rundir
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
-from pipeline.susceptibility import entry_report, figures, report
+from pipeline.susceptibility import checks_report, entry_report, figures, report
 from pipeline.susceptibility.one_edit_map import feature_table, one_edit_scores
 from pipeline.susceptibility.realizable import imputed_share, record_edits, rederived_flips
 from pipeline.susceptibility.scores import CLINICAL_ATTRS, DIRECTIONS, direction_of, norms, scores, to_clinical
@@ -316,6 +316,7 @@ def write_results(cfg: PipelineConfig, run_dir: RunDir) -> None:
             rundir.write_text(run_dir.table(f"one_edit_{d}.csv"), tables[d]["one_edit"].to_csv(index=False))
     entry, k_errors = entry_errors(run_dir, data, captions, cfg.model)
     fewest = report.fewest_section(summary, k_errors, sus, tables) if edits is not None else []
+    checked = checks_report.write(run_dir, attack, data, captions, cfg.model)
     rundir.write_text(run_dir.report, report.render(run_dir.path, data, attack, summary, tables, captions, changes,
-                                                        edits, [*fewest, *entry]))
+                                                        edits, [*fewest, *checked, *entry]))
     log.info("analyze: report %s (%d figures)", run_dir.report, len(captions))

@@ -268,6 +268,13 @@ def sparsest_edits(edits: pd.DataFrame) -> list[str]:
                      "`tables/edits_best.csv`", _edit_text)
 
 
+def sparsest_undetected(edits: pd.DataFrame) -> list[str]:
+    """The undetected examples with the fewest edited values, each edit as it would read in the record."""
+    return _sparsest(edits, "that no check flags, with the fewest edited values", "edit",
+                     "every edit of every undetected example: `tables/edits_undetected.csv`", _edit_text,
+                     "undetected examples")
+
+
 def sparsest_examples(changes: pd.DataFrame) -> list[str]:
     """The best examples that change the fewest cells, each change in clinical units."""
     return _sparsest(changes, "that change the fewest cells", "cell", "every changed cell of every example, in "
@@ -275,12 +282,12 @@ def sparsest_examples(changes: pd.DataFrame) -> list[str]:
                      lambda r: f"{r.feature} at hour {r.hour} {r.before:.4g} → {r.after:.4g} {r.unit}")
 
 
-def _sparsest(rows: pd.DataFrame, which: str, noun: str, where: str, spell) -> list[str]:
+def _sparsest(rows: pd.DataFrame, which: str, noun: str, where: str, spell, what: str = "best examples") -> list[str]:
     """Up to SHOWN_EXAMPLES examples with the fewest rows in `rows` (one row per changed value), spelled out."""
     if rows.empty:
         return []
     counts = rows.groupby("sample").size().sort_values(kind="stable")
-    lines = [f"The {min(SHOWN_EXAMPLES, len(counts))} best examples {which} ({where}):", ""]
+    lines = [f"The {min(SHOWN_EXAMPLES, len(counts))} {what} {which} ({where}):", ""]
     for sample in counts.index[:SHOWN_EXAMPLES]:
         mine = rows[rows["sample"] == sample]
         first = mine.iloc[0]

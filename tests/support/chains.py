@@ -30,6 +30,7 @@ TINY_CHAIN = [
 FIGURES = {"gpp_heatmap.png", "s_heatmap.png", "gap_heatmap.png", "s_j_ranking.png", "norms.png",
            "iteration_cdf.png", "cv_roc_pr.png", "edit_gpp_heatmap.png",  # record space (the default):
            "one_edit_heatmap.png", "one_edit_size_heatmap.png",  # the edits and the one-edit map
+           "one_edit_undetected_heatmap.png",  # the one-edit map no check notices (docs/methods.md §11)
            "errors_heatmap.png"}  # the errors stage
 
 
@@ -39,7 +40,8 @@ def assert_complete(run):
     report = (run / "report.md").read_text()
     for name in FIGURES:
         assert f"(figures/{name})" in report
-    for section in ("## Data", "## Model", "## Attack", "## Plausible data-entry errors", "## Susceptibility"):
+    for section in ("## Data", "## Model", "## Attack", "## Plausible data-entry errors", "## Susceptibility",
+                    "## Would the checks catch it?"):
         assert section in report
     sus = xr.open_zarr(run / "susceptibility.zarr")
     assert sus.s.dims == ("direction", "kind", "time", "feature")

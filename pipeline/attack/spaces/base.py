@@ -9,7 +9,7 @@ of it is the report's (pipeline/susceptibility/space_text.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ class Inputs(Protocol):
     mask: np.ndarray  # bool (n, time, feature)
     value: np.ndarray | None  # float64 (n, time, feature), NaN where not recorded
     stats: dict[str, np.ndarray]
+    checks: Any  # pipeline.checks.limits.Limits or None: the record space's check-aware searches use them
 
 
 class Space:

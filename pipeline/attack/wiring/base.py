@@ -31,6 +31,7 @@ class Wiring:
     KINDS: ClassVar[tuple[str, ...]] = KINDS  # the examples attack.zarr keeps per target, in order
     KIND: ClassVar[dict]  # CF attributes of attack.zarr's `kind`: what each kind is, in this space
     EFFECT: ClassVar[str]  # long_name of attack.zarr's `perturbation`
+    CHECKS: ClassVar[bool] = False  # its examples edit recorded values that a hospital's checks see (§11)
 
     @classmethod
     def after_l1(cls, model: torch.nn.Module, result: AttackResult, inputs: Inputs, y: np.ndarray, rows: slice,

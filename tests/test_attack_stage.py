@@ -214,9 +214,13 @@ def test_a_remade_dataset_is_caught_by_the_next_stages_marker(trained_run, tmp_p
     # forced on the test set: the split was made for the other dataset, and says so (it was an IndexError)
     assert main(["attack", "--run-dir", str(run), *ATTACK, "--executor", "debug", "--force"]) == 1
     assert "split.json: its test set names sample" in capsys.readouterr().err
-    everything = [*ATTACK, "attack.targets=all", "--executor", "debug"]  # needs no split of this dataset
-    assert main(["attack", "--run-dir", str(run), *everything, "--force"]) == 0
-    assert main(["attack", "--run-dir", str(run), *everything]) == 0  # consistent again
+    everything = [*ATTACK, "attack.targets=all", "--executor", "debug"]
+    assert main(["attack", "--run-dir", str(run), *everything, "--force"]) == 1  # the checks' training records
+    assert "split.json: names sample" in capsys.readouterr().err
+    lab = tmp_path / "limits.toml"
+    lab.write_text("[sodium]\ndelta = 13\n")  # a laboratory's limits: then nothing needs a split of this dataset
+    assert main(["attack", "--run-dir", str(run), *everything, f"checks.limits={lab}", "--force"]) == 0
+    assert main(["attack", "--run-dir", str(run), *everything, f"checks.limits={lab}"]) == 0  # consistent again
 
 
 @pytest.mark.heavy

@@ -1,6 +1,7 @@
 """Record-space examples are edits of the record: recorded cells only, plausible values, and — end to end
 on the real demo — raw tables edited accordingly and prepared again flip the model's prediction."""
 
+import json
 import shutil
 
 import numpy as np
@@ -53,8 +54,6 @@ def test_analyze_proves_every_record_space_example_realizable(demo_attacked, tmp
     run = tmp_path / "run"
     shutil.copytree(demo_attacked, run)
     assert main(["analyze", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3"]) == 0
-    import json
-
     rows = json.loads((run / "tables" / "summary.json").read_text())
     assert any(r["successes"] for r in rows)
     for r in rows:
@@ -91,6 +90,26 @@ def test_every_undetected_example_flips_and_no_check_flags_it(demo_attacked):
         assert (k[f"undetected_le_{j}"] >= k[f"unflagged_best_le_{j}"]).all()
     one = attack["one_edit_undetected"].values
     assert ((~np.isnan(one)).any(axis=(1, 2)) == (checks_report.edits_of(attack, "undetected") == 1)).all()
+
+
+def test_an_undetected_example_that_lost_its_edit_fails_analyze_and_the_advice_works(demo_attacked, tmp_path,
+                                                                                        capsys):
+    """Its chunk lost under a marker that does not list the store's files: the example reads as no edit at
+    all, which flips nothing; analyze must say so rather than count it."""
+    run = tmp_path / "run"
+    shutil.copytree(demo_attacked, run)
+    marker = run / ".stages" / "attack.json"
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "outputs"}))
+    attack = xr.open_zarr(run / "attack.zarr", consolidated=False)
+    first = int(np.flatnonzero(attack.undetected_method.values >= 0)[0]) // attack.undetected_edit.chunks[0][0]
+    (run / "attack.zarr" / "undetected_edit" / "c" / str(first) / "0" / "0").unlink()
+    analyze = ["analyze", "--run-dir", str(run), "--executor", "debug", "--seed", "5", "cv.folds=3"]
+    assert main(analyze) == 1
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    assert "attack.zarr" in line and "undetected examples do not re-derive to a flip" in line, line
+    assert "`python -m pipeline attack --force`" in line
+    assert main(["attack", "--run-dir", str(run), *RECORD_ATTACK, "--force"]) == 0
+    assert main(analyze) == 0
 
 
 def test_edits_written_into_the_raw_tables_flip_the_re_prepared_sample(demo_dir, demo_attacked, tmp_path):

@@ -36,8 +36,9 @@ def limits_for(checks: ChecksConfig, run_dir: RunDir) -> tuple[Limits, dict]:
     value = training_records(trained)
     limits = derive(value, tuple(quantiles["range_quantiles"]), tuple(quantiles["delta_quantiles"]), within)
     log.info("checks: limits derived from the %d training records of %s", len(value), trained.path)
-    return limits, {"source": "training records", "run": str(trained.path), "training_records": len(value),
-                    **quantiles}
+    # "this run" rather than its path: a run directory moved or copied (or run inside the image) records the same
+    return limits, {"source": "training records", "run": str(trained.path) if frozen else "this run",
+                    "training_records": len(value), **quantiles}
 
 
 def trained_run(stats_from: str) -> RunDir:

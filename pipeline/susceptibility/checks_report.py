@@ -97,8 +97,9 @@ def verify(attack: xr.Dataset, data: xr.Dataset, model: torch.nn.Module, limits:
     with torch.no_grad():
         m = margin(model(torch.from_numpy(x)), torch.from_numpy(attack.y.values[rows].astype(np.int64))).numpy()
     flagged = caught(clean(attack, data)[rows], edited, limits)["any"]
-    if (m <= 0).any() or flagged.any():
-        raise InputError(f"{where}: {int((m <= 0).sum())} undetected examples do not re-derive to a flip and "
+    lost = ~(m > 0)  # NaN too: a lost chunk reads as NaN edits
+    if lost.any() or flagged.any():
+        raise InputError(f"{where}: {int(lost.sum())} undetected examples do not re-derive to a flip and "
                          f"{int(flagged.sum())} are flagged by its own checks: the store is not what `attack` "
                          "found (damaged, or made with another model); redo it with `python -m pipeline attack "
                          "--force`")
@@ -221,7 +222,8 @@ def section(k: pd.DataFrame, kinds: pd.DataFrame, errors: pd.DataFrame | None, a
     """The report's section "Would the checks catch it?"."""
     max_k = max(int(c.rsplit("_", 1)[1]) for c in k.columns if c.startswith("any_le_"))
     source = ("a limits table (" + str(provenance.get("table")) + ")" if provenance.get("source") == "table" else
-              f"the {provenance.get('training_records', '?')} training records of {provenance.get('run', '?')}: "
+              f"the {provenance.get('training_records', '?')} training records of {provenance.get('run', '?')} "
+              "(the split's non-test samples): "
               f"range the {provenance.get('range_quantiles')} quantiles of their values, delta the "
               f"{provenance.get('delta_quantiles')} quantiles of the change between consecutive recorded values")
     lines = ["## Would the checks catch it?", "",

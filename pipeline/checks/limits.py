@@ -85,12 +85,10 @@ def derive(value: np.ndarray, range_quantiles: tuple[float, float] = RANGE_QUANT
     return Limits(low, high, delta_low, delta_high, within)
 
 
-def flags(value: np.ndarray, limits: Limits) -> dict[str, np.ndarray]:
-    """Which recorded cells (sample, time, feature) each check flags: {"range": bool, "delta": bool};
-    False where nothing was recorded."""
-    recorded = ~np.isnan(value)
-    outside = recorded & ((value < limits.low) | (value > limits.high))
-    prev, nxt = neighbours(recorded)
+def compared(value: np.ndarray, limits: Limits) -> tuple[np.ndarray, ...]:
+    """Per cell (sample, time, feature): the previous and the next recorded value of its series, and whether
+    the delta check compares it with each (there is one, within the time window)."""
+    prev, nxt = neighbours(~np.isnan(value))
     n_time = value.shape[1]
     t = np.arange(n_time).reshape(1, -1, 1)
     before = np.take_along_axis(value, np.maximum(prev, 0), axis=1)
@@ -99,7 +97,15 @@ def flags(value: np.ndarray, limits: Limits) -> dict[str, np.ndarray]:
     if limits.within is not None:
         near_prev &= t - prev <= limits.within
         near_next &= nxt - t <= limits.within
+    return before, after, near_prev, near_next
 
+
+def flags(value: np.ndarray, limits: Limits) -> dict[str, np.ndarray]:
+    """Which recorded cells (sample, time, feature) each check flags: {"range": bool, "delta": bool};
+    False where nothing was recorded."""
+    recorded = ~np.isnan(value)
+    outside = recorded & ((value < limits.low) | (value > limits.high))
+    before, after, near_prev, near_next = compared(value, limits)
     share = limits.percent / 100
     relative = np.isfinite(share)
 
@@ -126,15 +132,7 @@ def bounds(value: np.ndarray, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
     previous and the next recorded value of its series (each one's own delta pair with it included: the
     same change). NaN where nothing was recorded."""
     recorded = ~np.isnan(value)
-    prev, nxt = neighbours(recorded)
-    n_time = value.shape[1]
-    t = np.arange(n_time).reshape(1, -1, 1)
-    before = np.take_along_axis(value, np.maximum(prev, 0), axis=1)
-    after = np.take_along_axis(value, np.minimum(nxt, n_time - 1), axis=1)
-    near_prev, near_next = prev >= 0, nxt < n_time
-    if limits.within is not None:
-        near_prev &= t - prev <= limits.within
-        near_next &= nxt - t <= limits.within
+    before, after, near_prev, near_next = compared(value, limits)
     lo = np.broadcast_to(limits.low, value.shape).copy()
     hi = np.broadcast_to(limits.high, value.shape).copy()
     lo = np.maximum(lo, np.where(near_prev, before + limits.delta_low, -np.inf))

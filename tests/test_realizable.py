@@ -63,6 +63,9 @@ def test_analyze_proves_every_record_space_example_realizable(demo_attacked, tmp
     assert "recorded at hour" in report and "re-derive from the edited record" in report
     edits = pd.read_csv(run / "tables" / "edits_best.csv")
     assert (edits.reaches_from <= edits.hour).all() and (edits.hour <= edits.reaches_to).all()
+    assert edits.range_check.dtype == bool and edits.delta_check.dtype == bool  # which check flags each edit
+    unnoticed = pd.read_csv(run / "tables" / "edits_undetected.csv")
+    assert not unnoticed.empty and "## Would the checks catch it?" in report
 
 
 def test_every_undetected_example_flips_and_no_check_flags_it(demo_attacked):

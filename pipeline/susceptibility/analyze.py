@@ -316,7 +316,7 @@ def write_results(cfg: PipelineConfig, run_dir: RunDir) -> None:
             rundir.write_text(run_dir.table(f"one_edit_{d}.csv"), tables[d]["one_edit"].to_csv(index=False))
     entry, k_errors = entry_errors(run_dir, data, captions, cfg.model)
     fewest = report.fewest_section(summary, k_errors, sus, tables) if edits is not None else []
-    checked = checks_report.write(run_dir, attack, data, captions, cfg.model)
+    checked = checks_report.write(run_dir, attack, data, captions, cfg.model, edits)
     rundir.write_text(run_dir.report, report.render(run_dir.path, data, attack, summary, tables, captions, changes,
                                                         edits, [*fewest, *checked, *entry]))
     log.info("analyze: report %s (%d figures)", run_dir.report, len(captions))

@@ -20,7 +20,7 @@ from pipeline.attack import wiring
 from pipeline.attack.core import margin
 from pipeline.attack.entry_errors import mean_after
 from pipeline.checks import table
-from pipeline.checks.limits import Limits, caught, false_alarm_rate
+from pipeline.checks.limits import Limits, caught, false_alarm_rate, flags
 from pipeline.config import ModelParams
 from pipeline.data.record import derive, feature_stats, width
 from pipeline.errors import InputError
@@ -279,14 +279,36 @@ def undetected_edits(attack: xr.Dataset, data: xr.Dataset) -> pd.DataFrame:
     return record_edits(view, data, "undetected")
 
 
+def flag_edits(edits: pd.DataFrame, attack: xr.Dataset, data: xr.Dataset, limits: Limits, kind: str) -> pd.DataFrame:
+    """`edits` (one row per edited value of the examples of `kind`, as realizable.record_edits) with the checks
+    that flag each edited value in its edited record: columns `range_check`, `delta_check` (bool)."""
+    out = edits.assign(range_check=False, delta_check=False)
+    if edits.empty:
+        return out
+    rows = np.unique(edits["sample"].to_numpy())
+    edited = undetected_values(attack, data, rows) if kind == "undetected" else \
+        wiring.of(attack).edited_values(attack, data, kind, rows)
+    found = flags(edited, limits)
+    at = np.searchsorted(rows, edits["sample"].to_numpy())
+    column = {str(name): k for k, name in enumerate(data.feature.values)}
+    f = edits["feature"].map(column).to_numpy()
+    for check in ("range", "delta"):
+        out[f"{check}_check"] = found[check][at, edits["hour"].to_numpy(), f]
+    return out
+
+
 def write(run_dir: RunDir, attack: xr.Dataset, data: xr.Dataset, captions: dict[str, str],
-          model_params: ModelParams | None = None) -> list[str]:
-    """The checks' tables, figure and report lines of a record-space run (none for a store without limits)."""
+          model_params: ModelParams | None = None, edits: pd.DataFrame | None = None) -> list[str]:
+    """The checks' tables, figure and report lines of a record-space run (none for a store without limits);
+    `edits` (the best examples' edited values) is written again with the checks that flag each one."""
     where = str(run_dir / layout.ATTACK)
     limits = limits_of(attack, where)
     if limits is None or "value" not in data:
         return []
     provenance = attack.attrs.get("checks", {})
+    if edits is not None:
+        rundir.write_text(run_dir.table("edits_best.csv"),
+                          flag_edits(edits, attack, data, limits, "best").to_csv(index=False))
     searched = bool(provenance.get("search")) and UNDETECTED in attack
     if searched:
         verify(attack, data, load_model(run_dir.path, model=model_params), limits, where)
@@ -323,7 +345,7 @@ def write(run_dir: RunDir, attack: xr.Dataset, data: xr.Dataset, captions: dict[
                                one_map.one_edit_targets.expand_dims(kind=["undetected"]), run_dir.figure(name),
                                "which single recorded value can flip the prediction without any check noticing",
                                "share of targets", count="targets")
-        edits = undetected_edits(attack, data)
-        rundir.write_text(run_dir.table("edits_undetected.csv"), edits.to_csv(index=False))
-        spelled = report.sparsest_undetected(edits)
+        unnoticed = undetected_edits(attack, data)
+        rundir.write_text(run_dir.table("edits_undetected.csv"), unnoticed.to_csv(index=False))
+        spelled = report.sparsest_undetected(unnoticed)
     return section(k, kinds, errors, alarms, provenance, one_map, spelled)

@@ -1,11 +1,12 @@
 # The two commands of the README:
 #   make run    set up .venv and run the whole pipeline with the local executor
 #   make test   set up .venv (with dev tools) and run the tests
-# Others: make floors (the tests on the lowest versions pyproject.toml allows), make lock (regenerate
+# Others: make analysis SCRIPT=compare_models ARGS='runs/a runs/b' (a script of analysis/ on the venv's
+# Python), make floors (the tests on the lowest versions pyproject.toml allows), make lock (regenerate
 # the lock files), make container / container-cpu (pipeline.sif from the CUDA lock, pipeline-cpu.sif from
 # the CPU lock, labelled with the commit).
 # Variables: PYTHON (≥ 3.11), TORCH (pip requirement for torch), LOCK, RUN_DIR, ARGS (extra CLI
-# args), PYTEST_ARGS, TEST_WORKERS, SIF, SIF_CPU, APPTAINER_FLAGS.
+# args), SCRIPT, PYTEST_ARGS, TEST_WORKERS, SIF, SIF_CPU, APPTAINER_FLAGS.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ RUN_DIR ?= runs/default
 SIF ?= pipeline.sif
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint floors lock container container-cpu cluster-up cluster-down clean
+.PHONY: setup run analysis test lint floors lock container container-cpu cluster-up cluster-down clean
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,20 @@ setup: $(VENV)/.installed
 
 run: setup
 	$(PY) -m pipeline run --run-dir $(RUN_DIR) $(ARGS)
+
+# a script of analysis/ (SCRIPT: its name, .py optional) with ARGS, on the venv's Python: the system's
+# has no matplotlib. A missing or unknown SCRIPT stops make before setup, listing the scripts.
+ANALYSIS_SCRIPTS := $(basename $(notdir $(wildcard analysis/*.py)))
+SCRIPT_NAME = $(basename $(notdir $(SCRIPT)))
+ifneq ($(filter analysis,$(MAKECMDGOALS)),)
+ifeq ($(strip $(SCRIPT)),)
+$(error make analysis needs SCRIPT=<name>, one of: $(ANALYSIS_SCRIPTS) (e.g. make analysis SCRIPT=compare_runs ARGS='runs/a runs/b'))
+else ifeq ($(filter $(SCRIPT_NAME),$(ANALYSIS_SCRIPTS)),)
+$(error make analysis: no script analysis/$(SCRIPT_NAME).py; the scripts are: $(ANALYSIS_SCRIPTS))
+endif
+endif
+analysis: setup
+	$(PY) analysis/$(SCRIPT_NAME).py $(ARGS)
 
 # the tests on TEST_WORKERS processes (pytest-xdist; 0: in pytest's own, auto: one per core), a test file
 # to a process (its module-scoped runs are made once)

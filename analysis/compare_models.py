@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -50,8 +51,10 @@ def row(run: Path, top: int) -> dict:
     """One run's line of the table."""
     cv, test = read_json(run / "cv" / "summary.json"), read_json(run / "model" / "test_metrics.json")
     summary = read_json(run / "tables" / "summary.json")
+    chosen = (cv or {}).get("chosen_epoch", cv)  # the trained model's epoch (a cv/ of an older run: its last)
     out = {"run": run.name, "model": model_name(run),
-           "cv_auroc": cv["mean"]["auroc"] if cv else np.nan, "cv_auroc_sd": cv["sd"]["auroc"] if cv else np.nan,
+           "cv_auroc": chosen["mean"]["auroc"] if chosen else np.nan,
+           "cv_auroc_sd": chosen["sd"]["auroc"] if chosen else np.nan,
            "test_auroc": test["auroc"] if test else np.nan, "test_auprc": test["auprc"] if test else np.nan}
     if summary:
         best = pd.DataFrame([r for r in summary if r["kind"] == "best"])
@@ -60,12 +63,14 @@ def row(run: Path, top: int) -> dict:
         for d in best.itertuples():
             out[f"median_edits_{d.direction}"] = d.median_edits
         for k in K:
-            out[f"edits_le_{k}"] = pooled(best, f"share_edits_le_{k}")
+            if f"share_edits_le_{k}" in best:
+                out[f"edits_le_{k}"] = pooled(best, f"share_edits_le_{k}")
     errors = run / "tables" / "errors_k.csv"
     if errors.exists():
         frame = pd.read_csv(errors)
         for k in K:
-            out[f"errors_le_{k}"] = pooled(frame, f"share_le_{k}")
+            if f"share_le_{k}" in frame:  # not with errors.max_errors < k: "–"
+                out[f"errors_le_{k}"] = pooled(frame, f"share_le_{k}")
     checked = run / "tables" / "checks_k.csv"  # the flips no range or delta check catches (methods §11)
     if checked.exists():
         frame = pd.read_csv(checked)
@@ -87,13 +92,13 @@ def markdown(table: pd.DataFrame) -> str:
             "top_features_0to1": "most susceptible (0→1)"}
     shown = table.reindex(columns=["run", *cols])
     lines = ["| run | " + " | ".join(cols.values()) + " |", "|---|" + "---|" * len(cols)]
-    for r in shown.itertuples(index=False):
+    for r, sd in zip(shown.itertuples(index=False), table.cv_auroc_sd, strict=True):  # two runs may share a name
         cells = []
         for name, v in zip(shown.columns, r, strict=True):
             if isinstance(v, float) and np.isnan(v):
                 cells.append("–")
             elif name == "cv_auroc":
-                cells.append(f"{v:.3f} ± {table.set_index('run').loc[r.run, 'cv_auroc_sd']:.3f}")
+                cells.append(f"{v:.3f} ± {sd:.3f}")
             elif name.startswith(("edits_le", "errors_le", "undetected_le")) or name == "success":
                 cells.append(f"{100 * v:.1f}%")
             elif isinstance(v, float):
@@ -104,27 +109,36 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(table: pd.DataFrame, out: Path) -> None:
+def figure(table: pd.DataFrame, out: Path) -> plt.Figure:
     """Four panels, one bar group per run: AUROC (CV, test), the share flipped by ≤ k edits, by ≤ k errors, and by
-    ≤ k edits no check flags."""
-    labels = [r.model if r.run == r.model else f"{r.model}\n({r.run})" for r in table.itertuples()]
+    ≤ k edits no check flags. Every bar carries its value ("–": the run lacks it); returns the (closed) figure."""
+    labels = ["\n".join(textwrap.wrap(r.model, 14) + ([] if r.run == r.model else textwrap.wrap(f"({r.run})", 14)))
+              for r in table.itertuples()]
+    lines = max(label.count("\n") + 1 for label in labels)  # the tick labels' height: the legend goes below
     x = np.arange(len(table))
-    panels = [("AUROC", [("cv_auroc", "CV (held-out folds)"), ("test_auroc", "test set")], (0.5, 1.0)),
-              ("share of targets flipped by ≤ k edits", [(f"edits_le_{k}", f"≤ {k}") for k in K], (0, 1)),
-              ("share flipped by ≤ k entry errors", [(f"errors_le_{k}", f"≤ {k}") for k in K], (0, 1)),
-              ("share flipped by ≤ k edits no check flags", [(f"undetected_le_{k}", f"≤ {k}") for k in K], (0, 1))]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 + 2.8 * len(table), 4.2), constrained_layout=True)
-    for ax, (title, series, ylim) in zip(axes, panels, strict=True):
-        width = 0.8 / len(series)
+    panels = [("AUROC (0.5: chance)", [("cv_auroc", "CV (held-out folds)"), ("test_auroc", "test set")]),
+              ("share of targets flipped by ≤ k edits", [(f"edits_le_{k}", f"≤ {k}") for k in K]),
+              ("share flipped by ≤ k entry errors", [(f"errors_le_{k}", f"≤ {k}") for k in K]),
+              ("share flipped by ≤ k edits no check flags", [(f"undetected_le_{k}", f"≤ {k}") for k in K])]
+    width = max(3.6, 1.2 + 0.9 * len(table))  # per panel: room for each run's bar group and its label
+    fig, axes = plt.subplots(2, 2, figsize=(2 * width, 8.4), squeeze=False, constrained_layout=True)
+    for ax, (title, series) in zip(axes.flat, panels, strict=True):
+        step = 0.8 / len(series)
         for i, (col, name) in enumerate(series):
             values = table[col].to_numpy(float) if col in table else np.full(len(table), np.nan)
-            ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=name)
+            bars = ax.bar(x + (i - (len(series) - 1) / 2) * step, np.nan_to_num(values), step, label=name)
+            ax.bar_label(bars, ["–" if np.isnan(v) else f"{v:.2f}" for v in values], fontsize=7, padding=1)
+        if title.startswith("AUROC"):
+            ax.axhline(0.5, color="grey", ls=":", lw=1)
         ax.set_xticks(x, labels, fontsize=8)
-        ax.set_ylim(*ylim)
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
-    fig.savefig(out, dpi=120)
+        ax.set_ylim(0, 1.12)  # from 0, so that no bar vanishes below the axis; room above for the values
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.set_title("\n".join(textwrap.wrap(title, int(width * 7))), fontsize=10)
+        ax.legend(fontsize=8, ncol=len(series), loc="upper center", bbox_to_anchor=(0.5, -0.06 - 0.05 * lines),
+                  frameon=False)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Compare two runs' feature susceptibility S_j (or sensitivity_j): a table of both rankings with the
-rank correlation per direction, and a scatter plot of one run against the other.
+rank correlation per direction, and a figure of both scores per feature, side by side.
 
     python analysis/compare_runs.py RUN_A RUN_B [--kind best|first|l1_best] [--score s_j|sensitivity_j] [--out FILE.png]
 
@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
@@ -47,6 +48,37 @@ def compare(a: xr.Dataset, b: xr.Dataset, kind: str, score: str) -> dict[str, pd
     return tables
 
 
+def figure(tables: dict[str, pd.DataFrame], names: tuple[str, str], kind: str, score: str, out: Path) -> plt.Figure:
+    """Per direction, one row per feature (most susceptible in A on top): A's and B's score as bars side by
+    side; the title gives the rank correlation. Returns the (closed) figure."""
+    features = max(len(t) for t in tables.values())
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 1.2 + 0.28 * features), squeeze=False,
+                             constrained_layout=True)
+    for ax, (d, table) in zip(axes[0], tables.items(), strict=True):
+        rows = np.arange(len(table))[::-1]  # rank 1 at the top
+        ax.barh(rows + 0.2, table.A.fillna(0), 0.4, label=f"A: {names[0]}")
+        ax.barh(rows - 0.2, table.B.fillna(0), 0.4, label=f"B: {names[1]}")
+        ax.set_yticks(rows, [f"{f} ({a}|{b})" for f, a, b in zip(table.index, table["rank A"].astype(str),
+                                                                   table["rank B"].astype(str), strict=True)],
+                      fontsize=8)
+        ax.set_ylim(-0.6, len(table) - 0.4)
+        if table[["A", "B"]].isna().all().any():
+            ax.text(0.5, 0.5, "no successful example in one of the runs", transform=ax.transAxes, ha="center")
+        ax.set_xlabel(f"{score} of the {kind} examples")
+        ax.set_title(f"direction {LABELS.get(d, d)}: Spearman ρ = {spearman(table):.2f}\n"
+                     "(feature (rank in A|rank in B))", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return fig
+
+
+def spearman(table: pd.DataFrame) -> float:
+    return table.A.rank().corr(table.B.rank())  # Pearson of the (average) ranks
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_a", type=Path)
@@ -58,24 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     tables = compare(open_scores(args.run_a), open_scores(args.run_b), args.kind, args.score)
     print(f"A = {args.run_a}\nB = {args.run_b}\n{args.score} of the {args.kind} examples\n")
-    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 5.5), squeeze=False, constrained_layout=True)
-    for ax, (d, table) in zip(axes[0], tables.items(), strict=True):
-        rho = table.A.rank().corr(table.B.rank())  # Spearman: Pearson of the (average) ranks
-        print(f"direction {LABELS.get(d, d)}: Spearman rank correlation {rho:.3f}")
+    for d, table in tables.items():
+        print(f"direction {LABELS.get(d, d)}: Spearman rank correlation {spearman(table):.3f}")
         print(table.to_string(float_format="{:.3f}".format))
         print()
-        ax.scatter(table.A, table.B)
-        for feature, row in table.iterrows():
-            ax.annotate(str(feature), (row.A, row.B), fontsize=7, xytext=(3, 2), textcoords="offset points")
-        top = float(max(table.A.max(), table.B.max(), 1e-9))
-        ax.plot([0, top], [0, top], color="grey", ls=":", lw=1)
-        if table[["A", "B"]].isna().all().any():
-            ax.text(0.5, 0.5, "no successful example in one of the runs", transform=ax.transAxes, ha="center")
-        ax.set(xlabel=f"{args.score} in A ({args.run_a.name})", ylabel=f"{args.score} in B ({args.run_b.name})",
-               title=f"direction {LABELS.get(d, d)}, {args.kind} examples: Spearman ρ = {rho:.2f}")
-        ax.grid(alpha=0.3)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=120)
+    figure(tables, (args.run_a.name, args.run_b.name), args.kind, args.score, args.out)
     print(f"figure: {args.out}")
     return 0
 

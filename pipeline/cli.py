@@ -1,7 +1,7 @@
 """Command line: ``python -m pipeline <stage> [options] [table.key=value ...]``.
 
 Exit codes: 0 success, 1 a stage failed (bad input data, a missing earlier artifact, a failed task),
-2 bad usage or config.
+2 bad usage or config, 3 `run` finished but its report says the run means little (analyze.weak_run).
 """
 
 from __future__ import annotations
@@ -22,15 +22,48 @@ from pipeline.infra import trusted
 from pipeline.infra.executor import LOG_FORMAT, TaskFailed, cancel_run, end_run_workers
 from pipeline.infra.rundir import RunDir
 from pipeline.infra.stages import CHAIN, STAGES, run_chain, run_stage
+from pipeline.options import did_you_mean
 from pipeline.preflight import dry_run, planned, preflight
 
 log = logging.getLogger("pipeline")
 
-EXIT_FAILED, EXIT_CONFIG = 1, 2
+EXIT_FAILED, EXIT_CONFIG, EXIT_WEAK = 1, 2, 3
 
 
-def _common_options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def means_little(cfg: PipelineConfig, run_dir: RunDir) -> bool:
+    """Whether the finished run's report says it means little (a model no better than chance, one class
+    predicted, too few examples): each reason as a warning; exit 3 unless analyze.weak_run = "warn"."""
+    from pipeline.susceptibility import trust  # deferred: torch and xarray, for `run` only
+
+    problems = trust.gates(run_dir, trust.successes_of(run_dir), cfg.analyze.min_targets)
+    for problem in problems:
+        log.warning("this run means little: %s", problem)
+    if problems:
+        log.warning("the report says so at its top; %s", "exit 3 (analyze.weak_run = \"warn\" keeps exit 0)"
+                    if cfg.analyze.weak_run == "fail" else "analyze.weak_run = \"warn\": exit 0")
+    return bool(problems)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse without abbreviations (`--worker 2` was taken as `--workers 2`); its subparsers are of this
+    class too, and `stages` holds them by name."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+        self.stages: dict[str, Parser] = {}
+
+    def options(self) -> list[str]:
+        """Every option string this parser takes (for suggestions: argparse lists them in no public API)."""
+        return [s for action in self._actions for s in action.option_strings]
+
+    def refuse(self, unknown: list[str]) -> typing.NoReturn:
+        """Exit 2 naming each unknown argument, with the option it may be a typo of."""
+        self.error("; ".join(f"unrecognized argument {a}{did_you_mean(a.partition('=')[0], self.options())}"
+                             for a in unknown))
+
+
+def _common_options() -> Parser:
+    p = Parser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--config", type=Path, metavar="FILE.toml",
                    help="config file (tables [run], [synth], [tune-model], …); default: built-in defaults")
@@ -74,8 +107,8 @@ def _add_section_options(parser: argparse.ArgumentParser, section: type, table: 
         g.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="python -m pipeline",
         description="MIMIC-III mortality LSTM, L1 adversarial attack and susceptibility analysis, "
                     "as stages that run locally or as Slurm job arrays.",
@@ -99,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "this run started are touched, whatever those files say.")
     p.add_argument("--run-dir", type=Path, default=Path("runs/default"), metavar="DIR",
                    help="run directory (default: %(default)s)")
+    parser.stages = sub.choices
     return parser
 
 
@@ -117,16 +151,21 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    stage = next((a for a in argv if not a.startswith("-")), None)
+    if stage is not None and stage not in parser.stages:  # argparse would list them all, suggesting none
+        parser.error(f"unknown stage {stage!r}{did_you_mean(stage, parser.stages)} (stages: "
+                     f"{', '.join(parser.stages)})")
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options too (argparse only takes them in one run)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.stages[args.stage].refuse(unknown)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format=LOG_FORMAT, datefmt="%H:%M:%S")
     if args.stage == "cancel":
         if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            parser.stages["cancel"].refuse(extra)
         return cancel(args.run_dir)
     args.overrides = [*args.overrides, *extra]
     try:
@@ -148,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run directory: {run_dir.path}")
             if run_dir.report.exists():
                 print(f"report: {run_dir.report}\nfigures: {run_dir.figure('')}")
+                if means_little(cfg, run_dir) and cfg.analyze.weak_run == "fail":
+                    return EXIT_WEAK
         else:
             run_stage(args.stage, cfg, run_dir, force=args.force)
     except ConfigError as e:

@@ -254,6 +254,11 @@ class ChecksConfig:
 class AnalyzeConfig:
     top_features: int = option(10, "features listed in the ranked susceptibility tables", ge=1,
                               le=len(FEATURES))
+    min_targets: int = option(20, "successful examples a direction needs for its feature ranking to mean something "
+                                  "(fewer: the report says so)", ge=1)
+    weak_run: str = option("fail", "a run whose report says it means little (a model not above chance, no positive "
+                                   "prediction, too few targets): 'fail' ends `run` with exit 3, 'warn' only says so",
+                           ("fail", "warn"))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ checks that build a section's dataclass from a TOML table (pipeline/config.py de
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import field
@@ -12,6 +13,12 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A config file, key or value is wrong; the message names it."""
+
+
+def did_you_mean(word: str, known: typing.Iterable[str]) -> str:
+    """The text '; did you mean X?', X the known name closest to a mistyped `word`; '' when none is close."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def option(default: Any, help: str, choices: tuple[str, ...] | None = None, *, ge: float | None = None,
@@ -86,7 +93,7 @@ def build_section(cls: type, values: dict[str, Any], where: str) -> Any:
     for key, value in values.items():
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
+            raise ConfigError(f"{where}: unknown key {key!r}{did_you_mean(key, fields)} (known: {known})")
         value = check_value(f"{where} {key}", value, hints[key])
         choices = fields[key].metadata.get("choices")
         for item in value if isinstance(value, list) else [value]:  # a list's choices hold for each item

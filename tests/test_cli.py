@@ -55,6 +55,31 @@ def test_a_stage_without_its_input_names_it_and_exits_1(stage, missing, tmp_path
     assert not (tmp_path / "r" / ".stages" / f"{stage}.json").exists()
 
 
+def test_an_abbreviated_option_is_refused_not_taken_for_another(tmp_path):
+    """`--worker 2` was taken as `--workers 2`: argparse's prefix matching is off on every parser."""
+    out = cli("synth", "--worker", "2", "--run-dir", str(tmp_path / "r"))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().endswith("error: unrecognized argument --worker; did you mean --workers?"), out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["trian"], "unknown stage 'trian'; did you mean train? (stages: synth, prepare,"),
+    (["tune_model", "--seed", "1"], "unknown stage 'tune_model'; did you mean tune-model?"),
+    (["synth", "--admisions", "30"], "unrecognized argument --admisions; did you mean --admissions?"),
+    (["run", "--froce", "--mimic-dir=x"], "unrecognized argument --froce; did you mean --force?"),
+    (["attack", "--max-iters=3"], "unrecognized argument --max-iters=3; did you mean --max-iter?"),
+    (["cancel", "--rundir", "x"], "unrecognized argument --rundir; did you mean --run-dir?"),
+    (["synth", "--zzz"], "unrecognized argument --zzz\n"),  # nothing close: no guess
+])
+def test_an_unknown_stage_or_option_suggests_the_closest_exit_2(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--run-dir", str(tmp_path / "r")])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_executor_is_a_usage_error(tmp_path):
     out = cli("run", "--executor", "pbs", "--run-dir", str(tmp_path))
     assert out.returncode == 2 and "--executor" in out.stderr

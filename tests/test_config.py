@@ -1,7 +1,10 @@
 """Config files, overrides and their errors (one line naming the key/file, exit code 2)."""
 
+import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_local_config_equals_built_in_defaults():
     assert config.load(ROOT / "configs" / "local.toml") == PipelineConfig()
+
+
+# keys whose default is computed, shown commented out: every registered error kind (a new kind needs no edit here)
+COMMENTED = {("errors", "kinds")}
+
+
+def test_local_config_lists_every_key_at_its_default():
+    """configs/local.toml said it equals the defaults but lacked keys: a newcomer could not see them."""
+    text = (ROOT / "configs" / "local.toml").read_text()
+    written = tomllib.loads(text)
+    commented, table = set(), None
+    for line in text.splitlines():
+        if m := re.match(r"\[([\w-]+)\]", line):
+            table = m.group(1)
+        elif m := re.match(r"#\s*(\w+)\s*=", line):
+            commented.add((table, m.group(1)))
+    for table, values in PipelineConfig().to_dict().items():
+        assert table in written, f"configs/local.toml lacks the table [{table}]"
+        for key, default in values.items():
+            if (table, key) in COMMENTED:
+                assert (table, key) in commented, f"configs/local.toml lacks [{table}] {key} (commented out)"
+                continue
+            assert key in written[table], f"configs/local.toml lacks [{table}] {key} (default {default!r})"
+            assert written[table][key] == default, f"configs/local.toml: [{table}] {key} is not the default {default!r}"
 
 
 def test_cluster_example_loads():
@@ -46,7 +73,7 @@ def test_int_is_accepted_for_float_but_not_bool_for_int():
 
 
 BAD_FILES = [
-    ("[synth]\nadmisions = 5\n", r"c\.toml: \[synth\]: unknown key 'admisions'"),
+    ("[synth]\nadmisions = 5\n", r"c\.toml: \[synth\]: unknown key 'admisions'; did you mean admissions\?"),
     ("[synth]\nadmissions = 'many'\n", r"c\.toml: \[synth\] admissions: expected int, got str 'many'"),
     ("[sinth]\nadmissions = 5\n", r"c\.toml: unknown table \[sinth\]"),
     ("[run]\nexecutor = 'pbs'\n", r"c\.toml: \[run\] executor: 'pbs' is not one of local, slurm, debug"),
@@ -143,3 +170,33 @@ def test_a_bad_attack_space_is_one_line_exit_2(overrides, message, trained_run, 
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (run / "attack.zarr").exists()
+
+
+# ---- a complete stage asked for with another config (docs/reliability.md) -------------------------
+
+def test_a_changed_config_on_a_complete_run_is_refused_naming_the_keys(small_run, tmp_path, capsys, caplog):
+    """`make run ARGS='--seed 3 synth.admissions=500'` after a complete run kept the old results, exit 0."""
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run)  # synth (300 admissions) and prepare, seed 3
+    files = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["run", "--run-dir", str(run), "--seed", "3", "synth.admissions=500"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: synth: complete in {run}, made with another config (synth.admissions: 300 → "
+                          "500); not redone.") and len(err.splitlines()) == 1, err
+    assert "--run-dir runs/<new-name>" in err and "add --force" in err and "python -m pipeline synth --force" in err
+    # a stage kept although one before it would run first: refused before that one runs
+    (run / ".stages" / "synth.json").unlink()
+    assert main(["run", "--run-dir", str(run), "--seed", "3", "synth.admissions=300", "prepare.min_icu_hours=12"]) == 2
+    assert "error: prepare: complete in" in (err := capsys.readouterr().err) and "min_icu_hours: 24.0 → 12.0" in err
+    del files[run / ".stages" / "synth.json"]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == files  # nothing written
+    # where and how it runs is no other config; --force redoes a stage with the new one, kept from then on
+    caplog.set_level("INFO")
+    assert main(["prepare", "--run-dir", str(run), "--seed", "3", "--executor", "debug", "--workers", "5"]) == 0
+    assert "prepare: complete, skipped" in caplog.text
+    synth = ["synth", "--run-dir", str(run), "--seed", "3"]
+    assert main([*synth, "synth.admissions=20"]) == 0
+    assert main([*synth, "synth.admissions=30"]) == 2
+    assert main([*synth, "synth.admissions=30", "--force"]) == 0
+    assert main([*synth, "synth.admissions=30"]) == 0 and "synth: complete, skipped" in caplog.text

@@ -261,15 +261,15 @@ def test_a_full_disk_inside_an_attack_task_is_one_line_naming_the_store(trained_
     assert "; log: " in error and not (run / "attack.zarr").exists()
 
 
-def test_a_complete_stage_writes_nothing_when_skipped(trained_run, tmp_path, caplog):
-    caplog.set_level(logging.INFO)
+def test_a_complete_stage_writes_nothing_when_skipped(trained_run, tmp_path, capsys):
     run = copy_trained(trained_run, tmp_path)
     assert main(["attack", "--run-dir", str(run), *ATTACK]) == 0
     manifest = json.loads((run / "manifest.json").read_text())
     before = snapshot(run)
-    # another config: warned about, kept, and the manifest still says what the stage ran with
-    assert main(["attack", "--run-dir", str(run), *ATTACK, "attack.lam=0.5"]) == 0
-    assert "attack: complete with a different config; kept" in caplog.text
+    # another config: refused (exit 2), kept, and the manifest still says what the stage ran with
+    capsys.readouterr()
+    assert main(["attack", "--run-dir", str(run), *ATTACK, "attack.lam=0.5"]) == 2
+    assert "error: attack: complete in" in (err := capsys.readouterr().err) and "attack.lam: 0.001 → 0.5" in err, err
     assert snapshot(run) == before
     assert json.loads((run / "manifest.json").read_text())["config"] == manifest["config"]
     assert manifest["config"]["attack"]["lam"] == 0.001

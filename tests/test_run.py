@@ -16,15 +16,17 @@ from tests.support.chains import TINY_CHAIN, assert_complete
 from tests.support.runs import TEST_PROFILE
 
 
-def demo_args(run, demo_dir):
-    return ["run", "--run-dir", str(run), "--mimic-dir", str(demo_dir), "--seed", "1", *TINY_CHAIN]
+def demo_args(run, demo_dir, *extra):
+    # the demo's tiny model means little, and `run` says so (exit 3) unless analyze.weak_run = "warn"
+    chain = [a for a in TINY_CHAIN if not a.startswith("analyze.weak_run=")]
+    return ["run", "--run-dir", str(run), "--mimic-dir", str(demo_dir), "--seed", "1", *chain, *extra]
 
 
 @pytest.fixture(scope="module")
 def demo_run(demo_dir, tmp_path_factory):
     """The whole chain once on the real demo data (the tests below only read it or re-run it)."""
     run = tmp_path_factory.mktemp("demo") / "run"
-    assert main(demo_args(run, demo_dir)) == 0
+    assert main(demo_args(run, demo_dir)) == 3  # complete, and its report says it means little
     return run
 
 
@@ -33,14 +35,20 @@ def test_run_on_the_demo_then_again_skips_everything(demo_run, demo_dir, capsys,
     assert not (run / "raw").exists()  # real tables: no synthetic data
     assert_complete(run)
     assert xr.open_zarr(run / "dataset.zarr").sizes["sample"] == 95
+    report = (run / "report.md").read_text().splitlines()
+    top = "\n".join(report[:16])
+    assert report[4].startswith("> **This run means little.**") and "too few successful examples" in top.lower()
+    assert "MIMIC-III tables" in top and "only 95 samples" in top
     unchanging = ("manifest.json", ".manifest.lock")
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name not in unchanging}
     capsys.readouterr()
     with caplog.at_level("INFO"):
-        assert main(demo_args(run, demo_dir)) == 0
+        assert main(demo_args(run, demo_dir)) == 3
     assert f"report: {run / 'report.md'}" in capsys.readouterr().out
+    assert "this run means little: too few successful examples" in caplog.text
     for stage in set(CHAIN) - {"synth"}:
         assert f"{stage}: complete, skipped" in caplog.text
+    assert main(demo_args(run, demo_dir, "analyze.weak_run=warn")) == 0  # the exit only: nothing is redone
     after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name not in unchanging}
     assert after == before  # nothing redone, nothing rewritten
 
@@ -55,9 +63,9 @@ def test_slurm_run_gives_the_same_susceptibility_as_local(slurm_cluster, small_r
     runs = {}
     for executor in ("local", "slurm"):
         run = tmp_path / executor
-        shutil.copytree(small_run, run)  # synth + prepare done (seed 3)
+        shutil.copytree(small_run, run)  # synth (300 admissions) + prepare done (seed 3): the same config, kept
         assert main(["run", "--run-dir", str(run), "--executor", executor, "--workers", "1", "--seed", "3",
-                     f"run.slurm_profile={profile}", *TINY_CHAIN]) == 0
+                     "synth.admissions=300", f"run.slurm_profile={profile}", *TINY_CHAIN]) == 0
         runs[executor] = assert_complete(run)
     local, slurm = runs["local"], runs["slurm"]
     assert (tmp_path / "slurm" / "jobs" / "attack").is_dir()  # it did go through Slurm

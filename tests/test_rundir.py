@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PipelineConfig, apply_overrides
+from pipeline.config import ConfigError, PipelineConfig, apply_overrides
 from pipeline.infra import rundir, stages
 from pipeline.infra.rundir import RunDir, atomic_path
 
@@ -70,13 +70,14 @@ def counted_run(tmp_path: Path, monkeypatch) -> tuple[RunDir, PipelineConfig]:
     return run, cfg
 
 
-def test_complete_stage_is_skipped_unless_forced(tmp_path, monkeypatch, caplog):
+def test_complete_stage_is_skipped_unless_forced(tmp_path, monkeypatch):
     run, cfg = counted_run(tmp_path, monkeypatch)
     assert stages.run_stage("synth", cfg, run) is True
     assert stages.run_stage("synth", cfg, run) is False
+    assert stages.run_stage("synth", apply_overrides(cfg, ["run.workers=7"]), run) is False  # how, not what
     other = apply_overrides(cfg, ["run.seed=5"])
-    assert stages.run_stage("synth", other, run) is False
-    assert "complete with a different config" in caplog.text
+    with pytest.raises(ConfigError, match=r"synth: complete in .*, made with another config \(run\.seed: 0 → 5\)"):
+        stages.run_stage("synth", other, run)
     assert stages.run_stage("synth", other, run, force=True) is True
     assert CALLS == [0, 5]
 

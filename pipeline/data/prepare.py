@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -115,6 +116,22 @@ def cohort_of(small: dict, cfg: PrepareConfig):
     return cohort, counts
 
 
+def synthetic_origin(source: Path, kind: str) -> dict:
+    """The generator's oracle AUROC when `source` is the synth stage's output (raw/, or raw/meds/ read as
+    MEDS), so that the report names synthetic data even after raw/ is deleted; {} for real data. Read as a
+    number or not at all (None)."""
+    folder = source.parent if kind == "meds" else source
+    path = folder / "synth.json"
+    if not path.is_file():
+        return {}
+    try:
+        oracle = json.loads(path.read_text()).get("oracle_auroc")
+    except (OSError, ValueError, AttributeError):
+        oracle = None
+    ok = isinstance(oracle, (int, float)) and not isinstance(oracle, bool) and 0 <= oracle <= 1
+    return {"oracle_auroc": float(oracle) if ok else None}
+
+
 def build_dataset(source: Path, cfg: PrepareConfig, work_dir: Path | None = None, workers: int = 2,
                   seed: int = 0) -> xr.Dataset:
     """The dataset of the tables in `source` (or of the MEDS root, cfg.source = "meds"); filtered events are
@@ -175,6 +192,7 @@ def build_dataset(source: Path, cfg: PrepareConfig, work_dir: Path | None = None
         "seed": seed,
         "sample_order": "ascending hadm_id",
         "stats_from": cfg.stats_from,
+        "synthetic": synthetic_origin(source, cfg.source),
     }
     ds = to_dataset(record, cohort, stats, attrs)
     if splits is not None:

@@ -10,14 +10,19 @@ import logging
 import shutil
 import time
 
-from pipeline.config import PipelineConfig, redacted
+from pipeline.config import ConfigError, PipelineConfig, redacted
 from pipeline.errors import InputError, StageBusy
 from pipeline.infra.registry import CHAIN, STAGES, Stage, chain, products, related, stage_config, writers
 from pipeline.infra.rundir import RunDir, recover_replaced, remove_dead_temporaries
 
-__all__ = ["CHAIN", "STAGES", "Stage", "inputs_read", "remove_leftovers", "run_chain", "run_stage"]
+__all__ = ["CHAIN", "STAGES", "Stage", "check_kept_configs", "inputs_read", "remove_leftovers", "run_chain",
+           "run_stage"]
 
 log = logging.getLogger(__name__)
+
+# [run] keys that say where and how a stage runs, not what it makes: a complete stage is kept whatever they are
+HOW_IT_RUNS = ("executor", "workers", "slurm_profile", "storage", "heartbeat_s")
+HOW_IT_ENDS = ("analyze.weak_run",)  # changes only `run`'s exit code, no stage's output
 
 
 def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = False,
@@ -26,9 +31,9 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
 
     A complete stage is skipped without writing anything (a read-only run directory is fine) — unless its
     output is gone or damaged, or (`redone`: the stages `run` has run so far) a stage before it was redone
-    by the same `run`. A stage that runs holds its lock for the run directory, first cleans what killed
-    runs of it left, and replaces its marker only once its new output is complete: a failed ``--force``
-    keeps the old one.
+    by the same `run`; one made with another config than `cfg` is a ConfigError. A stage that runs holds its
+    lock for the run directory, first cleans what killed runs of it left, and replaces its marker only once
+    its new output is complete: a failed ``--force`` keeps the old one.
     """
     stage = STAGES[name]
     wanted = stage_config(cfg, name)
@@ -40,8 +45,7 @@ def run_stage(name: str, cfg: PipelineConfig, run_dir: RunDir, force: bool = Fal
     if run_dir.is_complete(name) and not force:
         if not stale_in_this_run(name, run_dir, redone):
             check_source(name, cfg, run_dir)
-            if run_dir.completed_config(name) != wanted:
-                log.warning("%s: complete with a different config; kept (use --force to redo)", name)
+            check_config(name, cfg, run_dir)
             log.info("%s: complete, skipped (%s)", name, run_dir.marker(name))
             return False
         force = True
@@ -77,6 +81,52 @@ def stale_in_this_run(name: str, run_dir: RunDir, redone: frozenset[str]) -> boo
     redo = ", then ".join(f"`python -m pipeline {s} --force`" for s in stale_stages(run_dir, name))
     raise InputError(f"{name}: complete, but its input {', '.join(changed)} changed since (a stage before "
                      f"it was redone); redo the stale stages in order: {redo}")
+
+
+def config_changes(name: str, cfg: PipelineConfig, run_dir: RunDir) -> list[str]:
+    """'table.key: old → new' for each key that complete stage `name`'s result depends on and that `cfg` sets
+    otherwise than the stage's marker records (not HOW_IT_RUNS or HOW_IT_ENDS; a key newer than the marker
+    counts at its default)."""
+    recorded = run_dir.completed_config(name)
+    if not isinstance(recorded, dict):
+        return []  # nothing recorded to compare with
+    was, default = _flat(recorded), _flat(stage_config(PipelineConfig(), name))
+    return [f"{key}: {before!r} → {value!r}" for key, value in _flat(stage_config(cfg, name)).items()
+            if key.removeprefix("run.") not in HOW_IT_RUNS and key not in HOW_IT_ENDS
+            and (before := was.get(key, default.get(key))) != value]
+
+
+def _flat(config: dict) -> dict[str, object]:
+    return {f"{table}.{key}": value for table, values in config.items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
+def check_config(name: str, cfg: PipelineConfig, run_dir: RunDir) -> None:
+    """ConfigError when complete stage `name` would be kept although `cfg` asks for another result (its
+    results were silently kept): the keys that differ, and the two ways on."""
+    changes = config_changes(name, cfg, run_dir)
+    if changes:
+        shown = ", ".join(changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+        raise ConfigError(f"{name}: complete in {run_dir.path}, made with another config ({shown}); not redone. "
+                          "To keep both results, use a new run directory (--run-dir runs/<new-name>); to redo it "
+                          f"in place, add --force (`run --force` redoes every stage, `python -m pipeline {name} "
+                          "--force` this one, then the stages after it)")
+
+
+def check_kept_configs(cfg: PipelineConfig, run_dir: RunDir, names: list[str], force: bool = False) -> None:
+    """Before `run` runs a stage: check_config for each complete stage of `names` it will keep for sure (its
+    output intact, its inputs unchanged, none written by a stage this run redoes), so that a changed config
+    stops it before hours of the stages before. The others are checked when their turn comes."""
+    if force:
+        return
+    redone: set[str] = set()
+    for name in names:
+        inputs = STAGES[name].inputs
+        if (not run_dir.is_complete(name) or unfit_outputs(name, run_dir) or run_dir.changed_inputs(name, inputs)
+                or any(set(writers(a)) & redone for a in inputs)):
+            redone.add(name)
+        else:
+            check_config(name, cfg, run_dir)
 
 
 def check_source(name: str, cfg: PipelineConfig, run_dir: RunDir) -> None:
@@ -161,7 +211,8 @@ def remove_leftovers(stage: Stage, run_dir: RunDir) -> None:
 
 def run_chain(cfg: PipelineConfig, run_dir: RunDir, force: bool = False) -> None:
     """Every stage of :func:`chain` in order, skipping the complete ones (a stage whose input an earlier
-    stage of this chain redid runs again)."""
+    stage of this chain redid runs again; one it would keep, made with another config, is a ConfigError)."""
+    check_kept_configs(cfg, run_dir, chain(cfg), force)
     ran: set[str] = set()
     for name in CHAIN:
         if name not in chain(cfg):

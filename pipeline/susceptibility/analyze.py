@@ -24,7 +24,7 @@ from pipeline.errors import InputError
 from pipeline.infra import cf, layout, rundir
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
-from pipeline.susceptibility import checks_report, entry_report, figures, report
+from pipeline.susceptibility import checks_report, confidence, entry_report, figures, report, trust
 from pipeline.susceptibility.one_edit_map import feature_table, one_edit_scores
 from pipeline.susceptibility.realizable import imputed_share, record_edits, rederived_flips
 from pipeline.susceptibility.scores import CLINICAL_ATTRS, DIRECTIONS, direction_of, norms, scores, to_clinical
@@ -101,13 +101,19 @@ EDIT_SCORES = ("gmp", "gap", "gpp", "s", "s_j", "ganzp", "sensitivity", "sensiti
 
 def edit_table(edits: pd.DataFrame, data: xr.Dataset, direction: str) -> pd.DataFrame:
     """Per feature, over the edits of the best examples of `direction`: how many examples edit it, how
-    many values, and the median and max size of an edit in clinical units — most edited first."""
+    many values, which way (raised, lowered), the median signed edit and the median and max size of an
+    edit in clinical units — most edited first."""
     rows = edits[edits["direction"] == direction]
-    change = (rows["after"] - rows["before"]).abs()
+    signed = rows["after"] - rows["before"]
+    change = signed.abs()
     table = pd.DataFrame({"feature": data.feature.values, "unit": data["unit"].values})
     grouped = rows.assign(change=change).groupby("feature")
     table["examples"] = table.feature.map(grouped["sample"].nunique()).fillna(0).astype(int)
     table["edited_values"] = table.feature.map(grouped.size()).fillna(0).astype(int)
+    way = rows.assign(up=signed > 0, down=signed < 0, signed=signed).groupby("feature")
+    table["raised"] = table.feature.map(way["up"].sum()).fillna(0).astype(int)
+    table["lowered"] = table.feature.map(way["down"].sum()).fillna(0).astype(int)
+    table["median_edit"] = table.feature.map(way["signed"].median())
     table["median_abs_edit"] = table.feature.map(grouped["change"].median())
     table["max_abs_edit"] = table.feature.map(grouped["change"].max())
     return table.sort_values(["examples", "edited_values"], ascending=False, kind="stable").reset_index(drop=True)
@@ -125,9 +131,10 @@ def ranking_table(sus: xr.Dataset, direction: str) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def ranking_markdown(table: pd.DataFrame, direction: str, top: int) -> str:
-    """The top features next to the published ranking (ranks 1–5 and 19 are known)."""
-    published = {rank: f"{name} {value:.2f}" for rank, name, value in PUBLISHED[direction]}
+def ranking_markdown(table: pd.DataFrame, direction: str, top: int, compare: bool = True) -> str:
+    """The top features next to the published ranking (ranks 1–5 and 19 are known) where `compare` (the
+    data are real MIMIC-III of a size to compare with), else the same columns without it."""
+    published = {rank: f"{name} {value:.2f}" for rank, name, value in PUBLISHED[direction]} if compare else {}
     lines = ["| rank | feature | S_j (best) | S_j (first) | sensitivity_j (best) | Sun et al. 2018 |",
              "|---:|---|---:|---:|---:|---|"]
     shown = list(range(min(top, len(table))))
@@ -189,17 +196,21 @@ def draw(run_dir: RunDir, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dic
 
     figures.score_heatmaps(sus.gpp, sus.n,
                            fig("gpp_heatmap.png", "GPP: share of successful examples that changed a cell"),
-                           "GPP: how often each cell is perturbed", "GPP (share of successful examples)")
+                           "GPP: how often each cell is perturbed", "GPP (share of successful examples)",
+                           per_panel=True)
     if "edit_gpp" in sus:
         figures.score_heatmaps(sus.edit_gpp, sus.n,
                                fig("edit_gpp_heatmap.png", "record space: share of successful examples that edit "
                                                            "the value recorded at each hour"),
-                               "how often each recorded value is edited", "share of successful examples")
+                               "how often each recorded value is edited", "share of successful examples",
+                               per_panel=True)
     figures.score_heatmaps(sus.s, sus.n, fig("s_heatmap.png", "S = GMP · GPP per cell"),
-                           "susceptibility S = GMP · GPP per cell", "S (scaled units, 1 = p5…p95 range)")
+                           "susceptibility S = GMP · GPP per cell", "S (scaled units, 1 = p5…p95 range)",
+                           per_panel=True)
     figures.score_heatmaps(sus.gap, sus.n,
                            fig("gap_heatmap.png", "GAP: mean |P| per cell over the successful examples"),
-                           "GAP: mean |perturbation| per cell", "GAP (scaled units: 1 = the feature's p5…p95 range)")
+                           "GAP: mean |perturbation| per cell", "GAP (scaled units: 1 = the feature's p5…p95 range)",
+                           per_panel=True)
     if "one_edit_share" in sus:
         share = sus.one_edit_share.expand_dims(kind=["one edit"])
         targets = sus.one_edit_targets.expand_dims(kind=["one edit"])
@@ -221,7 +232,9 @@ def draw(run_dir: RunDir, sus: xr.Dataset, ex: xr.Dataset, max_iter: int) -> dic
                             (sus.sizes["time"], sus.sizes["feature"]), report.SPARSE_CELLS)
     iterated = [k for k in ex.kind.values if bool((ex.iteration.sel(kind=k).notnull() | ~ex.found.sel(kind=k)).all())]
     figures.iteration_cdf(ex.iteration.sel(kind=iterated), ex.found.sel(kind=iterated), ex.direction, max_iter,
-                          fig("iteration_cdf.png", "iteration at which the L1 attack found its examples (CDF)"))
+                          fig("iteration_cdf.png", "iteration at which the L1 attack found its examples (CDF), "
+                                                   "up to max_iter; the legend gives the share found in its last "
+                                                   "10%"))
     folds, test = run_dir.held_out_predictions()
     if folds and report.cross_validated(run_dir.model_record()["model"]):
         figures.cv_curves(folds, test, fig("cv_roc_pr.png", "ROC and precision–recall curves of the held-out "
@@ -272,12 +285,13 @@ def write_results(cfg: PipelineConfig, run_dir: RunDir) -> None:
     sus = compute(attack, data)
     with rundir.atomic_path(run_dir / layout.SUSCEPTIBILITY) as tmp, rundir.consolidated_zarr_v3():
         sus.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
+    identity = trust.data_identity(run_dir.path, data.attrs, data.sizes["sample"])
     tables: dict[str, dict] = {}
     for d in DIRECTIONS:
         ranked = ranking_table(sus, d)
         clinical = clinical_table(attack, data, d)
         rundir.write_text(run_dir.table(f"susceptibility_{d}.csv"), ranked.to_csv(index=False))
-        markdown = ranking_markdown(ranked, d, cfg.analyze.top_features)
+        markdown = ranking_markdown(ranked, d, cfg.analyze.top_features, identity.published_comparable)
         rundir.write_text(run_dir.table(f"susceptibility_{d}.md"), markdown)
         rundir.write_text(run_dir.table(f"clinical_{d}.csv"), clinical.to_csv(index=False))
         tables[d] = {"ranking": markdown, "clinical": clinical, "successes": int(sus.n.sel(direction=d).max())}
@@ -316,7 +330,18 @@ def write_results(cfg: PipelineConfig, run_dir: RunDir) -> None:
             rundir.write_text(run_dir.table(f"one_edit_{d}.csv"), tables[d]["one_edit"].to_csv(index=False))
     entry, k_errors = entry_errors(run_dir, data, captions, cfg.model)
     fewest = report.fewest_section(summary, k_errors, sus, tables) if edits is not None else []
+    headline, confident, probability = "", [], None
+    if run_dir.model_dir.exists():  # a hand-made store without a model has no clean predictions to stratify by
+        model = load_model(run_dir.path, model=cfg.model)
+        headline, confident, probability = confidence.write(run_dir, attack, data, ex, model,
+                                                             entry_report.load(run_dir), captions)
     checked = checks_report.write(run_dir, attack, data, captions, cfg.model, edits)
+    successes = {d: next(r["successes"] for r in summary if r["direction"] == d and r["kind"] == "best")
+                 for d in DIRECTIONS}
+    problems = trust.gates(run_dir, successes, cfg.analyze.min_targets)
+    for problem in problems:
+        log.warning("analyze: this run means little: %s", problem)
+    trusted = report.Trust(identity, problems, headline, cfg.analyze.min_targets, probability)
     rundir.write_text(run_dir.report, report.render(run_dir.path, data, attack, summary, tables, captions, changes,
-                                                        edits, [*fewest, *checked, *entry]))
+                                                        edits, [*fewest, *confident, *checked, *entry], trusted))
     log.info("analyze: report %s (%d figures)", run_dir.report, len(captions))

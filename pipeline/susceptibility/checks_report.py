@@ -28,10 +28,11 @@ from pipeline.features import BY_NAME
 from pipeline.infra import layout, rundir
 from pipeline.infra.rundir import RunDir
 from pipeline.model import load_model
-from pipeline.susceptibility import entry_report, figures, report
+from pipeline.susceptibility import entry_report, examples_text, figures
 from pipeline.susceptibility.one_edit_map import one_edit_scores
 from pipeline.susceptibility.realizable import record_edits
 from pipeline.susceptibility.scores import DIRECTIONS, direction_of, label
+from pipeline.susceptibility.shares import pct
 
 log = logging.getLogger(__name__)
 
@@ -205,16 +206,13 @@ def errors_k(store: xr.Dataset, data: xr.Dataset, limits: Limits, model: torch.n
 
 def false_alarms(attack: xr.Dataset, data: xr.Dataset, limits: Limits) -> dict[str, float]:
     """Each check's per-value false-alarm rate on the clean records of the targets (held-out samples)."""
-    return false_alarm_rate(clean(attack, data), limits)
+    value = clean(attack, data)
+    return {**false_alarm_rate(value, limits), "values": int((~np.isnan(value)).sum())}
 
 
 def undetected_map(attack: xr.Dataset, data: xr.Dataset) -> xr.Dataset:
     """The one-edit map of the values that can flip a target alone without any check noticing."""
     return one_edit_scores(attack.assign(one_edit=attack["one_edit_undetected"]), data)
-
-
-def _pct(v: float) -> str:
-    return "–" if v != v else f"{100 * v:.1f}%"
 
 
 def section(k: pd.DataFrame, kinds: pd.DataFrame, errors: pd.DataFrame | None, alarms: dict[str, float],
@@ -230,8 +228,9 @@ def section(k: pd.DataFrame, kinds: pd.DataFrame, errors: pd.DataFrame | None, a
              "A laboratory or a charting system screens a value before anyone acts on it: a **range check** and a "
              "**delta check** (its change from the previous and to the next recorded value of the same feature; "
              "docs/methods.md §11). The limits here come from " + source + ". On the clean records of the "
-             f"targets they flag {_pct(alarms['any'])} of the recorded values (range {_pct(alarms['range'])}, "
-             f"delta {_pct(alarms['delta'])}): the per-value false-alarm rate.", "",
+             f"targets they flag {pct(alarms['any'], alarms.get('values'))} of the "
+             f"{alarms.get('values', '?')} recorded values (range {pct(alarms['range'])}, delta "
+             f"{pct(alarms['delta'])}): the per-value false-alarm rate.", "",
              "Share of the targets of each direction flipped by at most k edited values — by any edit, by the "
              "best example when no check flags it, and by the sparsest example the check-aware searches found "
              "(`undetected_edit` in attack.zarr):", "",
@@ -241,7 +240,7 @@ def section(k: pd.DataFrame, kinds: pd.DataFrame, errors: pd.DataFrame | None, a
     for r in k.itertuples():
         for key, name in names.items():
             if f"{key}_le_1" in k.columns:
-                shares = " | ".join(_pct(getattr(r, f"{key}_le_{j}")) for j in range(1, max_k + 1))
+                shares = " | ".join(pct(getattr(r, f"{key}_le_{j}"), r.targets) for j in range(1, max_k + 1))
                 lines.append(f"| {label(r.direction)} | {r.targets} | {name} | {shares} |")
     if errors is not None:
         max_e = max(int(c.rsplit("_", 1)[1]) for c in errors.columns if c.startswith("any_le_"))
@@ -255,17 +254,17 @@ def section(k: pd.DataFrame, kinds: pd.DataFrame, errors: pd.DataFrame | None, a
                               ("searched", "errors no check flags")):
                 if f"{key}_le_1" not in errors.columns:
                     continue
-                shares = " | ".join(_pct(getattr(r, f"{key}_le_{j}")) for j in range(1, max_e + 1))
+                shares = " | ".join(pct(getattr(r, f"{key}_le_{j}"), r.targets) for j in range(1, max_e + 1))
                 lines.append(f"| {label(r.direction)} | {r.targets} | {name} | {shares} |")
     lines += ["", "Share of each kind of example that a check flags (`tables/checks_kind.csv`):", "",
               "| direction | kind | examples | range | delta | any |", "|---|---|---:|---:|---:|---:|"]
     for r in kinds.itertuples():
-        lines.append(f"| {label(r.direction)} | {r.kind} | {r.examples} | {_pct(r.flagged_range)} | "
-                     f"{_pct(r.flagged_delta)} | {_pct(r.flagged_any)} |")
+        lines.append(f"| {label(r.direction)} | {r.kind} | {r.examples} | {pct(r.flagged_range, r.examples)} | "
+                     f"{pct(r.flagged_delta, r.examples)} | {pct(r.flagged_any, r.examples)} |")
     if one_map is not None:
         lines += ["", "**One value alone, unnoticed.** " + "; ".join(
-            f"{label(d)}: {_pct(float(one_map.one_edit_flippable.sel(direction=d)))} of "
-            f"{int(one_map.one_edit_targets.sel(direction=d))} targets" for d in DIRECTIONS)
+            f"{label(d)}: {pct(float(one_map.one_edit_flippable.sel(direction=d)), n)} of {n} targets"
+            for d in DIRECTIONS if (n := int(one_map.one_edit_targets.sel(direction=d))) is not None)
             + " can be flipped by one edited value that no check flags (figure "
               "`figures/one_edit_undetected_heatmap.png`, `one_edit_undetected` in attack.zarr)."]
     return [*lines, "", *spelled]
@@ -332,8 +331,8 @@ def write(run_dir: RunDir, attack: xr.Dataset, data: xr.Dataset, captions: dict[
              100 * alarms["any"], 100 * alarms["range"], 100 * alarms["delta"])
     for r in k.itertuples():
         log.info("analyze: %s, flipped by ≤ 1/2/3 edits: %s; no check flags: %s", r.direction,
-                 " / ".join(_pct(getattr(r, f"any_le_{j}", np.nan)) for j in (1, 2, 3)),
-                 " / ".join(_pct(getattr(r, f"undetected_le_{j}" if searched else f"unflagged_best_le_{j}", np.nan))
+                 " / ".join(pct(getattr(r, f"any_le_{j}", np.nan)) for j in (1, 2, 3)),
+                 " / ".join(pct(getattr(r, f"undetected_le_{j}" if searched else f"unflagged_best_le_{j}", np.nan))
                             for j in (1, 2, 3)))
     one_map, spelled = None, []
     if searched:
@@ -347,5 +346,5 @@ def write(run_dir: RunDir, attack: xr.Dataset, data: xr.Dataset, captions: dict[
                                "share of targets", count="targets")
         unnoticed = undetected_edits(attack, data)
         rundir.write_text(run_dir.table("edits_undetected.csv"), unnoticed.to_csv(index=False))
-        spelled = report.sparsest_undetected(unnoticed)
+        spelled = examples_text.sparsest_undetected(unnoticed)
     return section(k, kinds, errors, alarms, provenance, one_map, spelled)

@@ -14,7 +14,9 @@ from pipeline.data.record import derive_record, feature_stats
 from pipeline.features import BY_NAME, FEATURES
 from pipeline.infra import cf, layout
 from pipeline.infra.rundir import RunDir
+from pipeline.susceptibility.examples_text import amount
 from pipeline.susceptibility.scores import DIRECTIONS, label
+from pipeline.susceptibility.shares import pct
 
 SHOWN = 5  # simplest flips spelled out in the report
 
@@ -137,14 +139,10 @@ def spelled(errors: pd.DataFrame) -> list[str]:
 
 def _error_text(r) -> str:
     if r.kind == "delete":
-        return f"{r.feature} at hour {r.hour} ({_num(r.recorded)} {r.unit}) lost"
+        return f"{r.feature} at hour {r.hour} ({amount(r.recorded, r.unit)}) lost"
     dropped = ", dropped by the plausibility filter" if r.dropped else ""
-    return f"{r.feature} at hour {r.hour} entered as {_num(r.erroneous)} instead of {_num(r.recorded)} {r.unit} " \
-           f"({r.kind}{dropped})"
-
-
-def _num(v: float) -> str:
-    return f"{v:.4g}"
+    return f"{r.feature} at hour {r.hour} entered as {amount(r.erroneous, r.unit)} instead of " \
+           f"{amount(r.recorded, r.unit)} ({r.kind}{dropped})"
 
 
 def section(k: pd.DataFrame, kinds: pd.DataFrame, features: pd.DataFrame, errors: pd.DataFrame,
@@ -158,7 +156,8 @@ def section(k: pd.DataFrame, kinds: pd.DataFrame, features: pd.DataFrame, errors
              "flip the prediction, each checked through the model with the record re-derived as `prepare` "
              "derives it (docs/methods.md §9; every error: `tables/errors.csv`).", ""]
     for row in k.itertuples():
-        shares = ", ".join(f"{100 * getattr(row, f'share_le_{j}'):.1f}% by ≤ {j}" for j in range(1, max_errors + 1))
+        shares = ", ".join(f"{pct(getattr(row, f'share_le_{j}'), row.targets)} by ≤ {j}"
+                           for j in range(1, max_errors + 1))
         lines.append(f"- {label(row.direction)}: of {row.targets} targets, {shares}; {row.verified} of "
                      f"{row.flipped} flips verified by re-deriving the erroneous record.")
     lines += ["", "By kind of error:", "", table(kinds.rename(columns={"errors_in_flips": "errors in flips",

@@ -15,22 +15,26 @@ from pipeline.susceptibility.scores import label as direction_label
 
 
 def score_heatmaps(score: xr.DataArray, n: xr.DataArray, path: Path, title: str, colorbar: str,
-                   count: str = "examples", vmax: float | None = None) -> None:
-    """One panel per (direction, kind): the score over hour (x) and feature (y), one shared colour scale
-    (from 0 to `vmax`, default the largest score); `n` (direction, kind) is the number of successful
-    examples (or of `count`) behind each panel."""
+                   count: str = "examples", vmax: float | None = None, per_panel: bool = False) -> plt.Figure:
+    """One panel per (direction, kind): the score over hour (x) and feature (y); `n` (direction, kind) is the
+    number of successful examples (or of `count`) behind each panel. One colour scale shared by all panels
+    (from 0 to `vmax`, default the largest score), or with `per_panel` one per panel, each with its own
+    colourbar: kinds whose scores differ tenfold (first vs best examples) are then each readable.
+    Returns the (closed) figure."""
     directions, kinds = score["direction"].values, score["kind"].values
-    if vmax is None:
-        vmax = float(score.max()) if np.isfinite(score.max()) and float(score.max()) > 0 else 1.0
+    if vmax is None and not per_panel:
+        vmax = _top(score.values)
     # shared axes: the features are named on the left, the hours at the bottom (half the text to lay out)
-    fig, axes = plt.subplots(len(directions), len(kinds), figsize=(6.2 * len(kinds), 4.6 * len(directions)),
+    fig, axes = plt.subplots(len(directions), len(kinds),
+                             figsize=((6.2 + 0.9 * per_panel) * len(kinds), 4.6 * len(directions)),
                              squeeze=False, sharex=True, sharey=True, constrained_layout=True)
     for r, d in enumerate(directions):
         for c, k in enumerate(kinds):
             ax = axes[r, c]
             panel = score.sel(direction=d, kind=k).transpose("feature", "time")
-            image = ax.imshow(panel.values, aspect="auto", cmap="viridis", vmin=0, vmax=vmax,
-                              interpolation="nearest", origin="upper")
+            image = ax.imshow(panel.values, aspect="auto", cmap="viridis", vmin=0,
+                              vmax=_top(panel.values) if per_panel else vmax, interpolation="nearest",
+                              origin="upper")
             ax.set_yticks(range(panel.sizes["feature"]), [str(f) for f in panel["feature"].values], fontsize=8)
             ax.set_xticks(range(0, panel.sizes["time"], 6))
             number = int(n.sel(direction=d, kind=k))
@@ -40,9 +44,19 @@ def score_heatmaps(score: xr.DataArray, n: xr.DataArray, path: Path, title: str,
             if number == 0:
                 empty = "no successful example" if count == "examples" else f"no {count[:-1]}"
                 ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center")
-    fig.colorbar(image, ax=axes, label=colorbar, shrink=0.8)
-    suptitle(fig, title)
+            if per_panel:  # the unit is named once, beside the last column
+                fig.colorbar(image, ax=ax, label=colorbar if c == len(kinds) - 1 else None, shrink=0.9, pad=0.02)
+    if not per_panel:
+        fig.colorbar(image, ax=axes, label=colorbar, shrink=0.8)
+    suptitle(fig, f"{title} (each panel its own colour scale)" if per_panel and score.size > panel.size else title)
     save(fig, path)
+    return fig
+
+
+def _top(values: np.ndarray) -> float:
+    """The top of a colour scale from 0: the largest finite value, or 1 where there is none above 0."""
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
 
 
 def ranking_bars(s_j: xr.DataArray, n: xr.DataArray, path: Path, xlabel: str) -> None:
@@ -91,23 +105,33 @@ def norm_histograms(norms: xr.Dataset, found: xr.DataArray, path: Path, shape: t
 
 
 def iteration_cdf(iteration: xr.DataArray, found: xr.DataArray, direction: xr.DataArray, max_iter: int,
-                  path: Path) -> None:
-    """Share of targets with an example by iteration k, per direction and kind (ends at the success rate)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+                  path: Path, late: float = 0.1) -> plt.Figure:
+    """Share of targets with an example by iteration k, per direction and kind (ends at the success rate),
+    up to the budget `max_iter`, marked; each legend entry gives the share of its examples found in the last
+    `late` of the budget (a large share: the budget binds, more iterations would change the examples).
+    Returns the (closed) figure."""
+    fig, ax = plt.subplots(figsize=(8, 4.6), constrained_layout=True)
     steps = np.arange(max_iter + 1)
+    start = int(np.ceil((1 - late) * max_iter))
+    kinds = [str(k) for k in iteration["kind"].values]
     for colour, d in enumerate(np.unique(direction.values)):
-        for k in iteration["kind"].values:
+        for k in kinds:
             members = (direction == d).values
             it = iteration.sel(kind=k).values[members]
             ok = found.sel(kind=k).values[members]
             share = np.searchsorted(np.sort(it[ok]), steps, side="right") / max(members.sum(), 1)
-            ax.step(steps, share, where="post", label=f"{direction_label(d)}, {k} example (n = {members.sum()})",
-                    color=f"C{colour}", linestyle="-" if k == "first" else "--")
+            last = f"{100 * np.mean(it[ok] >= start):.0f}%" if ok.any() else "–"
+            ax.step(steps, share, where="post", color=f"C{colour}", linestyle="-" if k == kinds[0] else "--",
+                    label=f"{direction_label(d)}, {k} (n = {members.sum()}): {last} found at iteration ≥ {start}")
+    ax.axvspan(start, max_iter, color="grey", alpha=0.15, lw=0, label=f"last {100 * late:.0f}% of the budget")
+    ax.axvline(max_iter, color="black", ls=":", lw=1, label=f"max_iter = {max_iter} (the budget)")
     ax.set(xlabel="iteration (proximal updates)", ylabel="share of targets with an example", ylim=(0, 1.02),
-           title="when the first and the best examples were found")
+           xlim=(0, max_iter * 1.03))
+    ax.set_title(f"when the L1 attack found its {' and '.join(kinds)} examples", fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save(fig, path)
+    return fig
 
 
 def cv_curves(folds: list[pd.DataFrame], test: pd.DataFrame | None, path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,14 @@ from pipeline.attack import wiring
 from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir
 from pipeline.model.archs import ARCHS, TRAINING
+from pipeline.model.cv import curve_warnings
+from pipeline.susceptibility import examples_text, trust
 from pipeline.susceptibility.scores import DIRECTIONS, label
+from pipeline.susceptibility.shares import pct
 from pipeline.susceptibility.space_text import TEXT
 
 METRICS = ("auroc", "auprc", "f1", "precision", "recall", "accuracy")
 SPARSE_CELLS = 10  # an example that changes at most this many cells reads as a few data-entry errors
-SHOWN_EXAMPLES = 5
 
 
 EDIT_COUNTS = (1, 2, 3, 10)  # the report gives the share of targets flipped by at most this many edited values
@@ -81,8 +84,9 @@ def model_lines(model: dict) -> list[str]:
     params = model.get("params", {})
     arch = params.get("arch", "lstm")
     used = {k: params[k] for k in (*ARCHS[arch].keys, *TRAINING) if k in params}
+    epochs = model.get("epochs", "?")
     return [f"{ARCHS[arch].label}: " + _params(used),
-            f"(parameters from {model.get('params_source', '?')}; {model.get('epochs', '?')} epochs from "
+            f"(parameters from {model.get('params_source', '?')}; {epochs} epoch{'' if epochs == 1 else 's'} from "
             f"{model.get('epochs_source', '?')})."]
 
 
@@ -124,18 +128,29 @@ def model_section(run_dir: Path) -> list[str]:
     model = run.model_record()["model"] if run.model_dir.exists() else {}
     cv = run.cv_summary() if cross_validated(model) else None  # an old cv/ is of another model
     test = run.test_metrics()
+    chosen = (cv or {}).get("chosen_epoch")  # absent from a cv/ written before the chosen epoch was summarized
+    shown = chosen or cv
     lines = ["## Model", "", *model_lines(model), ""]
-    header = "| metric | CV, held-out folds (mean ± sd) | test set, final model |"
+    header = ("| metric | CV, held-out folds (mean ± sd) | test set, final model |")
     rows = [header, "|---|---:|---:|"]
     for m in METRICS:
-        cv_text = f"{cv['mean'][m]:.3f} ± {cv['sd'][m]:.3f}" if cv else "–"
+        cv_text = f"{shown['mean'][m]:.3f} ± {shown['sd'][m]:.3f}" if shown else "–"
         rows.append(f"| {m} | {cv_text} | {_fmt(test[m]) if test else '–'} |")
-    cv_note = (f"CV: {cv['folds']} folds of the non-test samples, each scored on the fold it was not trained on."
-               if cv else "CV: none.")
+    if chosen:
+        last = cv.get("learning_curve", {}).get("last_epoch", "?")
+        epoch = (f"CV figures at epoch {chosen['epoch']} of {last}: the epoch count the final model was trained "
+                 f"for ({cv.get('best_epoch_rule', 'lowest mean held-out loss')}); at the last epoch the held-out "
+                 f"AUROC was {cv['mean']['auroc']:.3f} ± {cv['sd']['auroc']:.3f}. ")
+    else:
+        epoch = "CV figures of the last epoch (this cv/ predates the chosen epoch's; `cv --force` adds them). " \
+            if cv else ""
+    cv_note = (f"CV: {cv['folds']} folds of the non-test samples, each scored on the fold it was not trained on. "
+               + epoch if cv else "CV: none. ")
     lines += rows + ["",
-                     f"{cv_note} Test set ({test_set(run_dir)}): never seen by tuning or CV, scored "
+                     f"{cv_note}Test set ({test_set(run_dir)}): never seen by tuning or CV, scored "
                      "once. Threshold 0.5 for F1, precision, recall and accuracy.", ""]
-    return lines
+    lines += [f"- **Warning**: {w}." for w in (curve_warnings(cv) if cv else [])]
+    return lines + ([""] if cv and curve_warnings(cv) else [])
 
 
 def test_set(run_dir: Path) -> str:
@@ -151,7 +166,7 @@ def test_set(run_dir: Path) -> str:
 
 
 def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame,
-                   edits: pd.DataFrame | None = None) -> list[str]:
+                   edits: pd.DataFrame | None = None, probability: dict[int, float] | None = None) -> list[str]:
     cfg = attack.attrs.get("attack_config", {})
     text = TEXT[wiring.name_of(attack)]
     hours, features = attack.sizes["time"], attack.sizes["feature"]
@@ -161,7 +176,7 @@ def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame,
                                                                        "found_by"))])
     rows["direction"] = rows["direction"].map(label)  # 0to1 → 0→1: the report is read, not typed
     for share in ("success_rate", f"share_l0_le_{SPARSE_CELLS}"):
-        rows[share] = [f"{100 * v:.1f}%" if v == v else "–" for v in rows[share]]  # v != v: NaN
+        rows[share] = [pct(v, n) for v, n in zip(rows[share], rows["targets"], strict=True)]
     rows = rows.rename(columns={"median_edits": "median edited values", "median_edit_l1": "median L1 of the edit",
                                 "median_l0": "median L0 (cells)", "median_l1": "median L1",
                                 "median_linf": "median L∞", "median_iteration": "median iteration",
@@ -178,7 +193,8 @@ def attack_section(attack: xr.Dataset, rows: list[dict], changes: pd.DataFrame,
             f"the direction whose example changes at most {SPARSE_CELLS} cells.", "",
             text.paragraph.format(hours=hours, features=features), "",
             table(rows), *record_lines,
-            *(sparsest_edits(edits) if edits is not None else sparsest_examples(changes))]
+            *(examples_text.telling_edits(edits, probability) if edits is not None
+              else examples_text.sparsest_examples(changes))]
 
 
 def realizability_lines(rows: list[dict], realizable: str) -> list[str]:
@@ -188,16 +204,20 @@ def realizability_lines(rows: list[dict], realizable: str) -> list[str]:
         if row["kind"] != "best":
             continue
         d = label(row["direction"])
+        if row["targets"] == 0:
+            lines.append(f"- {d}: no targets in this direction.")
+            continue
         parts = []
         if "share_edits_le_1" in row:
             parts.append(f"median {_fmt(row.get('median_edits'))} edited values; of the {row['targets']} targets, "
-                         + ", ".join(f"{100 * row[f'share_edits_le_{n}']:.1f}% flipped by ≤ {n}" for n in EDIT_COUNTS))
+                         + ", ".join(f"{pct(row[f'share_edits_le_{n}'], row['targets'])} flipped by ≤ {n}"
+                                     for n in EDIT_COUNTS))
         if "found_by" in row and row["found_by"]:
             parts.append("found by " + ", ".join(f"{METHOD_NAMES.get(m, m)} {n}" for m, n in row["found_by"].items()))
         if "realizable" in row:
             parts.append(f"{row['realizable']} of {row['successes']} examples {realizable}")
         if "imputed_share" in row:
-            parts.append(f"{_pct(row['imputed_share'])} of the changed cells were never recorded (imputed)")
+            parts.append(f"{pct(row['imputed_share'])} of the changed cells were never recorded (imputed)")
         if parts:
             lines.append(f"- {d}, best examples: " + "; ".join(parts) + ".")
     return [*lines, ""] if lines else []
@@ -235,7 +255,8 @@ def fewest_section(rows: list[dict], k_errors: pd.DataFrame | None, sus: xr.Data
         for kind, (name, _) in FEWEST_ROWS.items():
             if kind in by_kind:
                 r = by_kind[kind]
-                shares = " | ".join(_pct(r.get(f"share_edits_le_{k}", float("nan"))) for k in FEWEST_COUNTS)
+                shares = " | ".join(pct(r.get(f"share_edits_le_{k}", float("nan")), r["targets"])
+                                    for k in FEWEST_COUNTS)
                 lines.append(f"| {label(d)} | {r['targets']} | {name} | {shares} |")
     lines += ["", *[f"- *{name}*: {what}." for kind, (name, what) in FEWEST_ROWS.items()
                     if kind != "errors" or k_errors is not None], ""]
@@ -246,9 +267,9 @@ def fewest_section(rows: list[dict], k_errors: pd.DataFrame | None, sus: xr.Data
                   "`figures/one_edit_heatmap.png`), the median smallest flipping edit `one_edit_median`; per "
                   "feature (`tables/one_edit_<direction>.csv`):", ""]
         for d in DIRECTIONS:
-            flippable = float(sus.one_edit_flippable.sel(direction=d))
+            flippable, n = float(sus.one_edit_flippable.sel(direction=d)), int(sus.one_edit_targets.sel(direction=d))
             table_ = tables[d].get("one_edit")
-            lines += [f"{label(d)}: {_pct(flippable)} of {int(sus.one_edit_targets.sel(direction=d))} targets can "
+            lines += [f"{label(d)}: {pct(flippable, n)} of {n} targets can "
                       "be flipped by one edited value.", ""]
             if table_ is not None and (table_.flipped_by_one_edit > 0).any():
                 shown = table_[table_.flipped_by_one_edit > 0].head(8)
@@ -258,65 +279,25 @@ def fewest_section(rows: list[dict], k_errors: pd.DataFrame | None, sus: xr.Data
     return lines
 
 
-def _pct(value: float) -> str:
-    return "–" if value != value else f"{100 * value:.1f}%"
-
-
-def sparsest_edits(edits: pd.DataFrame) -> list[str]:
-    """The best examples with the fewest edited values, each edit as it would read in the record."""
-    return _sparsest(edits, "with the fewest edited values", "edit", "every edit of every example: "
-                     "`tables/edits_best.csv`", _edit_text)
-
-
-def sparsest_undetected(edits: pd.DataFrame) -> list[str]:
-    """The undetected examples with the fewest edited values, each edit as it would read in the record."""
-    return _sparsest(edits, "that no check flags, with the fewest edited values", "edit",
-                     "every edit of every undetected example: `tables/edits_undetected.csv`", _edit_text,
-                     "undetected examples")
-
-
-def sparsest_examples(changes: pd.DataFrame) -> list[str]:
-    """The best examples that change the fewest cells, each change in clinical units."""
-    return _sparsest(changes, "that change the fewest cells", "cell", "every changed cell of every example, in "
-                     "clinical units: `tables/changes_best.csv`",
-                     lambda r: f"{r.feature} at hour {r.hour} {r.before:.4g} → {r.after:.4g} {r.unit}")
-
-
-def _sparsest(rows: pd.DataFrame, which: str, noun: str, where: str, spell, what: str = "best examples") -> list[str]:
-    """Up to SHOWN_EXAMPLES examples with the fewest rows in `rows` (one row per changed value), spelled out."""
-    if rows.empty:
-        return []
-    counts = rows.groupby("sample").size().sort_values(kind="stable")
-    lines = [f"The {min(SHOWN_EXAMPLES, len(counts))} {what} {which} ({where}):", ""]
-    for sample in counts.index[:SHOWN_EXAMPLES]:
-        mine = rows[rows["sample"] == sample]
-        first = mine.iloc[0]
-        n = f"1 {noun}" if len(mine) == 1 else f"{len(mine)} {noun}s"
-        lines.append(f"- hadm_id {first.hadm_id} ({label(first.direction)}, {n}): "
-                     + "; ".join(spell(r) for r in mine.itertuples()))
-    return lines + [""]
-
-
-def _edit_text(r) -> str:
-    """'lactate recorded at hour 31: 2.1 → 4.8 mmol/L (reaches hours 28–47)'."""
-    reach = f"hour {r.reaches_from}" if r.reaches_from == r.reaches_to else f"hours {r.reaches_from}–{r.reaches_to}"
-    return f"{r.feature} recorded at hour {r.hour}: {r.before:.4g} → {r.after:.4g} {r.unit} (reaches {reach})"
-
-
-def susceptibility_section(tables: dict[str, dict]) -> list[str]:
+def susceptibility_section(tables: dict[str, dict], published: bool = True, min_targets: int = 0) -> list[str]:
+    compared = ("Sun et al.'s figures are as transcribed by a later reproduction, which could not reproduce them."
+                if published else "Sun et al.'s published ranking (real MIMIC-III) is not set beside these: this "
+                "run's data are not MIMIC-III of a size that could compare (the data line above).")
     lines = ["## Susceptibility", "",
              "S_j = Σ over hours of GMP · GPP over the successful examples (docs/methods.md §6); full tables in "
-             "`tables/` and every score per cell in `susceptibility.zarr`. Sun et al.'s figures are as "
-             "transcribed by a later reproduction, which could not reproduce them.", ""]
+             "`tables/` and every score per cell in `susceptibility.zarr`. " + compared, ""]
     for d, t in tables.items():
         lines += [f"### Direction {label(d)}", ""]
         if t["successes"] == 0:
             lines += ["No successful example in this direction: no scores.", ""]
             continue
+        if t["successes"] < min_targets:
+            lines += [f"**Only {t['successes']} successful examples** (fewer than analyze.min_targets = "
+                      f"{min_targets}): this direction's ranking is noise.", ""]
         if "edits" in t:
             lines += [f"Edits of the record by the best examples ({label(d)}), most edited feature first "
                       f"(`tables/edits_{d}.csv`):", "",
-                      table(t["edits"].rename(columns={"edited_values": "edited values",
+                      table(t["edits"].rename(columns={"edited_values": "edited values", "median_edit": "median edit",
                                                         "median_abs_edit": "median abs. edit",
                                                         "max_abs_edit": "max abs. edit"})), "",
                       "The same scores over the change of the model's input that these edits cause:", ""]
@@ -330,20 +311,42 @@ def susceptibility_section(tables: dict[str, dict]) -> list[str]:
 
 def render(run_dir: Path, data: xr.Dataset, attack: xr.Dataset, rows: list[dict], tables: dict[str, dict],
            captions: dict[str, str], changes: pd.DataFrame, edits: pd.DataFrame | None = None,
-           entry: list[str] = ()) -> str:
+           entry: list[str] = (), trusted: Trust | None = None) -> str:
     """The report; `rows` are :func:`summary`'s, `tables` per direction the ranking (Markdown), the
     clinical table and the number of successes, `captions` figure file name → caption, `changes` every
     changed cell of the best examples in clinical units, `edits` (record space) every edited recorded value,
-    `entry` the section of the entry-error search (when it ran)."""
-    lines = ["# Adversarial susceptibility of an in-hospital mortality LSTM", "",
+    `entry` the sections of the later searches (when they ran), `trusted` what the run describes and whether
+    it means anything (its gates, the headline on confidence)."""
+    run = RunDir(run_dir)
+    model = run.model_record()["model"] if run.model_dir.exists() else {}
+    identity = trusted.data if trusted else None
+    lines = [f"# Adversarial susceptibility of an in-hospital mortality model: {trust.model_name(model)}", "",
              f"Run directory `{run_dir}`, seed {attack.attrs.get('seed')}, written "
              f"{time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    if trusted:
+        lines += trust.banner(trusted.problems)
+        lines += ["## Summary", "", f"- Data: {identity.text}.",
+                  f"- Model: {model_lines(model)[0]}; {trust.test_line(run)}."]
+        lines += [f"- {trusted.headline}"] if trusted.headline else []
+        lines += [""]
     lines += data_section(data)
     lines += model_section(run_dir)
-    lines += attack_section(attack, rows, changes, edits)
+    lines += attack_section(attack, rows, changes, edits, trusted.probability if trusted else None)
     lines += list(entry)
-    lines += susceptibility_section(tables)
+    lines += susceptibility_section(tables, identity.published_comparable if identity else True,
+                                    trusted.min_targets if trusted else 0)
     lines += ["## Figures", ""]
     for name, caption in captions.items():
         lines += [f"**{caption}**", "", f"![{caption}](figures/{name})", ""]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What the report says before its numbers: the data it describes, why the run means little (if it does),
+    the one-sentence finding on confidence, and the examples a direction needs for its ranking."""
+    data: trust.Data
+    problems: list[str]
+    headline: str
+    min_targets: int
+    probability: dict[int, float] | None = None  # per target (attack.zarr's sample): the clean prediction

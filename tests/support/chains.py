@@ -26,12 +26,14 @@ TINY_CHAIN = [
     "cv.folds=2", "cv.epochs=2", "train.epochs=3",
     "tune-attack.trials=2", "tune-attack.targets=8",
     "attack.max_iter=20", "attack.batch_size=16", "attack.chunk_samples=8", *FEWEST_QUICK,
+    "analyze.weak_run=warn",  # a tiny model's report says it means little; these tests check the plumbing
 ]
 FIGURES = {"gpp_heatmap.png", "s_heatmap.png", "gap_heatmap.png", "s_j_ranking.png", "norms.png",
            "iteration_cdf.png", "cv_roc_pr.png", "edit_gpp_heatmap.png",  # record space (the default):
            "one_edit_heatmap.png", "one_edit_size_heatmap.png",  # the edits and the one-edit map
            "one_edit_undetected_heatmap.png",  # the one-edit map no check notices (docs/methods.md §11)
-           "errors_heatmap.png"}  # the errors stage
+           "errors_heatmap.png",  # the errors stage
+           "confidence.png"}  # the fragility against the model's confidence
 
 
 def assert_complete(run):
@@ -40,8 +42,8 @@ def assert_complete(run):
     report = (run / "report.md").read_text()
     for name in FIGURES:
         assert f"(figures/{name})" in report
-    for section in ("## Data", "## Model", "## Attack", "## Plausible data-entry errors", "## Susceptibility",
-                    "## Would the checks catch it?"):
+    for section in ("## Summary", "## Data", "## Model", "## Attack", "## Plausible data-entry errors",
+                    "## Susceptibility", "## Would the checks catch it?", "## What the fragility depends on"):
         assert section in report
     sus = xr.open_zarr(run / "susceptibility.zarr")
     assert sus.s.dims == ("direction", "kind", "time", "feature")

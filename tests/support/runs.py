@@ -100,3 +100,13 @@ def stage_held(run: Path, stage: str):
     finally:
         holder.kill()
         holder.wait()
+
+
+def script(name: str):
+    """An analysis script as a module (they are files, not a package; each needs only the run directory)."""
+    import importlib.util  # only the tests of analysis/ load its scripts
+
+    spec = importlib.util.spec_from_file_location(f"analysis_{name}", ROOT / "analysis" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

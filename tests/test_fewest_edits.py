@@ -1,12 +1,15 @@
 """The fewest edits of the record that flip a prediction (docs/methods.md §10): the one-edit scan and the
 search on linear models whose answer is known, and on the attack stage's store."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
 
+from pipeline.attack import one_edit
 from pipeline.attack.core import AttackResult, Margins
-from pipeline.attack.fewest_edits import METHODS, Target, fewest_edits, sparsest
+from pipeline.attack.fewest_edits import METHODS, Target, fewest_edits, fewest_edits_many, sparsest
 from pipeline.attack.one_edit import MIN_MARGIN, scan
 from pipeline.config import AttackParams
 from tests.support.linear import Linear
@@ -139,3 +142,44 @@ def test_a_further_search_named_by_the_wiring_feeds_best_with_its_own_code():
 
     with pytest.raises(ValueError, match="the search 'two_edits' returned an example of method 'search'"):
         sparsest(model, none, targets, AttackParams(max_edits=1), further={"two_edits": mislabelled})
+
+
+class Batches(Linear):
+    """The linear model, remembering how many inputs each of its passes took."""
+
+    def __init__(self, w: np.ndarray):
+        super().__init__(w)
+        self.sizes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        return super().forward(x)
+
+
+def test_streamed_margins_are_the_margins_of_the_same_batches():
+    """Margins.stream of blocks of any sizes: the numbers and the model's batches of the blocks concatenated."""
+    rng = np.random.default_rng(0)
+    blocks = [(rng.random((n, T, F), dtype=np.float32), rng.integers(0, 2, n)) for n in (3, 0, 9, 1, 17, 5, 8)]
+    whole, streamed = Margins(Batches(weights({})), 8), Margins(Batches(weights({})), 8)
+    expected = whole(np.concatenate([x for x, _ in blocks]), np.concatenate([y for _, y in blocks]))
+    assert np.array_equal(streamed.stream(iter(blocks)), expected)
+    assert streamed.model.sizes == whole.model.sizes == [8, 8, 8, 8, 8, 3]
+    assert streamed.passes == whole.passes == 43
+    assert len(streamed.stream(iter([]))) == 0
+
+
+def test_the_searches_hold_a_batch_of_inputs_not_every_edit_they_ask():
+    """The one-edit scan of records recorded every hour asks ~15,000 single edits per target (~55 MB of the
+    model's input): derived a block at a time and passed a batch at a time, the peak stays far below that."""
+    model = Linear(weights({(10, 3): 0.5}))
+    targets = [Target(VALUE.copy(), 0, STATS, *BOX) for _ in range(3)]
+    tracemalloc.start()
+    try:
+        found = fewest_edits_many(Margins(model, 1024), targets, [None] * 3, max_edits=1, beam=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    asked = sum(len(one.walk(one_edit.POINTS)) for one in one_edit.lines(
+        VALUE, [(h, f) for h in range(T) for f in range(F)], STATS, *BOX))
+    assert asked > 10_000 and all(example is None for _, example in found)  # none flips alone: the whole scan ran
+    assert peak < 0.25 * 3 * asked * T * F * 4, f"peak {peak / 1e6:.0f} MB for {3 * asked} edits"

@@ -11,6 +11,7 @@ layers"). It imports no other module of the package.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,24 @@ class Margins:
             target = torch.from_numpy(y[i:i + self.batch_size].copy()).to(self.device)
             out.append(margin(self.model(chunk), target).double().cpu().numpy())
         self.passes += len(x)
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def stream(self, blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """The margins of the blocks' inputs (x, y per input) in order, as `self` gives them for the blocks
+        concatenated: the model sees the very same batches (so the very same numbers), but only about one
+        batch and one block are ever held, not every input a search asks at once."""
+        out, xs, ys, held = [], [], [], 0
+        for x, y in blocks:
+            xs.append(x)
+            ys.append(np.broadcast_to(np.asarray(y, dtype=np.int64), (len(x),)))
+            held += len(x)
+            if held >= self.batch_size:
+                x, y = np.concatenate(xs), np.concatenate(ys)
+                whole = held - held % self.batch_size
+                out.append(self(x[:whole], y[:whole]))
+                xs, ys, held = [x[whole:].copy()], [y[whole:].copy()], held - whole
+        if held:
+            out.append(self(np.concatenate(xs), np.concatenate(ys)))
         return np.concatenate(out) if out else np.zeros(0)
 
 

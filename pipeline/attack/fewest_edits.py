@@ -17,8 +17,9 @@ passes (thousands of records per pass, and few passes: what a GPU needs).
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,18 +86,22 @@ class Target:
         return self.lower, self.upper
 
 
-def full_margins(margins: Margins, edited: list[tuple[Target, np.ndarray]]) -> np.ndarray:
-    """The margin of each target's record with its edits δ written in, derived in full, in one pass."""
-    if not edited:
-        return np.zeros(0)
-    groups: dict[int, list[int]] = {}  # one derivation per set of statistics (a run has one)
-    for i, (t, _) in enumerate(edited):
-        groups.setdefault(id(t.stats), []).append(i)
-    x = np.empty((len(edited), *edited[0][1].shape), np.float32)
-    for members in groups.values():
-        stats = edited[members[0]][0].stats
-        x[members] = derive_record(np.stack([edited[i][0].edited(edited[i][1]) for i in members]), stats)
-    return margins(x, np.array([t.y for t, _ in edited]))
+def full_margins(margins: Margins, edited: Iterable[tuple[Target, np.ndarray]]) -> np.ndarray:
+    """The margin of each target's record with its edits δ written in, derived in full, in as few passes as
+    the batch size allows: `edited` is read, and its records derived, a block of one_edit.BLOCK at a time."""
+    def blocks():
+        it = iter(edited)
+        while block := list(itertools.islice(it, one_edit.BLOCK)):
+            groups: dict[int, list[int]] = {}  # one derivation per set of statistics (a run has one)
+            for i, (t, _) in enumerate(block):
+                groups.setdefault(id(t.stats), []).append(i)
+            x = np.empty((len(block), *block[0][1].shape), np.float32)
+            for members in groups.values():
+                stats = block[members[0]][0].stats
+                x[members] = derive_record(np.stack([block[i][0].edited(block[i][1]) for i in members]), stats)
+            yield x, np.array([t.y for t, _ in block])
+
+    return margins.stream(blocks())
 
 
 def without(delta: np.ndarray, cells: list[tuple[int, int]]) -> np.ndarray:
@@ -245,13 +250,13 @@ def shrink_many(margins: Margins, work: list[tuple[Target, Example]]) -> list[Ex
     active = [k for k in range(len(work)) if (delta[k] != 0).sum() > 1]
     while active:
         asked = [(k, c) for k in active for c in zip(*np.nonzero(delta[k]), strict=True)]
-        alone = full_margins(margins, [(work[k][0], without(delta[k], [c])) for k, c in asked])
+        alone = full_margins(margins, ((work[k][0], without(delta[k], [c])) for k, c in asked))
         order = {k: [c for _, c in sorted([(-m, c) for (j, c), m in zip(asked, alone, strict=True) if j == k])]
                  for k in active}
         bounds = {k: (0, len(order[k])) for k in active}  # dropping `fewer` keeps the flip, `more` does not
         while open_ := [k for k, (fewer, more) in bounds.items() if more - fewer > 1]:
             mids = {k: sum(bounds[k]) // 2 for k in open_}
-            m = full_margins(margins, [(work[k][0], without(delta[k], order[k][:mids[k]])) for k in open_])
+            m = full_margins(margins, ((work[k][0], without(delta[k], order[k][:mids[k]])) for k in open_))
             for k, mk in zip(open_, m, strict=True):
                 bounds[k] = (mids[k], bounds[k][1]) if mk > MIN_MARGIN else (bounds[k][0], mids[k])
         dropped = [k for k in active if bounds[k][0]]

@@ -142,25 +142,43 @@ def columns(record: Record, feature: int, hour: np.ndarray, delta: np.ndarray) -
 
 def score(margins: Margins, asks: list[Ask]) -> list[np.ndarray]:
     """The margin of every single edit asked, of any records, in as few model passes as the batch size
-    allows."""
+    allows; the inputs are derived a block of at most :data:`BLOCK` edits at a time, as the passes need them
+    (what is held follows the batch, not the number of edits asked)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (record, (_, f), _) in enumerate(asks):
         groups.setdefault((id(record), f), []).append(i)
-    x, y, order, sizes = [], [], [], []
-    for (_, f), members in groups.items():
-        record = asks[members[0]][0]
-        hour = np.concatenate([np.full(len(asks[i][2]), asks[i][1][0]) for i in members])
-        x.append(columns(record, f, hour, np.concatenate([asks[i][2] for i in members])))
-        y.append(np.full(len(hour), record.y))
-        order += members
-        sizes += [len(asks[i][2]) for i in members]
+    order = [i for members in groups.values() for i in members]
+    sizes = [len(asks[i][2]) for i in order]
     out: list[np.ndarray] = [np.zeros(0)] * len(asks)
-    if not x:
+    if not asks:
         return out
-    m = margins(np.concatenate(x), np.concatenate(y))
+
+    def blocks():
+        for (_, f), members in groups.items():
+            record = asks[members[0]][0]
+            for part in pieces(members, [len(asks[i][2]) for i in members]):
+                hour = np.concatenate([np.full(len(asks[i][2]), asks[i][1][0]) for i in part])
+                yield columns(record, f, hour, np.concatenate([asks[i][2] for i in part])), np.full(len(hour), record.y)
+
+    m = margins.stream(blocks())
     for i, part in zip(order, np.split(m, np.cumsum(sizes)[:-1]), strict=True):
         out[i] = part
     return out
+
+
+BLOCK = 1024  # inputs derived at once by the searches (each row of x is derived alone: any block gives the same)
+
+
+def pieces(members: list, sizes: list[int], rows: int = BLOCK) -> list[list]:
+    """`members` in order, cut into consecutive runs of at most `rows` rows (`sizes` each; a larger one alone)."""
+    out, run, held = [], [], 0
+    for member, size in zip(members, sizes, strict=True):
+        if run and held + size > rows:
+            out.append(run)
+            run, held = [], 0
+        run.append(member)
+        held += size
+    return [*out, run] if run else out
 
 
 def scan(margins: Margins, value: np.ndarray, y: int, stats: dict[str, np.ndarray], lower: np.ndarray,

@@ -158,8 +158,7 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
     config = AttackParams(**params)
     attack = L1Attack(model, config)
     wired = wiring.get(config.space)
-    inputs = TargetInputs.load(run, store["dataset_index"][start:stop], config.space)
-    inputs.checks = checks
+    index = store["dataset_index"][start:stop]
     target = store["y"][start:stop].astype(np.int64)
     batches = [(b, min(b + batch_size, stop)) for b in range(start, stop, batch_size)]
     bar = tqdm(total=stop - start, desc=f"shard {shard}", unit="target", initial=sum(b1 - b0 for b0, b1 in batches
@@ -169,12 +168,15 @@ def attack_shard(run_dir: str, shard: int, start: int, stop: int, params: dict, 
         if b0 in progress["done"]:
             continue
         rows = slice(b0 - start, b1 - start)
-        space = inputs.space(config, device, rows)
+        inputs = TargetInputs.load(run, index[rows], config.space)  # this batch's rows only: memory follows the batch
+        inputs.checks = checks
+        space = inputs.space(config, device)
         result = attack.run(space, torch.from_numpy(target[rows]))
         successes += int(result.found[:, 0].sum())
-        batch = wired.after_l1(attack.model, result, inputs, target, rows, config)  # record: fewest edits
+        batch = wired.after_l1(attack.model, result, inputs, target[rows], slice(None), config)  # record: fewest edits
         with blaming(run.partial(layout.ATTACK)):
             write_batch(store, wired, space, batch, b0, b1)
+        del inputs, space, result, batch  # not held while the next batch builds its own
         progress["done"].append(b0)
         progress["writes"].append([b0, b1])
         progress["successes"] = successes
@@ -244,7 +246,8 @@ def attack(cfg: PipelineConfig, run_dir: RunDir) -> None:
              len(found))
     if "edit" in store:  # edits of the record: how few edits flip (best: the sparsest example of any search)
         best = store.sel(kind="best")
-        edits = np.where(best.found.values, (best["edit"].values != 0).sum(axis=(1, 2)), 0)
+        counted = (best["edit"] != 0).sum(("time", "feature")).values  # chunk by chunk, not the whole edit
+        edits = np.where(best.found.values, counted, 0)
         for k in range(1, params.max_edits + 1):
             log.info("attack: %.1f%% of %d targets flipped by ≤ %d edited value(s)", 100 * np.mean((edits > 0) &
                      (edits <= k)), len(edits), k)

@@ -56,12 +56,13 @@ class TargetInputs:
 
     @classmethod
     def load(cls, run_dir: RunDir, index: np.ndarray, space: str) -> TargetInputs:
-        """Samples `index` of the run's dataset.zarr, as the attack space named `space` reads them."""
+        """Samples `index` of the run's dataset.zarr, as the attack space named `space` reads them (only the
+        chunks holding them are read: a batch's inputs, not the whole store)."""
         ds = run_dir.dataset()
         spaces.get(space).check_dataset(ds, run_dir / layout.DATASET)
-        return cls(np.ascontiguousarray(ds.x.values[index], dtype=np.float32), ds["mask"].values[index],
-                   ds["value"].isel(sample=index).values if "value" in ds else None,  # only these rows
-                   feature_stats(ds))
+        rows = ds.isel(sample=np.asarray(index, dtype=np.int64))
+        return cls(np.ascontiguousarray(rows.x.values, dtype=np.float32), rows["mask"].values,
+                   rows["value"].values if "value" in ds else None, feature_stats(ds))
 
     def space(self, params: AttackParams, device: torch.device, rows: slice | None = None) -> Space:
         """The attack's search space (`params.space`) for samples `rows` (default: all)."""

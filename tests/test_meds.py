@@ -54,7 +54,11 @@ def test_the_demo_through_meds_equals_the_csv_tables_bit_for_bit(demo_pair, tmp_
     assert csv.sizes["sample"] == meds.sizes["sample"] > 90
     assert_same_samples(csv, meds)
     assert meds.attrs["source"] == "meds" and csv.attrs["source"] == "mimic3"
+    label_from = {"csv": csv.attrs["label_from"], "meds": meds.attrs["label_from"]}
     assert meds.attrs["counts"] == csv.attrs["counts"]
+    # every label from what the hospital recorded: the flag of ADMISSIONS, the discharge code in MEDS
+    chosen = csv.attrs["counts"]["first_icu_stay"]  # counted over the stays chosen, before the span rule
+    assert label_from == {"csv": {"hospital_expire_flag": chosen}, "meds": {"discharge_disposition": chosen}}
     for table in ("LABEVENTS", "CHARTEVENTS"):  # the same events kept, feature by feature
         assert meds.attrs["event_counts"][table]["per_feature"] == csv.attrs["event_counts"][table]["per_feature"]
     assert set(meds.meds_split.values) <= {0, 1, 2} and "meds_split" not in csv

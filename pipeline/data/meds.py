@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError
+from pipeline.data.meds_label import died_in_hospital
 from pipeline.data.mimic import EVENT_SCHEMA, HI, LO, ROW_GROUP_ROWS, EventCounts, drop_duplicate_events
 from pipeline.errors import InputError, blaming, write_failure
 from pipeline.features import FAHRENHEIT_ITEMIDS, FEATURES, LAB, NAMES, fahrenheit_to_celsius
@@ -66,6 +67,7 @@ class FeatureMap:
     rules: list[Rule]
     by_itemid: dict[int, tuple[int, str]] = field(default_factory=dict)  # MIMIC item id → (feature, table)
     path: Path | None = None  # the map's file
+    died_at_discharge: re.Pattern | None = None  # hospital discharge codes that mean the patient died
 
     @classmethod
     def load(cls, spec: str) -> FeatureMap:
@@ -79,8 +81,10 @@ class FeatureMap:
             raw = tomllib.loads(path.read_text())
             cohort = {k: re.compile(raw["cohort"][k]) for k in COHORT_EVENTS}
             rules = [rule(entry) for entry in raw["features"]]
+            died = raw.get("died_at_discharge")
             return cls(path.stem, raw.get("description", ""), raw["admission_id"], raw["stay_id"], cohort, rules,
-                       {i: (k, f.table) for k, f in enumerate(FEATURES) for i in f.all_itemids}, path)
+                       {i: (k, f.table) for k, f in enumerate(FEATURES) for i in f.all_itemids}, path,
+                       re.compile(died) if died else None)
         except KeyError as e:
             raise ConfigError(f"{path}: missing key {e}") from None
         except (tomllib.TOMLDecodeError, re.error, ValueError) as e:
@@ -347,8 +351,7 @@ def feature_events(table: pa.Table, codes: list[str], index: np.ndarray, known: 
 def small_tables(events: pd.DataFrame, fmap: FeatureMap, root: Path, charted: set) -> dict[str, pd.DataFrame]:
     """PATIENTS, ADMISSIONS and ICUSTAYS as cohort.py reads them, from the cohort's MEDS events.
 
-    In-hospital death (hospital_expire_flag): a death event from admission to DEATH_GRACE after discharge
-    (MIMIC's deathtime follows the dischtime by up to a day). has_chartevents_data: one of the admission's
+    In-hospital death (hospital_expire_flag): :func:`died_in_hospital`. has_chartevents_data: one of the admission's
     ICU stays (`charted`) names an event other than its admission and discharge, as MIMIC's flag says
     that the stay has chart events (MEDS has no such flag).
     """
@@ -368,10 +371,8 @@ def small_tables(events: pd.DataFrame, fmap: FeatureMap, root: Path, charted: se
                             first("hospital_discharge", adm, "dischtime")], axis=1).dropna()
     admissions.index.name = "hadm_id"
     admissions = admissions.reset_index()
-    deaths = events[events.event == "death"].groupby("subject_id")["time"].min()
-    died = admissions.subject_id.map(deaths)
-    admissions["hospital_expire_flag"] = ((died >= admissions.admittime)
-                                          & (died <= admissions.dischtime + DEATH_GRACE)).astype(np.int64)
+    admissions["hospital_expire_flag"], admissions["label_from"] = died_in_hospital(
+        admissions, events, fmap.died_at_discharge, fmap.admission_id)
     icu = events[events.event == "icu_admission"].dropna(subset=[stay])
     ids = icu.groupby(icu[stay].astype(np.int64)).agg(subject_id=("subject_id", "first"), hadm_id=(adm, "first"))
     icustays = pd.concat([ids, first("icu_admission", stay, "intime"), first("icu_discharge", stay, "outtime")],
@@ -389,7 +390,3 @@ def small_tables(events: pd.DataFrame, fmap: FeatureMap, root: Path, charted: se
         for c in cols:
             frame[c] = frame[c].astype("datetime64[s]")
     return {"PATIENTS": patients, "ADMISSIONS": admissions, "ICUSTAYS": icustays}
-
-
-DEATH_GRACE = pd.Timedelta(hours=24)
-

@@ -85,6 +85,7 @@ def read_mimic3(mimic_dir: Path, parquet: dict[str, Path], cfg: PrepareConfig, w
     event_counts = {t: r[0] for t, r in zip((LAB, CHART), results, strict=True)}
     checksums = {paths[t].name: r[1] for t, r in zip((LAB, CHART), results, strict=True)}
     checksums.update({paths[t].name: file_sha256(paths[t]) for t in SMALL_TABLES})
+    counts["label_from"] = {"hospital_expire_flag": len(cohort)}  # the table's own flag: MIMIC-III's label
     return Read(cohort, counts, event_counts, checksums, duplicates, {t: paths[t] for t in (LAB, CHART)})
 
 
@@ -93,6 +94,9 @@ def read_meds(root: Path, parquet: dict[str, Path], cfg: PrepareConfig) -> Read:
     fmap = meds.FeatureMap.load(cfg.feature_map)
     small, event_counts, checksums, duplicates = meds.read(root, fmap, parquet)
     cohort, counts = cohort_of(small, cfg)
+    evidence = small["ADMISSIONS"].set_index("hadm_id")["label_from"]
+    counts["label_from"] = {k: int(v) for k, v in cohort.hadm_id.map(evidence).value_counts().sort_index().items()}
+    log.info("cohort: in-hospital death label from %s", ", ".join(f"{k} {v}" for k, v in counts["label_from"].items()))
     return Read(cohort, counts, event_counts, checksums, duplicates, {t: root for t in (LAB, CHART)})
 
 
@@ -184,7 +188,8 @@ def build_dataset(source: Path, cfg: PrepareConfig, work_dir: Path | None = None
         "mimic_dir": in_run(source, work_dir),
         "source": cfg.source,
         "cohort_config": dataclasses.asdict(cfg),
-        "counts": {**counts, "positive": int(cohort.y.sum())},
+        "counts": {**{k: v for k, v in counts.items() if k != "label_from"}, "positive": int(cohort.y.sum())},
+        "label_from": counts.get("label_from", {}),  # the death label's evidence, per kind (of the chosen stays)
         "event_counts": {t: vars(c) for t, c in event_counts.items()},
         "duplicates_dropped": duplicates,
         "input_sha256": checksums,

@@ -117,6 +117,9 @@ def data_section(data: xr.Dataset) -> list[str]:
              f"{100 * float(data['mask'].mean()):.1f}% of the {data.sizes['time']} × {data.sizes['feature']} cells "
              "hold a measurement",
              "- cohort, rule by rule: " + ", ".join(f"{k} {v}" for k, v in counts.items())]
+    if isinstance(data.attrs.get("label_from"), dict):  # absent from stores prepared before it was counted
+        lines.append("- in-hospital death label from: " + ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in data.attrs["label_from"].items()))
     if "duplicates_dropped" in data.attrs:  # absent from stores written before it was counted
         lines.append("- exact duplicate rows dropped: "
                      + ", ".join(f"{k} {v}" for k, v in data.attrs["duplicates_dropped"].items()))

@@ -229,8 +229,8 @@ def section(k: pd.DataFrame, kinds: pd.DataFrame, errors: pd.DataFrame | None, a
              "**delta check** (its change from the previous and to the next recorded value of the same feature; "
              "docs/methods.md §11). The limits here come from " + source + ". On the clean records of the "
              f"targets they flag {pct(alarms['any'], alarms.get('values'))} of the "
-             f"{alarms.get('values', '?')} recorded values (range {pct(alarms['range'])}, delta "
-             f"{pct(alarms['delta'])}): the per-value false-alarm rate.", "",
+             f"{alarms.get('values', '?')} recorded values (range {pct(alarms['range'], alarms.get('values'))}, "
+             f"delta {pct(alarms['delta'], alarms.get('values'))}): the per-value false-alarm rate.", "",
              "Share of the targets of each direction flipped by at most k edited values — by any edit, by the "
              "best example when no check flags it, and by the sparsest example the check-aware searches found "
              "(`undetected_edit` in attack.zarr):", "",

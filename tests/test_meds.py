@@ -209,3 +209,39 @@ def test_the_demo_in_eicu_shape_through_the_eicu_map_gives_the_csv_samples(demo_
     exact = alike & (np.array(vitals) != "tempc")  # every vital but temperature: bit for bit where alike
     np.testing.assert_array_equal(a.value.values[exact], b.value.values[exact])
     np.testing.assert_allclose(a.value.values[alike], b.value.values[alike], rtol=1e-6)
+
+
+def test_an_unknown_unit_spelling_is_counted_and_said_and_magnesium_in_meq_is_converted(demo_pair, tmp_path,
+                                                                                         caplog):
+    """eICU-shaped data where the BUN results of even subjects are spelled 'mg/dl' (a spelling no rule reads) and every
+    magnesium result is in mEq/L: the BUN events are dropped, counted per code and warned of, never silently;
+    magnesium is converted (1 mEq/L = 1.2153 mg/dL) and gives the mg/dL record."""
+    root = as_eicu(demo_pair[1], tmp_path / "eicu")
+    bun, magnesium = "LAB//RESULT//BUN//mg/dL", "LAB//RESULT//magnesium//mg/dL"
+    n_bun = 0
+    for path in sorted((root / "data").rglob("*.parquet")):
+        frame = pq.read_table(path).to_pandas()
+        odd = (frame.code == bun) & (frame.subject_id % 2 == 0)
+        n_bun += int(odd.sum())
+        frame.loc[odd, "code"] = "LAB//RESULT//BUN//mg/dl"
+        mg = frame.code == magnesium
+        frame.loc[mg, "numeric_value"] = (frame.numeric_value[mg].astype(np.float64) / 1.21525).astype(np.float32)
+        frame.loc[mg, "code"] = "LAB//RESULT//magnesium//mEq/L"
+        pq.write_table(pa.Table.from_pandas(frame, schema=pq.read_schema(path), preserve_index=False), path)
+    cfg = PrepareConfig(require_chartevents_data=False, source="meds", feature_map="eicu")
+    with caplog.at_level("WARNING"):
+        changed = build_dataset(root, cfg, work_dir=tmp_path)
+    assert n_bun > 0
+    assert changed.attrs["event_counts"]["LABEVENTS"]["unit_dropped"] == {"bun": {"LAB//RESULT//BUN//mg/dl": n_bun}}
+    assert f"{n_bun} bun events dropped: unit spelling(s) the map eicu does not read" in caplog.text
+    even = changed.subject_id.values % 2 == 0
+    assert int(changed["count"].sel(feature="bun").values[even].sum()) == 0
+    plain = build_dataset(as_eicu(demo_pair[1], tmp_path / "plain"), cfg, work_dir=tmp_path)
+    assert plain.attrs["event_counts"]["LABEVENTS"]["unit_dropped"] == {}
+    assert int(plain["count"].sel(feature="bun").values[even].sum()) > 0
+    same = plain.hadm_id.values == changed.hadm_id.values
+    assert same.all()  # BUN dropped for some stays: the cohort is the same
+    np.testing.assert_array_equal(changed["count"].sel(feature="magnesium").values,
+                                  plain["count"].sel(feature="magnesium").values)
+    np.testing.assert_allclose(changed.value.sel(feature="magnesium").values,
+                               plain.value.sel(feature="magnesium").values, rtol=1e-6)

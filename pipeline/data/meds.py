@@ -17,6 +17,7 @@ the CSV's rounded to float32 (a named difference, tested).
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -30,18 +31,15 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError
-from pipeline.data.meds_label import died_in_hospital
+from pipeline.data.meds_cohort import check_one_owner, died_in_hospital, drop_duplicate_cohort_events
 from pipeline.data.mimic import EVENT_SCHEMA, HI, LO, ROW_GROUP_ROWS, EventCounts, drop_duplicate_events
 from pipeline.errors import InputError, blaming, write_failure
 from pipeline.features import FAHRENHEIT_ITEMIDS, FEATURES, LAB, NAMES, fahrenheit_to_celsius
 from pipeline.hashing import file_sha256
 
+log = logging.getLogger(__name__)
 MAPS = Path(__file__).parent / "maps"
 COHORT_EVENTS = ("birth", "death", "hospital_admission", "hospital_discharge", "icu_admission", "icu_discharge")
-# the small table each cohort event stands for: its exact duplicates are counted there, as the CSV path counts
-# a doubled row
-TABLE_OF_EVENT = {"birth": "PATIENTS", "death": "PATIENTS", "hospital_admission": "ADMISSIONS",
-                  "hospital_discharge": "ADMISSIONS", "icu_admission": "ICUSTAYS", "icu_discharge": "ICUSTAYS"}
 BATCH_ROWS = 1 << 20  # events read at once from a data file
 
 
@@ -55,6 +53,8 @@ class Rule:
     factor: float = 1.0
     offset: float = 0.0
     fahrenheit: bool = False
+    any_unit: re.Pattern | None = None  # the feature's codes in any unit: one of them `pattern` misses is counted
+
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,12 @@ class FeatureMap:
         return None
 
 
+def unit_missed(fmap: FeatureMap, code: str) -> int | None:
+    """The feature whose codes in any unit (a rule's `any_unit`) include `code`, which no rule read: a unit
+    spelling the map does not know, whose events are dropped — counted, never silently."""
+    return next((r.feature for r in fmap.rules if r.any_unit is not None and r.any_unit.search(code)), None)
+
+
 def rule(entry: dict) -> Rule:
     pattern = re.compile(entry["pattern"])
     if "feature" in entry:
@@ -122,7 +128,8 @@ def rule(entry: dict) -> Rule:
         if unit not in ("", "degF"):
             raise ValueError(f"unit {unit!r}: the only conversion by name is 'degF' (else factor/offset)")
         return Rule(pattern, NAMES.index(entry["feature"]), float(entry.get("factor", 1)),
-                    float(entry.get("offset", 0)), unit == "degF")
+                    float(entry.get("offset", 0)), unit == "degF",
+                    re.compile(entry["any_unit"]) if entry.get("any_unit") else None)
     if "itemid" not in pattern.groupindex:
         raise ValueError(f"pattern {entry['pattern']!r} names neither a feature nor a group (?P<itemid>…)")
     return Rule(pattern)
@@ -225,6 +232,7 @@ def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, 
     staged = {t: p.with_name(f"{p.stem}-with-duplicates.parquet") for t, p in out.items()}
     counts = {t: EventCounts() for t in out}
     known: dict[str, tuple | str | None] = {}
+    missed: dict[str, int] = {}  # code → feature: a unit spelling no rule reads
     cohort_rows, checksums, charted = [], {}, set()
     writers = {t: pq.ParquetWriter(staged[t], EVENT_SCHEMA, compression="snappy") for t in out}
     try:
@@ -235,7 +243,10 @@ def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, 
                 for code in codes:
                     if code not in known:
                         known[code] = item_of_code(fmap.classify(code), len(known))
+                        if known[code] is None and (f := unit_missed(fmap, code)) is not None:
+                            missed[code] = f
                 index = pc.index_in(table["code"], value_set=pa.array(codes)).to_numpy()
+                count_missed(codes, index, missed, counts)
                 kind = np.array([known[c] if isinstance(known[c], str) else "" for c in codes], dtype=object)[index]
                 is_cohort = kind != ""
                 if is_cohort.any():
@@ -257,6 +268,10 @@ def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, 
     finally:
         for w in writers.values():
             w.close()
+    for c in counts.values():
+        for name, by_code in c.unit_dropped.items():
+            log.warning("MEDS: %d %s events dropped: unit spelling(s) the map %s does not read (%s)",
+                        sum(by_code.values()), name, fmap.name, ", ".join(sorted(by_code)))
     events = pd.concat(cohort_rows, ignore_index=True) if cohort_rows else pd.DataFrame(
         columns=["subject_id", "time", "code", "event", "file", *keys])
     events, duplicates = drop_duplicate_cohort_events(events)
@@ -266,30 +281,14 @@ def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, 
     return small_tables(events, fmap, root, charted - {None}), counts, checksums, duplicates
 
 
-def drop_duplicate_cohort_events(events: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The cohort's events without those identical to an earlier one in every column read (a shard written
-    twice), and how many were dropped per small table (TABLE_OF_EVENT), as the CSV path counts doubled rows."""
-    doubled = events.duplicated(events.columns.drop("file").tolist(), keep="first")
-    per_table = events.event[doubled].map(TABLE_OF_EVENT).value_counts()
-    return events[~doubled], {t: int(per_table.get(t, 0)) for t in ("PATIENTS", "ADMISSIONS", "ICUSTAYS")}
-
-
-def check_one_owner(events: pd.DataFrame, column: str, owner: str, files: list[Path]) -> None:
-    """Each id of `column` (an admission or a stay) on the cohort's events belongs to one `owner` (a subject,
-    an admission): else one line naming the file, the id and both owners. The CSV path refuses a key on two
-    different rows; first() here gave the admission to one subject and silently lost a sample."""
-    if column == owner:
-        return
-    rows = events.dropna(subset=[column, owner])
-    owners = rows.groupby(column)[owner].nunique()
-    if not (owners > 1).any():
-        return
-    value = owners.index[owners > 1][0]
-    mine = rows[rows[column] == value]
-    first, second = mine[owner].unique()[:2]
-    path = files[mine.file[mine[owner] == second].iloc[0]]
-    raise InputError(f"{path}: {column} {int(value)} on the events of {owner} {int(first)} and of {owner} "
-                     f"{int(second)}; an id of {column} belongs to one {owner}")
+def count_missed(codes: list[str], index: np.ndarray, missed: dict[str, int], counts: dict[str, EventCounts]) -> None:
+    """Per feature and code, the batch's events of a unit spelling no rule reads (EventCounts.unit_dropped)."""
+    rows = np.bincount(index, minlength=len(codes))
+    for k, code in enumerate(codes):
+        if code in missed and rows[k]:
+            feature = FEATURES[missed[code]]
+            dropped = counts[feature.table].unit_dropped.setdefault(feature.name, {})
+            dropped[code] = dropped.get(code, 0) + int(rows[k])
 
 
 def item_of_code(info, n: int):

@@ -197,6 +197,8 @@ class EventCounts:
     duplicates: int = 0  # in-range events identical to an earlier one, then dropped
     # in-range events per feature, duplicates included
     per_feature: dict[str, int] = field(default_factory=dict)
+    # MEDS: per feature, {code: events} of unit spellings the map does not read (dropped, and said)
+    unit_dropped: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _feature_lookup(table: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,12 +1,21 @@
-"""The in-hospital death label of a MEDS dataset, and the evidence it rests on (docs/dataset.md, "MEDS input").
-Used by meds.small_tables, which builds ADMISSIONS from the cohort's events."""
+"""The cohort events of a MEDS dataset, checked and labelled: exact duplicates dropped, ids with one owner,
+and the in-hospital death label with the evidence it rests on (docs/dataset.md, "MEDS input"). Used by
+meds.read and meds.small_tables, which build PATIENTS, ADMISSIONS and ICUSTAYS from those events."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from pipeline.errors import InputError
+
+# the small table each cohort event stands for: its exact duplicates are counted there, as the CSV path counts
+# a doubled row
+TABLE_OF_EVENT = {"birth": "PATIENTS", "death": "PATIENTS", "hospital_admission": "ADMISSIONS",
+                  "hospital_discharge": "ADMISSIONS", "icu_admission": "ICUSTAYS", "icu_discharge": "ICUSTAYS"}
 
 DEATH_GRACE = pd.Timedelta(hours=24)
 LABEL_EVIDENCE = ("discharge_disposition", "death_time", "death_date", "no_death")
@@ -45,3 +54,28 @@ def died_in_hospital(admissions: pd.DataFrame, events: pd.DataFrame, died_at_dis
         evidence = np.where(known, "discharge_disposition", evidence)
     return flag.astype(np.int64), evidence
 
+
+def drop_duplicate_cohort_events(events: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The cohort's events without those identical to an earlier one in every column read (a shard written
+    twice), and how many were dropped per small table (TABLE_OF_EVENT), as the CSV path counts doubled rows."""
+    doubled = events.duplicated(events.columns.drop("file").tolist(), keep="first")
+    per_table = events.event[doubled].map(TABLE_OF_EVENT).value_counts()
+    return events[~doubled], {t: int(per_table.get(t, 0)) for t in ("PATIENTS", "ADMISSIONS", "ICUSTAYS")}
+
+
+def check_one_owner(events: pd.DataFrame, column: str, owner: str, files: list[Path]) -> None:
+    """Each id of `column` (an admission or a stay) on the cohort's events belongs to one `owner` (a subject,
+    an admission): else one line naming the file, the id and both owners. The CSV path refuses a key on two
+    different rows; first() here gave the admission to one subject and silently lost a sample."""
+    if column == owner:
+        return
+    rows = events.dropna(subset=[column, owner])
+    owners = rows.groupby(column)[owner].nunique()
+    if not (owners > 1).any():
+        return
+    value = owners.index[owners > 1][0]
+    mine = rows[rows[column] == value]
+    first, second = mine[owner].unique()[:2]
+    path = files[mine.file[mine[owner] == second].iloc[0]]
+    raise InputError(f"{path}: {column} {int(value)} on the events of {owner} {int(first)} and of {owner} "
+                     f"{int(second)}; an id of {column} belongs to one {owner}")

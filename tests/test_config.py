@@ -99,6 +99,8 @@ def test_missing_file_is_named(tmp_path):
     (["synth", "--config", "{tmp}/bad.toml"], "[synth]: unknown key 'admisions'"),
     (["synth", "admissions=lots"], "[synth] admissions: expected int, got str 'lots'"),
     (["synth", "synth.nope=1"], "unknown key 'nope' in [synth]"),
+    (["synth", "synth.admisions=10"], "unknown key 'admisions' in [synth]; did you mean admissions?"),
+    (["synth", "sinth.admissions=10"], "unknown table [sinth]; did you mean synth?"),
     (["run", "run.workers=2.5"], "[run] workers: expected int, got float 2.5"),
 ])
 def test_cli_bad_config_one_line_exit_2(tmp_path, capsys, argv, needle):

@@ -53,7 +53,9 @@ def data_identity(run_dir: Path, attrs: dict, samples: int) -> Data:
     if source == "meds":
         cohort = attrs.get("cohort_config", {})
         fmap = cohort.get("feature_map", "?") if isinstance(cohort, dict) else "?"
-        return Data("meds", f"a MEDS dataset (`{attrs.get('mimic_dir', '?')}`, feature map `{fmap}`){small}", False)
+        return Data("meds", f"a MEDS dataset (`{attrs.get('mimic_dir', '?')}`, feature map `{fmap}`); each lab at the "
+                    "time the dataset gives it — the MIMIC-IV ETL from 0.1.0 on writes a result at its storetime, "
+                    f"typically up to an hour after the draw the CSV tables give{small}", False)
     return Data("mimic3", f"MIMIC-III tables (`{attrs.get('mimic_dir', '?')}`){small}", not small)
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from pipeline.data import meds
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 MIMIC_IV = meds.FeatureMap.load("mimic-iv")
 NO_DISPOSITION = dataclasses.replace(MIMIC_IV, died_at_discharge=None)  # death events only
 

@@ -21,6 +21,8 @@ from pipeline.susceptibility.confidence import BANDS, band_of
 from pipeline.susceptibility.shares import pct, wilson
 from tests.support.runs import copy_run, script
 
+pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
+
 BOUNCING = ["--executor", "debug", "--seed", "5", "cv.folds=3", "cv.epochs=6", "model.hidden=16", "model.fc=16",
             "model.lr=0.3", "model.optimizer=adam", "attack.max_iter=20", "attack.batch_size=16",
             "attack.chunk_samples=8", "attack.scan_points=1", "attack.max_edits=1", "attack.lam=0.01",

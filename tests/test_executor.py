@@ -82,6 +82,20 @@ def test_generated_sbatch_script_matches_golden_file(tmp_path):
     assert script == golden.read_text()
 
 
+def exec_done(proc: subprocess.Popen, entry: str) -> None:
+    """Wait until `proc` runs its program with `entry` in its environment: between fork and exec
+    /proc/PID/environ is still the parent's, and the executor rightly leaves such a process alone (a race
+    that a loaded CI machine hit)."""
+    import time  # only this wait needs it
+
+    environ = Path(f"/proc/{proc.pid}/environ")
+    for _ in range(500):
+        if entry.encode() in environ.read_bytes().split(b"\0"):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {proc.pid} never showed {entry} in its environment")
+
+
 @pytest.mark.parametrize("kind", ["debug", "local"])
 def test_a_worker_a_driver_left_alive_stops_the_next_driver_or_is_ended_with_force(tmp_path, kind):
     """The rule for local workers: a second array never writes beside the first's survivors.
@@ -90,8 +104,10 @@ def test_a_worker_a_driver_left_alive_stops_the_next_driver_or_is_ended_with_for
     from pipeline.infra.executor import ArrayBusy
     from pipeline.infra.executor.workers import WORKER_ENV, record_workers, worker_mark
 
-    survivor = subprocess.Popen(["sleep", "600"], env={**os.environ, WORKER_ENV: worker_mark(tmp_path, "t0")})
+    mark = worker_mark(tmp_path, "t0")
+    survivor = subprocess.Popen(["sleep", "600"], env={**os.environ, WORKER_ENV: mark})
     try:
+        exec_done(survivor, f"{WORKER_ENV}={mark}")
         record_workers(tmp_path / "workers.json", "t0", [survivor.pid])
         with pytest.raises(ArrayBusy, match=rf"local worker pid {survivor.pid} of an earlier run .* still runs"
                                             r".*pipeline cancel.*--force"):

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import error_kinds
+from pipeline import error_kinds, options
 from pipeline.features import FEATURES, WINDOW_HOURS
-from pipeline.options import ConfigError, build_section, did_you_mean, option  # noqa: F401 (re-exported: the config API)
+from pipeline.options import ConfigError, build_section, option  # noqa: F401 (re-exported: the config API)
 from pipeline.redact import redacted, without_password  # noqa: F401 (part of the config API: used by callers)
 
 EXECUTORS = ("local", "slurm", "debug")
@@ -352,13 +352,13 @@ def apply_overrides(cfg: PipelineConfig, overrides: list[str], default_table: st
         table = table if dot else default_table
         table = table_name(table)
         if table not in types_:
-            raise ConfigError(f"override {item!r}: unknown table [{table}]{did_you_mean(table, types_)} "
+            raise ConfigError(f"override {item!r}: unknown table [{table}]{options.did_you_mean(table, types_)} "
                               f"(known: {', '.join(types_)})")
         hints = typing.get_type_hints(types_[table])
         if name not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(f"override {item!r}: unknown key {name!r} in [{table}]{did_you_mean(name, hints)} "
-                              f"(known: {known})")
+            close = options.did_you_mean(name, hints)
+            raise ConfigError(f"override {item!r}: unknown key {name!r} in [{table}]{close} (known: {known})")
         merged[table][name] = _parse_override_value(raw, hints[name])
     return from_dict(merged, "overrides")
 

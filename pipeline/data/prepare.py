@@ -132,7 +132,7 @@ def synthetic_origin(source: Path, kind: str) -> dict:
         oracle = json.loads(path.read_text()).get("oracle_auroc")
     except (OSError, ValueError, AttributeError):
         oracle = None
-    ok = isinstance(oracle, (int, float)) and not isinstance(oracle, bool) and 0 <= oracle <= 1
+    ok = isinstance(oracle, int | float) and not isinstance(oracle, bool) and 0 <= oracle <= 1
     return {"oracle_auroc": float(oracle) if ok else None}
 
 

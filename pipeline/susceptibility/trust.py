@@ -60,7 +60,7 @@ def data_identity(run_dir: Path, attrs: dict, samples: int) -> Data:
 
 
 def _is_share(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 def _oracle(path: Path) -> float | None:

@@ -56,6 +56,12 @@ class PrepareConfig:
     meds_dir: str = option("", "source = meds: the MEDS root (data/**/*.parquet, metadata/)")
     feature_map: str = option("mimic-iv", "source = meds: which codes are the features and the cohort's events: a "
                               "map shipped in pipeline/data/maps (by name) or a TOML file of that form")
+    labels: str = option("", "source = meds: a MEDS label file, or a folder of them (subject_id, prediction_time, "
+                         "boolean_value, as ACES writes one), as the cohort: a sample a row, its window the "
+                         "window_hours before prediction_time; empty = the cohort rules below")
+    lab_time: str = option("result", "source = meds: where a lab result sits in time: result = its event's time "
+                           "(the MIMIC-IV ETL's storetime); draw = its specimen's collection, paired by the "
+                           "map's `lab_draw` codes", ("result", "draw"))
     chunk_samples: int = option(1024, "dataset.zarr chunk length along `sample`", ge=1)
     require_chartevents_data: bool = option(True, "keep only admissions with has_chartevents_data = 1")
     min_age_years: float = option(18.0, "minimum age at ICU intime, years", ge=0)

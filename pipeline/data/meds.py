@@ -222,13 +222,16 @@ def integer_ids(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArr
         raise InputError(f"{path}: column {name!r}: not int64 ids ({e})") from None
 
 
-def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, pd.DataFrame], dict, dict, dict]:
+def read(root: Path, fmap: FeatureMap, out: dict[str, Path],
+         by_subject: bool = False) -> tuple[dict[str, pd.DataFrame], dict, dict, dict]:
     """Stream the MEDS data under `root`: the small tables (PATIENTS, ADMISSIONS, ICUSTAYS as cohort.py
     reads them), the feature events of LABEVENTS and CHARTEVENTS into `out[table]` (EVENT_SCHEMA, exact
     duplicates dropped), their EventCounts, the sha256 of every data file, and the exact duplicate cohort
-    events dropped per small table."""
+    events dropped per small table. Events are keyed by the map's admission (labs) and stay (chart) ids, or
+    with `by_subject` (a label file's cohort, whose windows need not lie in one stay) by the subject."""
     files = data_files(root)
     keys = sorted({fmap.admission_id, fmap.stay_id} - {"subject_id"})
+    event_keys = {t: "subject_id" if by_subject else fmap.admission_id if t == LAB else fmap.stay_id for t in out}
     staged = {t: p.with_name(f"{p.stem}-with-duplicates.parquet") for t, p in out.items()}
     counts = {t: EventCounts() for t in out}
     known: dict[str, tuple | str | None] = {}
@@ -253,7 +256,7 @@ def read(root: Path, fmap: FeatureMap, out: dict[str, Path]) -> tuple[dict[str, 
                     rows = table.filter(pa.array(is_cohort)).to_pandas()
                     rows["event"] = kind[is_cohort]
                     cohort_rows.append(rows.assign(file=number))
-                feature_events(table, codes, index, known, fmap, writers, counts, staged)
+                feature_events(table, codes, index, known, event_keys, writers, counts, staged)
                 if fmap.stay_id in table.column_names:  # stays with any event of their own (charted)
                     charted.update(pc.unique(table[fmap.stay_id].filter(pa.array(~is_cohort))).to_pylist())
         for t, w in writers.items():
@@ -300,7 +303,7 @@ def item_of_code(info, n: int):
     return info
 
 
-def feature_events(table: pa.Table, codes: list[str], index: np.ndarray, known: dict, fmap: FeatureMap,
+def feature_events(table: pa.Table, codes: list[str], index: np.ndarray, known: dict, event_keys: dict[str, str],
                    writers: dict, counts: dict[str, EventCounts], staged: dict[str, Path]) -> None:
     """The batch's events of the features, as the CSV path's rules keep them: a key, a time, a value, in
     range. MEDS allows events without a time (static ones): a feature event without one lies in no hour of
@@ -312,7 +315,7 @@ def feature_events(table: pa.Table, codes: list[str], index: np.ndarray, known: 
         counts[tname].rows += table.num_rows
         t = table.filter(pa.array(in_table))
         counts[tname].feature_items += t.num_rows
-        key_col = fmap.admission_id if tname == LAB else fmap.stay_id
+        key_col = event_keys[tname]
         valid = pc.is_valid(t[key_col]).to_numpy(zero_copy_only=False)
         counts[tname].with_key += int(valid.sum())
         valid &= pc.is_valid(t["time"]).to_numpy(zero_copy_only=False)

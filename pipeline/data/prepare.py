@@ -26,7 +26,7 @@ import pandas as pd
 import xarray as xr
 
 from pipeline.config import ConfigError, PipelineConfig, PrepareConfig
-from pipeline.data import meds, mimic, timeseries
+from pipeline.data import label_file, meds, mimic, timeseries
 from pipeline.data.cohort import build_cohort
 from pipeline.data.record import STATS, feature_stats
 from pipeline.errors import InputError
@@ -90,9 +90,19 @@ def read_mimic3(mimic_dir: Path, parquet: dict[str, Path], cfg: PrepareConfig, w
 
 
 def read_meds(root: Path, parquet: dict[str, Path], cfg: PrepareConfig) -> Read:
-    """A MEDS root (meds.py): one pass over its events gives the small tables and the filtered events."""
+    """A MEDS root (meds.py): one pass over its events gives the small tables and the filtered events; the
+    cohort is the event rules' (cohort.py) or, with `cfg.labels`, the label file's rows (label_file.py)."""
     fmap = meds.FeatureMap.load(cfg.feature_map)
-    small, event_counts, checksums, duplicates = meds.read(root, fmap, parquet)
+    labels = label_file.read_labels(Path(cfg.labels)) if cfg.labels else None  # a bad file fails before the read
+    small, event_counts, checksums, duplicates = meds.read(root, fmap, parquet, by_subject=labels is not None)
+    if labels is not None:
+        rows, label_sums, duplicates["labels"] = labels
+        cohort, counts = label_file.label_cohort(rows, small, cfg.window_hours, f"[prepare] labels = {cfg.labels!r}")
+        cohort["sample"] = np.arange(len(cohort))
+        log.info("cohort: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+        counts["label_from"] = {"label_file": len(cohort)}
+        return Read(cohort, counts, event_counts, {**checksums, **label_sums}, duplicates,
+                    {t: root for t in (LAB, CHART)})
     cohort, counts = cohort_of(small, cfg)
     evidence = small["ADMISSIONS"].set_index("hadm_id")["label_from"]
     counts["label_from"] = {k: int(v) for k, v in cohort.hadm_id.map(evidence).value_counts().sort_index().items()}
@@ -143,6 +153,8 @@ def build_dataset(source: Path, cfg: PrepareConfig, work_dir: Path | None = None
 
     With ``cfg.stats_from`` the feature statistics are that store's (checked first), not this cohort's."""
     source = Path(source)
+    if cfg.source != "meds" and (cfg.labels or cfg.lab_time != "result"):
+        raise ConfigError("[prepare] labels and lab_time = \"draw\" read a MEDS dataset: set source = \"meds\"")
     frozen = frozen_stats(cfg) if cfg.stats_from else None
     splits = meds.subject_splits(source) if cfg.source == "meds" else None  # checked before the long read
     with tempfile.TemporaryDirectory(prefix="prepare-events-", dir=work_dir) as tmp:
@@ -157,14 +169,18 @@ def build_dataset(source: Path, cfg: PrepareConfig, work_dir: Path | None = None
                 raise InputError(f"{origin[table]}: no event of the features kept ({c.rows} rows read; "
                                  f"counts rule by rule: {vars(c)})")
         log.info("exact duplicate rows dropped: %s", ", ".join(f"{k} {v}" for k, v in duplicates.items()))
+        # a label file's samples take the subject's events (meds.read keyed them so); its task is the cohort,
+        # so the span rule is not applied
+        keys = ("subject_id", "subject_id") if cfg.labels else ("hadm_id", "icustay_id")
         with dask.config.set(scheduler="threads", num_workers=max(1, workers)):
             events = dd.concat([  # one partition per Parquet row group: streamed, never whole
-                timeseries.attach_samples(dd.read_parquet(parquet[LAB], split_row_groups=True), cohort, "hadm_id"),
-                timeseries.attach_samples(dd.read_parquet(parquet[CHART], split_row_groups=True), cohort,
-                                          "icustay_id"),
-            ])
-            keep = timeseries.span_ok(events, len(cohort), cfg)
-            counts["span_rule"] = int(keep.sum())
+                timeseries.attach_samples(dd.read_parquet(parquet[table], split_row_groups=True), cohort, key)
+                for table, key in zip((LAB, CHART), keys, strict=True)])
+            if cfg.labels:
+                keep = np.ones(len(cohort), bool)
+            else:
+                keep = timeseries.span_ok(events, len(cohort), cfg)
+                counts["span_rule"] = int(keep.sum())
             if not keep.any():
                 raise InputError(f"the cohort is empty after rule 'span_rule' (counts so far: {counts})")
             per_cell, values = timeseries.window_cells(events, keep, cfg, len(FEATURES))
@@ -181,8 +197,9 @@ def build_dataset(source: Path, cfg: PrepareConfig, work_dir: Path | None = None
     del values
     record = timeseries.build_record(per_cell, len(cohort), cfg.window_hours, len(FEATURES), stats)
     attrs = {
-        "description": f"MIMIC-III in-hospital mortality: {len(FEATURES)} features in {cfg.window_hours} hourly bins "
-                       "from ICU intime",
+        "description": f"{len(FEATURES)} features in {cfg.window_hours} hourly bins "
+                       + (f"before the prediction times of {cfg.labels}" if cfg.labels
+                          else "from ICU intime; in-hospital mortality"),
         # the source read (MIMIC-III tables or a MEDS root: `source` says which); relative when it is in the
         # run directory (synth's raw/), so that a run directory copied or moved makes the same dataset again
         "mimic_dir": in_run(source, work_dir),
@@ -195,7 +212,7 @@ def build_dataset(source: Path, cfg: PrepareConfig, work_dir: Path | None = None
         "input_sha256": checksums,
         "versions": package_versions(),
         "seed": seed,
-        "sample_order": "ascending hadm_id",
+        "sample_order": "label file: ascending subject_id, prediction_time" if cfg.labels else "ascending hadm_id",
         "stats_from": cfg.stats_from,
         "synthetic": synthetic_origin(source, cfg.source),
     }

@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError
-from pipeline.data.meds_cohort import check_one_owner, died_in_hospital, drop_duplicate_cohort_events
+from pipeline.data import meds_draws
+from pipeline.data.meds_cohort import COHORT_EVENTS, check_one_owner, drop_duplicate_cohort_events, small_tables
 from pipeline.data.mimic import EVENT_SCHEMA, HI, LO, ROW_GROUP_ROWS, EventCounts, drop_duplicate_events
 from pipeline.errors import InputError, blaming, write_failure
 from pipeline.features import FAHRENHEIT_ITEMIDS, FEATURES, LAB, NAMES, fahrenheit_to_celsius
@@ -39,7 +40,6 @@ from pipeline.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 MAPS = Path(__file__).parent / "maps"
-COHORT_EVENTS = ("birth", "death", "hospital_admission", "hospital_discharge", "icu_admission", "icu_discharge")
 BATCH_ROWS = 1 << 20  # events read at once from a data file
 
 
@@ -68,6 +68,7 @@ class FeatureMap:
     by_itemid: dict[int, tuple[int, str]] = field(default_factory=dict)  # MIMIC item id → (feature, table)
     path: Path | None = None  # the map's file
     died_at_discharge: re.Pattern | None = None  # hospital discharge codes that mean the patient died
+    lab_draw: re.Pattern | None = None  # a lab specimen's collection, its item id in group `itemid` (meds_draws.py)
 
     @classmethod
     def load(cls, spec: str) -> FeatureMap:
@@ -81,10 +82,12 @@ class FeatureMap:
             raw = tomllib.loads(path.read_text())
             cohort = {k: re.compile(raw["cohort"][k]) for k in COHORT_EVENTS}
             rules = [rule(entry) for entry in raw["features"]]
-            died = raw.get("died_at_discharge")
+            died, draw = raw.get("died_at_discharge"), raw.get("lab_draw")
+            if draw and "itemid" not in re.compile(draw).groupindex:
+                raise ValueError(f"lab_draw {draw!r} has no group (?P<itemid>…) naming the lab item")
             return cls(path.stem, raw.get("description", ""), raw["admission_id"], raw["stay_id"], cohort, rules,
                        {i: (k, f.table) for k, f in enumerate(FEATURES) for i in f.all_itemids}, path,
-                       re.compile(died) if died else None)
+                       re.compile(died) if died else None, re.compile(draw) if draw else None)
         except KeyError as e:
             raise ConfigError(f"{path}: missing key {e}") from None
         except (tomllib.TOMLDecodeError, re.error, ValueError) as e:
@@ -222,13 +225,16 @@ def integer_ids(column: pa.ChunkedArray, name: str, path: Path) -> pa.ChunkedArr
         raise InputError(f"{path}: column {name!r}: not int64 ids ({e})") from None
 
 
-def read(root: Path, fmap: FeatureMap, out: dict[str, Path],
-         by_subject: bool = False) -> tuple[dict[str, pd.DataFrame], dict, dict, dict]:
+def read(root: Path, fmap: FeatureMap, out: dict[str, Path], by_subject: bool = False,
+         lab_time: str = "result") -> tuple[dict[str, pd.DataFrame], dict, dict, dict]:
     """Stream the MEDS data under `root`: the small tables (PATIENTS, ADMISSIONS, ICUSTAYS as cohort.py
     reads them), the feature events of LABEVENTS and CHARTEVENTS into `out[table]` (EVENT_SCHEMA, exact
     duplicates dropped), their EventCounts, the sha256 of every data file, and the exact duplicate cohort
     events dropped per small table. Events are keyed by the map's admission (labs) and stay (chart) ids, or
-    with `by_subject` (a label file's cohort, whose windows need not lie in one stay) by the subject."""
+    with `by_subject` (a label file's cohort, whose windows need not lie in one stay) by the subject. With
+    `lab_time` "draw", each file is read twice: lab results are first paired with their draws (meds_draws.py)."""
+    if lab_time == "draw" and fmap.lab_draw is None:
+        raise ConfigError(f"[prepare] lab_time = \"draw\": the feature map {fmap.name} names no draw codes (lab_draw)")
     files = data_files(root)
     keys = sorted({fmap.admission_id, fmap.stay_id} - {"subject_id"})
     event_keys = {t: "subject_id" if by_subject else fmap.admission_id if t == LAB else fmap.stay_id for t in out}
@@ -241,7 +247,12 @@ def read(root: Path, fmap: FeatureMap, out: dict[str, Path],
     try:
         for number, path in enumerate(tqdm(files, desc="read MEDS", unit="file", leave=False, disable=None)):
             checksums[str(path.relative_to(root))] = file_sha256(path)
+            drawn, offset = None, 0
+            if lab_time == "draw":
+                drawn = draw_times(path, fmap, keys, event_keys[LAB], known, counts[LAB].draw_time)
             for table in batches(path, keys):
+                if drawn is not None:
+                    table, offset = meds_draws.at_draw(table, drawn[offset:][:table.num_rows]), offset + table.num_rows
                 codes = table["code"].unique().to_pylist()
                 for code in codes:
                     if code not in known:
@@ -282,6 +293,38 @@ def read(root: Path, fmap: FeatureMap, out: dict[str, Path],
                           (fmap.stay_id, fmap.admission_id)):
         check_one_owner(events, column, owner, files)
     return small_tables(events, fmap, root, charted - {None}), counts, checksums, duplicates
+
+
+def draw_times(path: Path, fmap: FeatureMap, keys: list[str], key: str, known: dict, counts: dict) -> np.ndarray:
+    """Per event of the data file, the draw time paired with it when it is a lab result of a feature, NaT
+    otherwise (meds_draws.pair_draws, whose counts are added to `counts`): the first of two passes."""
+    parts, n = [], 0
+    draw_item: dict[str, int] = {}
+    for table in batches(path, keys):
+        codes = table["code"].unique().to_pylist()
+        for code in codes:
+            if code not in known:
+                known[code] = item_of_code(fmap.classify(code), len(known))
+            if code not in draw_item:
+                m = fmap.lab_draw.search(code)
+                draw_item[code] = int(m.group("itemid")) if m and m.group("itemid").isdigit() else -1
+        index = pc.index_in(table["code"], value_set=pa.array(codes)).to_numpy()
+        lab = np.array([isinstance(known[c], tuple) and known[c][2] == LAB for c in codes])[index]
+        is_draw = np.array([draw_item[c] >= 0 for c in codes])[index]
+        item = np.array([known[c][1] if isinstance(known[c], tuple) else draw_item[c] for c in codes])[index]
+        ids = table[key].to_numpy(zero_copy_only=False)
+        time = table["time"].to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero((lab | is_draw) & pc.is_valid(table[key]).to_numpy(zero_copy_only=False)
+                              & ~np.isnat(time))
+        parts.append((rows + n, ids[rows].astype(np.int64), item[rows], time[rows], is_draw[rows]))
+        n += table.num_rows
+    rows, ids, item, time, is_draw = (np.concatenate(p) for p in zip(*parts, strict=True))
+    paired, found = meds_draws.pair_draws(ids, item, time, is_draw)
+    for name, value in found.items():
+        counts[name] = counts.get(name, 0) + value
+    drawn = np.full(n, np.datetime64("NaT"), dtype=time.dtype)
+    drawn[rows] = paired
+    return drawn
 
 
 def count_missed(codes: list[str], index: np.ndarray, missed: dict[str, int], counts: dict[str, EventCounts]) -> None:
@@ -348,47 +391,3 @@ def feature_events(table: pa.Table, codes: list[str], index: np.ndarray, known: 
                 "value": pa.array(value[keep])}, schema=EVENT_SCHEMA)
             with blaming(staged[tname]):  # a full disk names the file it was writing
                 writers[tname].write_table(kept, row_group_size=ROW_GROUP_ROWS)
-
-
-def small_tables(events: pd.DataFrame, fmap: FeatureMap, root: Path, charted: set) -> dict[str, pd.DataFrame]:
-    """PATIENTS, ADMISSIONS and ICUSTAYS as cohort.py reads them, from the cohort's MEDS events.
-
-    In-hospital death (hospital_expire_flag): :func:`died_in_hospital`. has_chartevents_data: one of the admission's
-    ICU stays (`charted`) names an event other than its admission and discharge, as MIMIC's flag says
-    that the stay has chart events (MEDS has no such flag).
-    """
-    def first(kind: str, by: str, name: str) -> pd.Series:
-        rows = events[events.event == kind].dropna(subset=[by])
-        return rows.sort_values("time").groupby(rows[by].astype(np.int64))["time"].first().rename(name)
-
-    for kind in COHORT_EVENTS:
-        if not (events.event == kind).any():
-            raise InputError(f"{root}: no {kind.replace('_', ' ')} event (codes matching "
-                             f"{fmap.cohort[kind].pattern!r} of the feature map {fmap.name})")
-    adm, stay = fmap.admission_id, fmap.stay_id
-    patients = first("birth", "subject_id", "dob").reset_index().rename(columns={"index": "subject_id"})
-    hosp = events[events.event == "hospital_admission"].dropna(subset=[adm])
-    admissions = pd.concat([hosp.groupby(hosp[adm].astype(np.int64))["subject_id"].first(),
-                            first("hospital_admission", adm, "admittime"),
-                            first("hospital_discharge", adm, "dischtime")], axis=1).dropna()
-    admissions.index.name = "hadm_id"
-    admissions = admissions.reset_index()
-    admissions["hospital_expire_flag"], admissions["label_from"] = died_in_hospital(
-        admissions, events, fmap.died_at_discharge, fmap.admission_id)
-    icu = events[events.event == "icu_admission"].dropna(subset=[stay])
-    ids = icu.groupby(icu[stay].astype(np.int64)).agg(subject_id=("subject_id", "first"), hadm_id=(adm, "first"))
-    icustays = pd.concat([ids, first("icu_admission", stay, "intime"), first("icu_discharge", stay, "outtime")],
-                         axis=1).dropna()  # named aggregation: adm may be subject_id itself (eICU)
-    icustays.index.name = "icustay_id"
-    icustays = icustays.reset_index()
-    stays_with_chart = set(icustays.hadm_id[icustays.icustay_id.isin(charted)].astype(np.int64))
-    admissions["has_chartevents_data"] = admissions.hadm_id.isin(stays_with_chart).astype(np.int64)
-    for frame, cols in ((patients, ["subject_id"]), (admissions, ["subject_id", "hadm_id"]),
-                        (icustays, ["subject_id", "hadm_id", "icustay_id"])):
-        for c in cols:
-            frame[c] = frame[c].astype(np.int64)
-    times = ((patients, ["dob"]), (admissions, ["admittime", "dischtime"]), (icustays, ["intime", "outtime"]))
-    for frame, cols in times:
-        for c in cols:
-            frame[c] = frame[c].astype("datetime64[s]")
-    return {"PATIENTS": patients, "ADMISSIONS": admissions, "ICUSTAYS": icustays}

@@ -1,6 +1,6 @@
 """The cohort events of a MEDS dataset, checked and labelled: exact duplicates dropped, ids with one owner,
 and the in-hospital death label with the evidence it rests on (docs/dataset.md, "MEDS input"). Used by
-meds.read and meds.small_tables, which build PATIENTS, ADMISSIONS and ICUSTAYS from those events."""
+meds.read, and PATIENTS, ADMISSIONS and ICUSTAYS built from them (small_tables)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pandas as pd
 
 from pipeline.errors import InputError
 
+COHORT_EVENTS = ("birth", "death", "hospital_admission", "hospital_discharge", "icu_admission", "icu_discharge")
 # the small table each cohort event stands for: its exact duplicates are counted there, as the CSV path counts
 # a doubled row
 TABLE_OF_EVENT = {"birth": "PATIENTS", "death": "PATIENTS", "hospital_admission": "ADMISSIONS",
@@ -79,3 +80,47 @@ def check_one_owner(events: pd.DataFrame, column: str, owner: str, files: list[P
     path = files[mine.file[mine[owner] == second].iloc[0]]
     raise InputError(f"{path}: {column} {int(value)} on the events of {owner} {int(first)} and of {owner} "
                      f"{int(second)}; an id of {column} belongs to one {owner}")
+
+
+def small_tables(events: pd.DataFrame, fmap, root: Path, charted: set) -> dict[str, pd.DataFrame]:
+    """PATIENTS, ADMISSIONS and ICUSTAYS as cohort.py reads them, from the cohort's MEDS events.
+
+    In-hospital death (hospital_expire_flag): :func:`died_in_hospital`. has_chartevents_data: one of the admission's
+    ICU stays (`charted`) names an event other than its admission and discharge, as MIMIC's flag says
+    that the stay has chart events (MEDS has no such flag).
+    """
+    def first(kind: str, by: str, name: str) -> pd.Series:
+        rows = events[events.event == kind].dropna(subset=[by])
+        return rows.sort_values("time").groupby(rows[by].astype(np.int64))["time"].first().rename(name)
+
+    for kind in COHORT_EVENTS:
+        if not (events.event == kind).any():
+            raise InputError(f"{root}: no {kind.replace('_', ' ')} event (codes matching "
+                             f"{fmap.cohort[kind].pattern!r} of the feature map {fmap.name})")
+    adm, stay = fmap.admission_id, fmap.stay_id
+    patients = first("birth", "subject_id", "dob").reset_index().rename(columns={"index": "subject_id"})
+    hosp = events[events.event == "hospital_admission"].dropna(subset=[adm])
+    admissions = pd.concat([hosp.groupby(hosp[adm].astype(np.int64))["subject_id"].first(),
+                            first("hospital_admission", adm, "admittime"),
+                            first("hospital_discharge", adm, "dischtime")], axis=1).dropna()
+    admissions.index.name = "hadm_id"
+    admissions = admissions.reset_index()
+    admissions["hospital_expire_flag"], admissions["label_from"] = died_in_hospital(
+        admissions, events, fmap.died_at_discharge, fmap.admission_id)
+    icu = events[events.event == "icu_admission"].dropna(subset=[stay])
+    ids = icu.groupby(icu[stay].astype(np.int64)).agg(subject_id=("subject_id", "first"), hadm_id=(adm, "first"))
+    icustays = pd.concat([ids, first("icu_admission", stay, "intime"), first("icu_discharge", stay, "outtime")],
+                         axis=1).dropna()  # named aggregation: adm may be subject_id itself (eICU)
+    icustays.index.name = "icustay_id"
+    icustays = icustays.reset_index()
+    stays_with_chart = set(icustays.hadm_id[icustays.icustay_id.isin(charted)].astype(np.int64))
+    admissions["has_chartevents_data"] = admissions.hadm_id.isin(stays_with_chart).astype(np.int64)
+    for frame, cols in ((patients, ["subject_id"]), (admissions, ["subject_id", "hadm_id"]),
+                        (icustays, ["subject_id", "hadm_id", "icustay_id"])):
+        for c in cols:
+            frame[c] = frame[c].astype(np.int64)
+    times = ((patients, ["dob"]), (admissions, ["admittime", "dischtime"]), (icustays, ["intime", "outtime"]))
+    for frame, cols in times:
+        for c in cols:
+            frame[c] = frame[c].astype("datetime64[s]")
+    return {"PATIENTS": patients, "ADMISSIONS": admissions, "ICUSTAYS": icustays}

@@ -199,6 +199,8 @@ class EventCounts:
     per_feature: dict[str, int] = field(default_factory=dict)
     # MEDS: per feature, {code: events} of unit spellings the map does not read (dropped, and said)
     unit_dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    # MEDS with lab_time = "draw": results paired with their draw, by kind (pipeline/data/meds_draws.py)
+    draw_time: dict[str, int] = field(default_factory=dict)
 
 
 def _feature_lookup(table: str) -> tuple[np.ndarray, np.ndarray]:

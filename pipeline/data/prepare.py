@@ -94,7 +94,8 @@ def read_meds(root: Path, parquet: dict[str, Path], cfg: PrepareConfig) -> Read:
     cohort is the event rules' (cohort.py) or, with `cfg.labels`, the label file's rows (label_file.py)."""
     fmap = meds.FeatureMap.load(cfg.feature_map)
     labels = label_file.read_labels(Path(cfg.labels)) if cfg.labels else None  # a bad file fails before the read
-    small, event_counts, checksums, duplicates = meds.read(root, fmap, parquet, by_subject=labels is not None)
+    small, event_counts, checksums, duplicates = meds.read(root, fmap, parquet, by_subject=labels is not None,
+                                                            lab_time=cfg.lab_time)
     if labels is not None:
         rows, label_sums, duplicates["labels"] = labels
         cohort, counts = label_file.label_cohort(rows, small, cfg.window_hours, f"[prepare] labels = {cfg.labels!r}")

@@ -5,6 +5,7 @@ same way (and written exactly), so that prepare from the CSV copy and prepare fr
 (pipeline/data/meds_export.py) can be compared bit for bit.
 """
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,32 @@ def as_eicu(meds_root: Path, out: Path) -> Path:
                    out / "data" / "0.parquet")
     (out / "metadata").mkdir()
     pq.write_table(pq.read_table(meds_root / "metadata" / "codes.parquet"), out / "metadata" / "codes.parquet")
+    return out
+
+
+def results_at_storetime(meds_root: Path, out: Path, delay_minutes: float) -> Path:
+    """A MEDS root (meds_export.write_meds) with its labs in the MIMIC-IV ETL's later form (0.1.0 on): each lab
+    event becomes the valued `LAB//RESULT//{itemid}//{unit}` `delay_minutes` later (storetime) and a value-less
+    `LAB//SPECIMEN_COLLECTED//{itemid}` at its own time (charttime), in that order in the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.features import FEATURES, LAB
+
+    lab_items = [str(i) for f in FEATURES if f.table == LAB for i in f.all_itemids]
+    shutil.copytree(meds_root / "metadata", out / "metadata")
+    (out / "data").mkdir(parents=True)
+    for path in sorted((meds_root / "data").rglob("*.parquet")):
+        table = pq.read_table(path)
+        events = table.to_pandas()
+        item = events.code.str.extract(r"^LAB//(\d+)//")[0]
+        lab = item.isin(lab_items).to_numpy()
+        draws = events[lab].assign(code="LAB//SPECIMEN_COLLECTED//" + item[lab], numeric_value=np.nan)
+        results = events[lab].assign(code=events.code[lab].str.replace("LAB//", "LAB//RESULT//", n=1),
+                                     time=events.time[lab] + pd.Timedelta(minutes=delay_minutes))
+        events = pd.concat([events[~lab], results, draws]).sort_values(["subject_id", "time"], kind="stable")
+        pq.write_table(pa.Table.from_pandas(events, schema=table.schema, preserve_index=False),
+                       out / "data" / path.name)
     return out
 
 

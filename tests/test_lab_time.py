@@ -12,6 +12,7 @@ from pipeline.config import PrepareConfig
 from pipeline.data.meds_draws import pair_draws
 from pipeline.data.meds_export import write_meds
 from pipeline.data.prepare import build_dataset
+from pipeline.susceptibility.report import data_section
 from tests.support.meds_tables import assert_one_line_nothing_written, prepare_meds, results_at_storetime
 
 pytestmark = pytest.mark.thirdparty  # the meds package's DataSchema: the floors job runs these (tests/test_floors.py)
@@ -40,8 +41,13 @@ def test_labs_at_draw_time_are_the_csv_record_and_at_result_time_an_hour_later(d
     assert counts["paired"] + counts["ambiguous"] == results and counts["no_draw"] == counts["unused_draws"] == 0
     # a second draw of an item within the hour before the first's result: paired by order, counted
     assert counts["ambiguous"] > 100, counts
+    said = data_section(at_draw)  # the report's data section says where the labs sit and how they were paired
+    assert f"- lab time: each lab result at its specimen's draw (results paired: {counts['paired']} paired, " \
+           f"{counts['ambiguous']} ambiguous, 0 no draw, 0 unused draws)" in said
     at_result = build_dataset(stored, CFG, work_dir=tmp_path)
     assert at_result.attrs["event_counts"]["LABEVENTS"]["draw_time"] == {}
+    assert any(line.startswith("- lab time: each lab at the time the dataset gives it") for line in
+               data_section(at_result))
     same = np.isin(at_result.hadm_id.values, before.hadm_id.values)
     moved = at_result["count"].values[same] != before.sel(sample=np.isin(before.hadm_id, at_result.hadm_id))[
         "count"].values

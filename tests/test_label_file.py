@@ -13,6 +13,7 @@ import pytest
 from pipeline.config import PrepareConfig
 from pipeline.data.meds_export import write_meds
 from pipeline.data.prepare import build_dataset
+from pipeline.susceptibility.report import data_section
 from tests.support.meds_tables import assert_one_line_nothing_written, prepare_meds
 
 pytestmark = pytest.mark.thirdparty  # the meds package's LabelSchema: the floors job runs these (tests/test_floors.py)
@@ -53,6 +54,8 @@ def test_the_event_cohort_as_a_label_file_gives_the_same_samples_and_record(demo
     assert ds.attrs["counts"]["labels"] == ds.attrs["counts"]["in_an_icu_stay"] == ds.sizes["sample"]
     assert ds.attrs["input_sha256"]["labels/labels.parquet"]
     assert ds.attrs["sample_order"].startswith("label file")
+    assert f"- {ds.sizes['sample']} samples (rows of the label file `{labels}`), 26 labelled true (27.1%); " \
+        in "\n".join(data_section(ds))
 
 
 def test_a_label_outside_any_stay_is_a_sample_with_no_stay_and_duplicates_are_dropped(demo_meds, by_events,

@@ -1,4 +1,4 @@
-"""The in-hospital death label of a MEDS dataset, case by case (pipeline/data/meds.py, died_in_hospital).
+"""The in-hospital death label of a MEDS dataset, case by case (pipeline/data/meds_cohort.py, died_in_hospital).
 
 The MIMIC-IV ETL writes MEDS_DEATH at the deathtime when there is one, otherwise at the date of death at
 midnight. Counting any death from admission to a day after discharge made two kinds of patients die in
@@ -12,7 +12,7 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from pipeline.data import meds
+from pipeline.data import meds, meds_cohort
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 
@@ -61,7 +61,7 @@ def tables():
 @pytest.mark.parametrize("fmap", [MIMIC_IV, NO_DISPOSITION], ids=["discharge codes", "death events only"])
 def test_each_case_gets_the_label_the_hospital_recorded(fmap):
     admissions, events = tables()
-    flag, evidence = meds.died_in_hospital(admissions, events, fmap.died_at_discharge, fmap.admission_id)
+    flag, evidence = meds_cohort.died_in_hospital(admissions, events, fmap.died_at_discharge, fmap.admission_id)
     column = 0 if fmap is MIMIC_IV else 1
     got = dict(zip(admissions.hadm_id, flag.tolist(), strict=True))
     assert got == {hadm: expected[column] for hadm, expected in EXPECTED.items()}
@@ -76,7 +76,7 @@ def test_the_two_wrong_labels_of_the_issue_are_0():
     without discharge codes."""
     admissions, events = tables()
     for fmap in (MIMIC_IV, NO_DISPOSITION):
-        flag, _ = meds.died_in_hospital(admissions, events, fmap.died_at_discharge, fmap.admission_id)
+        flag, _ = meds_cohort.died_in_hospital(admissions, events, fmap.died_at_discharge, fmap.admission_id)
         got = dict(zip(admissions.hadm_id, flag.tolist(), strict=True))
         assert got[10] == 0 and got[30] == 0
     # the old rule, as it was, for the record: it gave both 1
@@ -91,7 +91,7 @@ def test_a_discharge_code_pattern_of_a_users_map_is_read(tmp_path):
     (tmp_path / "mine.toml").write_text(text)
     fmap = meds.FeatureMap.load(str(tmp_path / "mine.toml"))
     admissions, events = tables()
-    flag, _ = meds.died_in_hospital(admissions, events, fmap.died_at_discharge, fmap.admission_id)
+    flag, _ = meds_cohort.died_in_hospital(admissions, events, fmap.died_at_discharge, fmap.admission_id)
     assert dict(zip(admissions.hadm_id, flag.tolist(), strict=True))[31] == 0  # DIED is not //EXPIRED here
     (tmp_path / "bad.toml").write_text(text.replace("'//EXPIRED$'", "'(unclosed'"))
     with pytest.raises(meds.ConfigError, match="bad.toml"):

@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 from pipeline.errors import InputError
 from pipeline.hashing import file_sha256
 
+READ = ("subject_id", "prediction_time", "boolean_value")
+
 
 def label_files(path: Path) -> list[Path]:
     """The label file, or the Parquet files of a folder of them (ACES writes one per data shard when sharded)."""
@@ -47,14 +49,14 @@ def read_labels(path: Path) -> tuple[pd.DataFrame, dict[str, str], int]:
             table = pq.read_table(f)
         except (pa.ArrowInvalid, OSError) as e:
             raise InputError(f"{f}: not a readable Parquet file ({e})") from None
-        try:
-            table = LabelSchema.align(table)
-        except Exception as e:  # flexible_schema's SchemaValidationError: missing or mistyped columns
-            raise InputError(f"{f}: not a MEDS label file: {e}") from None
         if "boolean_value" not in table.column_names:
             raise InputError(f"{f}: no column 'boolean_value' (found: {', '.join(table.column_names)}); prepare reads "
                              "a binary task's labels")
-        frame = table.select(["subject_id", "prediction_time", "boolean_value"]).to_pandas()
+        try:  # only the columns read: ACES writes the other label columns all null, which meds 0.4.1 refuses
+            table = LabelSchema.align(table.select([c for c in READ if c in table.column_names]))
+        except Exception as e:  # flexible_schema's SchemaValidationError: missing or mistyped columns
+            raise InputError(f"{f}: not a MEDS label file: {e}") from None
+        frame = table.to_pandas()
         checksums[f"labels/{f.relative_to(path if Path(path).is_dir() else f.parent)}"] = file_sha256(f)
         frames.append(frame.assign(file=str(f)))
     labels = pd.concat(frames, ignore_index=True)

@@ -111,15 +111,21 @@ def table(frame: pd.DataFrame) -> str:
 def data_section(data: xr.Dataset) -> list[str]:
     counts = data.attrs.get("counts", {})
     n, positive = data.sizes["sample"], int(data.y.sum())
+    config = data.attrs.get("cohort_config", {})
+    labels = config.get("labels") if isinstance(config, dict) else None
+    what = (f"rows of the label file `{labels}`), {positive} labelled true" if labels
+            else f"ICU stays), {positive} died in hospital")
     lines = ["## Data", "",
              f"- source: `{data.attrs.get('mimic_dir', '?')}`",
-             f"- {n} samples (ICU stays), {positive} died in hospital ({100 * positive / max(n, 1):.1f}%); "
+             f"- {n} samples ({what} ({100 * positive / max(n, 1):.1f}%); "
              f"{100 * float(data['mask'].mean()):.1f}% of the {data.sizes['time']} × {data.sizes['feature']} cells "
              "hold a measurement",
              "- cohort, rule by rule: " + ", ".join(f"{k} {v}" for k, v in counts.items())]
     if isinstance(data.attrs.get("label_from"), dict):  # absent from stores prepared before it was counted
         lines.append("- in-hospital death label from: " + ", ".join(
             f"{k.replace('_', ' ')} {v}" for k, v in data.attrs["label_from"].items()))
+    if data.attrs.get("source") == "meds":
+        lines.append(f"- lab time: {trust.lab_time_text(data.attrs)}")
     if "duplicates_dropped" in data.attrs:  # absent from stores written before it was counted
         lines.append("- exact duplicate rows dropped: "
                      + ", ".join(f"{k} {v}" for k, v in data.attrs["duplicates_dropped"].items()))

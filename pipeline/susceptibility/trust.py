@@ -53,10 +53,22 @@ def data_identity(run_dir: Path, attrs: dict, samples: int) -> Data:
     if source == "meds":
         cohort = attrs.get("cohort_config", {})
         fmap = cohort.get("feature_map", "?") if isinstance(cohort, dict) else "?"
-        return Data("meds", f"a MEDS dataset (`{attrs.get('mimic_dir', '?')}`, feature map `{fmap}`); each lab at the "
-                    "time the dataset gives it — the MIMIC-IV ETL from 0.1.0 on writes a result at its storetime, "
-                    f"typically up to an hour after the draw the CSV tables give{small}", False)
+        return Data("meds", f"a MEDS dataset (`{attrs.get('mimic_dir', '?')}`, feature map `{fmap}`); "
+                    f"{lab_time_text(attrs)}{small}", False)
     return Data("mimic3", f"MIMIC-III tables (`{attrs.get('mimic_dir', '?')}`){small}", not small)
+
+
+def lab_time_text(attrs: dict) -> str:
+    """Where a MEDS dataset's labs sit in time (prepare.lab_time), with the draw pairing's counts."""
+    cohort = attrs.get("cohort_config", {})
+    if isinstance(cohort, dict) and cohort.get("lab_time") == "draw":
+        lab = attrs.get("event_counts", {}).get("LABEVENTS", {})
+        found = lab.get("draw_time", {}) if isinstance(lab, dict) else {}
+        said = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in found.items()) if isinstance(found, dict) else ""
+        return f"each lab result at its specimen's draw (results paired: {said or 'not counted'})"
+    return ("each lab at the time the dataset gives it — the MIMIC-IV ETL from 0.1.0 on writes a result at its "
+            "storetime, typically up to an hour after the draw the CSV tables give (prepare.lab_time = \"draw\" "
+            "pairs each result with its draw)")
 
 
 def _is_share(value) -> bool:

@@ -1,15 +1,17 @@
 """The shipped eICU feature map (pipeline/data/maps/eicu.toml) classifies the codes the eICU MEDS ETL writes
 (Medical-Event-Data-Standard/eICU_MEDS, src/eICU_MEDS/configs/event_configs.yaml; PyPI eICU-MEDS 0.1.0 and
 git 981c91b): each feature's codes to the feature, its table and its unit conversion, the cohort's codes to
-their event, every other code to None. No data files: the codes are written here as the ETL writes them."""
+their event, every other code to None; the MIMIC-IV map's later lab item ids, and the chart copies of labs it
+leaves out. No data files: the codes are written here as the ETL writes them."""
 
 import pytest
 
+from pipeline.config import ConfigError
 from pipeline.data.meds import FeatureMap
 from pipeline.features import CHART, FEATURES, LAB, NAMES
 
 EICU = FeatureMap.load("eicu")
-MG_DL_TO_MMOL_L_CA = 1 / 4.008  # ionized calcium, mg/dL → mmol/L
+MIMIC_IV = FeatureMap.load("mimic-iv")
 
 # The extra columns the ETL writes on each kind of event (event_configs.yaml), besides subject_id (the
 # hospital stay, patienthealthsystemstayid), time, code, numeric_value.
@@ -26,8 +28,8 @@ def lab(name: str, unit: str) -> list[str]:
 
 FEATURE_CODES = [  # (code, feature, factor)
     *[(c, "potassium", 1.0) for c in lab("potassium", "mmol/L") + lab("potassium", "UNK")],
-    *[(c, "calcium", MG_DL_TO_MMOL_L_CA) for c in lab("ionized calcium", "mg/dL")],
-    *[(c, "calcium", 1.0) for c in lab("ionized calcium", "mmol/L")],
+    # eICU labels ionized calcium mg/dL but records mmol/L (pipeline/data/maps/eicu.toml): read as it is
+    *[(c, "calcium", 1.0) for u in ("mg/dL", "mmol/L", "UNK") for c in lab("ionized calcium", u)],
     *[(c, "ph", 1.0) for c in lab("pH", "UNK")],
     *[(c, "pco2", 1.0) for c in lab("paCO2", "mm Hg")],
     *[(c, "lactate", 1.0) for c in lab("lactate", "mmol/L")],
@@ -65,7 +67,6 @@ COHORT_CODES = [
 OTHER_CODES = [
     "LAB//SPECIMEN_DRAWN//potassium//mmol/L",  # the draw of 0.1.0, no value
     *lab("calcium", "mg/dL"),  # total calcium: not ionized
-    "LAB//RESULT//ionized calcium//UNK",  # the unit decides the conversion: not guessed
     *lab("bedside glucose", "mg/dL"),  # fingerstick, not the laboratory glucose
     "LAB//RESULT//glucose - CSF//mg/dL",
     "LAB//RESULT//urinary sodium//mmol/L",
@@ -111,9 +112,9 @@ def test_every_feature_has_a_code():
     assert {feature for _, feature, _ in FEATURE_CODES} == set(NAMES)
 
 
-def test_ionized_calcium_in_mg_dl_becomes_mmol_l():
+def test_ionized_calcium_labelled_mg_dl_is_read_as_the_mmol_l_it_is():
     *_, factor, offset, fahrenheit = EICU.classify("LAB//RESULT//ionized calcium//mg/dL")
-    assert 4.6 * factor + offset == pytest.approx(1.1477, abs=1e-4) and not fahrenheit
+    assert 1.15 * factor + offset == 1.15 and not fahrenheit
 
 
 @pytest.mark.parametrize(("code", "event"), COHORT_CODES)
@@ -136,3 +137,25 @@ def test_the_id_columns_are_on_the_events_that_need_them():
     assert tables == {LAB, CHART}
     for code, _, _ in FEATURE_CODES:
         assert EICU.classify(code)[2] == (CHART if code.startswith("VITALS//") else LAB), code
+
+
+@pytest.mark.parametrize(("code", "feature", "item"), [
+    ("LAB//RESULT//52546//mg/dL", "creatinine", 52546), ("LAB//50912//mg/dL", "creatinine", 50912),
+    ("LAB//RESULT//52623//mEq/L", "sodium", 52623), ("LAB//RESULT//50983//mEq/L", "sodium", 50983)])
+def test_mimic_iv_later_lab_ids_are_their_test(code, feature, item):
+    """Read as the feature, under their own item id (a draw pairs with its own item's specimen event)."""
+    assert MIMIC_IV.classify(code) == (NAMES.index(feature), item, LAB, 1.0, 0.0, False)
+
+
+@pytest.mark.parametrize("code", ["LAB//220645//mEq/L", "LAB//227443//mEq/L", "LAB//227457//K/uL",
+                                  "LAB//RESULT//50971//mEq/L", "LAB//SPECIMEN_COLLECTED//52546//STAT"])
+def test_mimic_iv_chart_copies_and_other_potassium_are_no_feature(code):
+    assert MIMIC_IV.classify(code) is None
+
+
+def test_an_item_alias_of_no_feature_item_is_one_line(tmp_path):
+    text = tmp_path / "map.toml"
+    shipped = MIMIC_IV.path.read_text()
+    text.write_text(shipped.replace("52546 = 50912", "52546 = 99999"))
+    with pytest.raises(ConfigError, match=r"map.toml: item_aliases: 52546 = 99999 is not"):
+        FeatureMap.load(str(text))

@@ -85,9 +85,13 @@ class FeatureMap:
             died, draw = raw.get("died_at_discharge"), raw.get("lab_draw")
             if draw and "itemid" not in re.compile(draw).groupindex:
                 raise ValueError(f"lab_draw {draw!r} has no group (?P<itemid>…) naming the lab item")
+            by_itemid = {i: (k, f.table) for k, f in enumerate(FEATURES) for i in f.all_itemids}
+            for alias, item in raw.get("item_aliases", {}).items():  # a later id of the same test
+                if not (alias.isdigit() and isinstance(item, int) and item in by_itemid) or item in FAHRENHEIT_ITEMIDS:
+                    raise ValueError(f"item_aliases: {alias} = {item!r} is not an item id = a feature's item id")
+                by_itemid[int(alias)] = by_itemid[item]
             return cls(path.stem, raw.get("description", ""), raw["admission_id"], raw["stay_id"], cohort, rules,
-                       {i: (k, f.table) for k, f in enumerate(FEATURES) for i in f.all_itemids}, path,
-                       re.compile(died) if died else None, re.compile(draw) if draw else None)
+                       by_itemid, path, re.compile(died) if died else None, re.compile(draw) if draw else None)
         except KeyError as e:
             raise ConfigError(f"{path}: missing key {e}") from None
         except (tomllib.TOMLDecodeError, re.error, ValueError) as e:

@@ -311,7 +311,8 @@ def draw_times(path: Path, fmap: FeatureMap, keys: list[str], key: str, known: d
                 known[code] = item_of_code(fmap.classify(code), len(known))
             if code not in draw_item:
                 m = fmap.lab_draw.search(code)
-                draw_item[code] = int(m.group("itemid")) if m and m.group("itemid").isdigit() else -1
+                item = int(m.group("itemid")) if m and m.group("itemid").isdigit() else -1
+                draw_item[code] = item if fmap.by_itemid.get(item, (0, ""))[1] == LAB else -1  # a feature's draw
         index = pc.index_in(table["code"], value_set=pa.array(codes)).to_numpy()
         lab = np.array([isinstance(known[c], tuple) and known[c][2] == LAB for c in codes])[index]
         is_draw = np.array([draw_item[c] >= 0 for c in codes])[index]

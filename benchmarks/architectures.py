@@ -26,7 +26,7 @@ import xarray as xr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # analysis/ beside pipeline/
 from analysis.compare_models import markdown, row  # noqa: E402
 from pipeline.config import ARCHS  # noqa: E402
-from pipeline.model.metrics import auroc  # noqa: E402
+from pipeline.metrics import auroc  # noqa: E402
 
 
 def pipeline(*args: str) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from pipeline.model.metrics import auroc
+from pipeline.metrics import auroc
 
 
 def stage(*args: str) -> float:

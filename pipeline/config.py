@@ -79,6 +79,7 @@ class PrepareConfig:
 ARCHS = ("lstm", "gru", "transformer", "tcn", "logreg")  # pipeline/model/archs.py: each one's module and space
 ACTIVATIONS = ("relu", "tanh")  # of the models' heads (pipeline/model/recurrent.py)
 OPTIMIZERS = ("adam", "rmsprop", "sgd")  # of training (pipeline/model/archs.py make_optimizer)
+ROBUST = ("none", "errors", "adversarial")  # robust training modes (pipeline/model/robust.py)
 # what the attack edits (pipeline/attack/spaces/: a module per name); the first is the default. Config comes
 # below the attack in the layers, so the names are here and the spaces read them.
 SPACES = ("record", "tensor")
@@ -107,6 +108,10 @@ class ModelParams:
     optimizer: str = option("adam", "optimizer", OPTIMIZERS)
     lr: float = option(1e-3, "learning rate", gt=0)
     batch_size: int = option(128, "samples per batch", ge=1, le=4096)
+    robust: str = option("none", "robust training (docs/methods.md §2.3) on a share of each batch: none, errors "
+                         "(entry errors) or adversarial (the record edits of most loss)", ROBUST)
+    robust_share: float = option(0.5, "robust: the share of each batch trained on an edited record", gt=0, le=1)
+    robust_edits: int = option(1, "robust: edits (or entry errors) per edited record", ge=1, le=20)
     external: str = option("", "a model trained elsewhere, attacked instead of training one: a TorchScript file "
                            "(.pt/.ts) or 'package.module:factory' (with `weights`); docs/methods.md §2.2")
     weights: str = option("", "external = 'package.module:factory': its state_dict file (loaded weights_only)")

@@ -3,7 +3,7 @@ the values an event of value v of a feature is typed as by that slip. The order 
 order of [errors] kinds and of the codes errors.zarr stores (new kinds go last: old stores stay readable).
 
 A new kind is one function here with ``@kind("name", "what it does")``; config offers the names as the choices of
-[errors] kinds, the beam search (pipeline/attack/entry_errors.py) calls the functions.
+[errors] kinds, the error model (pipeline/data/entry_errors.py) calls the functions.
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ import torch
 import xarray as xr
 
 from pipeline.attack.core import Margins, margin
-from pipeline.attack.entry_errors import KIND_CODE, candidates, erroneous_values
 from pipeline.attack.errors_stage import errors_shard
 from pipeline.attack.fewest_errors import fewest_errors
 from pipeline.cli import main
 from pipeline.config import ERROR_KINDS
+from pipeline.data.entry_errors import KIND_CODE, candidates, erroneous_values
 from pipeline.data.record import derive, feature_stats
 from pipeline.features import BY_NAME, FEATURES, NAMES
 from pipeline.infra.rundir import RunDir
@@ -64,7 +64,7 @@ def test_an_error_kind_is_a_registered_function_and_config_offers_its_name(monke
     """A new kind is one function with @kind: the search tries it, under the next store code; config's
     choices are the registry's names in order."""
     from pipeline import config, error_kinds
-    from pipeline.attack import entry_errors
+    from pipeline.data import entry_errors
 
     assert config.ERROR_KINDS == tuple(error_kinds.KINDS) == tuple(KIND_CODE)
     monkeypatch.setattr(error_kinds, "KINDS", dict(error_kinds.KINDS))

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import config
+from pipeline import config, metrics
 from pipeline.cli import main
 from pipeline.errors import InputError
-from pipeline.model import load_model, metrics, training
+from pipeline.model import load_model, training
 from pipeline.model.tune_model import distributions
 from pipeline.options import check_bounds
 from pipeline.susceptibility import report

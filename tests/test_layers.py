@@ -140,7 +140,7 @@ def test_the_attack_core_imports_nothing_of_the_package():
     assert graph["pipeline.attack.core"] == set()
     spaces = {m for m in graph if m.startswith("pipeline.attack.spaces")}
     searches = {"pipeline.attack.l1", "pipeline.attack.one_edit", "pipeline.attack.fewest_edits",
-                "pipeline.attack.fewest_errors", "pipeline.attack.entry_errors", "pipeline.attack.undetected"}
+                "pipeline.attack.fewest_errors", "pipeline.attack.undetected"}
     wirings = {m for m in graph if m.startswith("pipeline.attack.wiring")}
     for module in spaces:  # geometry: the spaces use the core, never a search nor a wiring
         assert not graph[module] & (searches | wirings), (module, graph[module] & (searches | wirings))

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline import metrics
 from pipeline.cli import main
 from pipeline.config import ModelParams
-from pipeline.model import MortalityLSTM, load_model, metrics, training
+from pipeline.model import MortalityLSTM, load_model, training
 from pipeline.model.archs import ARCHS, TRAINING
 from tests.support.runs import TEST_PROFILE, TINY, copy_run, quick_tuning, worker_reports
 

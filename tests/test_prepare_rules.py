@@ -269,8 +269,8 @@ def test_a_header_only_chartevents_is_named(tmp_path):
 def test_non_finite_huge_and_negative_values_of_every_feature_never_reach_the_record(bad, tmp_path):
     """What prepare keeps is what the record-space box and the entry-error search start from: a value that
     is not finite, or outside the feature's range, must be dropped (then imputed), never stored."""
-    from pipeline.attack.entry_errors import candidates
     from pipeline.attack.spaces.record import plausible_edits
+    from pipeline.data.entry_errors import candidates
     from pipeline.data.record import feature_stats
     from pipeline.features import FEATURES
 

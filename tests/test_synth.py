@@ -13,7 +13,7 @@ from pipeline.data import synth as synth_module
 from pipeline.data.synth import generate, synth
 from pipeline.features import FAHRENHEIT_ITEMIDS, FEATURES, itemid_to_feature
 from pipeline.infra.rundir import RunDir
-from pipeline.model.metrics import auroc
+from pipeline.metrics import auroc
 
 pytestmark = pytest.mark.thirdparty  # the floors job runs these (tests/test_floors.py)
 

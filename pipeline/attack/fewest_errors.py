@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.attack.core import Margins
-from pipeline.attack.entry_errors import Candidates, apply, candidates
 from pipeline.attack.spaces.record import MIN_MARGIN  # a flip must survive being re-derived anywhere
+from pipeline.data.entry_errors import Candidates, apply, candidates
 from pipeline.data.record import derive_record
 
 ERROR_FIELDS = ("hour", "feature", "kind", "recorded", "erroneous", "dropped", "margin")

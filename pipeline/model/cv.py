@@ -16,13 +16,13 @@ import logging
 import numpy as np
 import pandas as pd
 
-from pipeline import figures
+from pipeline import figures, metrics
 from pipeline.config import PipelineConfig
 from pipeline.infra import layout, rundir
 from pipeline.infra.checkpoint import Checkpoint
 from pipeline.infra.launch import run_array, stage_seed
 from pipeline.infra.rundir import RunDir
-from pipeline.model import metrics, training
+from pipeline.model import training
 from pipeline.model.archs import params_from_dict
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def run_fold(run_dir: str, fold: int, params: dict, epochs: int, seed: int, work
             return done
         log.info("fold %d: done with other parameters or data; trained again", fold)
     training.set_threads(workers)
-    data = training.load_data(run.path)
+    data = training.load_data(run.path, records=params.get("robust", "none") != "none")
     split = run.split()
     train_idx, held_out = training.fold_indices(split, fold)
     trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)

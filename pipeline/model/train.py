@@ -19,13 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline import figures
+from pipeline import figures, metrics
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.infra import layout, rundir
 from pipeline.infra.checkpoint import Checkpoint
 from pipeline.infra.launch import run_array, stage_seed
 from pipeline.infra.rundir import RunDir
-from pipeline.model import external, metrics, training
+from pipeline.model import external, training
 from pipeline.model.archs import params_from_dict
 from pipeline.model.saved import save_model
 
@@ -36,7 +36,7 @@ def train_final(run_dir: str, params: dict, epochs: int, seed: int, workers: int
     """The task: train on all non-test samples (resumable per epoch), then predict the test set once."""
     training.set_threads(workers)
     run = RunDir(run_dir)
-    data = training.load_data(run.path)
+    data = training.load_data(run.path, records=params.get("robust", "none") != "none")
     split = run.split()
     train_idx, test_idx = training.non_test_indices(split), np.array(sorted(split["test"]))
     trainer = training.Trainer(data, train_idx, params_from_dict(params), seed)

@@ -22,11 +22,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
+from pipeline import metrics
 from pipeline.config import ConfigError, ModelParams, PipelineConfig
+from pipeline.data.record import feature_stats
 from pipeline.infra import layout, rundir
 from pipeline.infra.launch import tuned
 from pipeline.infra.rundir import RunDir
-from pipeline.model import metrics
+from pipeline.model import robust
 from pipeline.model.archs import build, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -39,16 +41,24 @@ class Data:
     x: torch.Tensor  # (n, time, feature) float32
     y: np.ndarray  # (n,) int
     held_out: np.ndarray | None = None  # (n,) bool: the MEDS split's held_out subjects; None: no MEDS split
+    records: robust.Records | None = None  # the record, for robust training only
 
 
 HELD_OUT = 2  # meds_split's code of "held_out" (pipeline/data/meds.py SPLITS)
 
 
-def load_data(run_dir: Path, meds_split: bool = True) -> Data:
+def load_data(run_dir: Path, meds_split: bool = True, records: bool = False) -> Data:
+    """The model's input and labels of the run's dataset.zarr (and, for robust training, the record)."""
     ds = rundir.RunDir(run_dir).dataset()
     held_out = ds.meds_split.values == HELD_OUT if meds_split and "meds_split" in ds else None
+    kept = None
+    if records:
+        if "value" not in ds or "count" not in ds:
+            raise ConfigError(f"[model] robust: {Path(run_dir) / layout.DATASET} keeps no record (value, count); "
+                              "prepare it again with this version")
+        kept = robust.Records(ds["value"].values.astype(np.float64), ds["count"].values, feature_stats(ds))
     return Data(torch.from_numpy(np.ascontiguousarray(ds.x.values, dtype=np.float32)), ds.y.values.astype(np.int64),
-                held_out)
+                held_out, kept)
 
 
 def make_split(y: np.ndarray, test_fraction: float, folds: int, seed: int,
@@ -76,10 +86,10 @@ def fit_inputs(cfg: PipelineConfig, run_dir: RunDir) -> tuple[Data, dict, str]:
     """What `cv` and `train` start from: the data, the split (made, or checked against the data and the
     config), and the model parameters as a dict (tune-model's when it ran) with where they came from."""
     cfg.model.check()  # in the driver: a bad [model] is one line before any task starts
-    data = load_data(run_dir.path, cfg.cv.meds_split)
+    params, source = tuned(run_dir, "tune-model", cfg.model)
+    data = load_data(run_dir.path, cfg.cv.meds_split, records=params.robust != "none")
     ensure_split(run_dir, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed, remake=run_dir.forced,
                  held_out=data.held_out)
-    params, source = tuned(run_dir, "tune-model", cfg.model)
     searched = cfg.tune_model.archs or [cfg.model.arch]
     if params.arch not in searched:  # tuning wins (docs/methods.md §2), but not silently
         log.warning("%s chose arch %s, the config asks for %s: the tuned %s is used; redo `tune-model --force` "
@@ -182,15 +192,23 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
         sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(y),
                                         replacement=True, generator=self.generator)
-        dataset = TensorDataset(data.x[self.train_idx], torch.as_tensor(y))
-        self.loader = DataLoader(dataset, batch_size=params.batch_size, sampler=sampler)
+        tensors = [data.x[self.train_idx], torch.as_tensor(y)]
+        self.perturb = None
+        if params.robust != "none":  # the batch also names its samples, whose records are edited
+            if data.records is None:
+                raise ConfigError(f"[model] robust = {params.robust!r}: the training data holds no record")
+            self.perturb = robust.Perturb(params.robust, params.robust_share, params.robust_edits, data.records, seed)
+            tensors.append(torch.as_tensor(self.train_idx))
+        self.loader = DataLoader(TensorDataset(*tensors), batch_size=params.batch_size, sampler=sampler)
         self.epoch = 0
 
     def train_epoch(self) -> float:
         """One pass of len(train) class-balanced draws; returns the mean training loss."""
         self.model.train()
         total, n = 0.0, 0
-        for xb, yb in self.loader:
+        for xb, yb, *index in self.loader:
+            if self.perturb is not None:
+                xb = self.perturb(self.model, index[0].numpy(), xb, yb)
             xb, yb = xb.to(self.device), yb.to(self.device)
             self.optimizer.zero_grad()
             loss = self.loss_fn(self.model(xb), yb)
@@ -213,8 +231,11 @@ class Trainer:
         return np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+        state = {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.perturb is not None:
+            state["robust_rng"] = self.perturb.rng.bit_generator.state
+        return state
 
     def load_state(self, state: dict) -> None:
         self.epoch = state["epoch"]
@@ -222,6 +243,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if self.perturb is not None and "robust_rng" in state:
+            self.perturb.rng.bit_generator.state = state["robust_rng"]
 
 
 def fit(trainer: Trainer, held_out: np.ndarray, epochs: int,

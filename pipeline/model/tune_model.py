@@ -18,11 +18,12 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from pipeline import metrics
 from pipeline.config import ACTIVATIONS, OPTIMIZERS, ConfigError, ModelParams, PipelineConfig, TuneModelConfig
 from pipeline.infra import study
 from pipeline.infra.launch import write_best
 from pipeline.infra.rundir import RunDir
-from pipeline.model import metrics, training
+from pipeline.model import training
 from pipeline.model.archs import ARCHS, TRAINING
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,13 @@ def metric_name(tm: TuneModelConfig) -> str:
     return f"mean held-out AUROC over {tm.folds_used} fold(s)"
 
 
-def objective(data: training.Data, split: dict, tm: TuneModelConfig, seed: int, arch: str):
-    """A trial: the first `folds_used` folds side by side, mean held-out AUROC every `epochs_per_report`."""
+def objective(data: training.Data, split: dict, tm: TuneModelConfig, seed: int, arch: str, robust: dict):
+    """A trial: the first `folds_used` folds side by side, mean held-out AUROC every `epochs_per_report`; the
+    models trained as [model]'s robust keys say (`robust`), as cv and train will train the chosen one."""
     max_epochs, block = tm.max_epochs, tm.epochs_per_report
 
     def run_trial(trial: optuna.Trial) -> float:
-        params = suggest(trial, tm, arch)
+        params = dataclasses.replace(suggest(trial, tm, arch), **robust)
         folds = [training.fold_indices(split, k) for k in range(tm.folds_used)]
         trainers = [training.Trainer(data, train, params, seed + k) for k, (train, _) in enumerate(folds)]
         value = float("nan")
@@ -113,9 +115,11 @@ def objective(data: training.Data, split: dict, tm: TuneModelConfig, seed: int, 
 def tuning_worker(run_dir: str, storage: str, name: str, trials: int, worker: int, settings: dict) -> int:
     """One worker (a task): runs trials of the study until it holds `trials` finished ones."""
     training.set_threads(settings["workers"])
-    data = training.load_data(Path(run_dir))
+    robust = settings.get("robust", {})
+    data = training.load_data(Path(run_dir), records=robust.get("robust", "none") != "none")
     split = RunDir(run_dir).split()
-    run_trial = objective(data, split, TuneModelConfig(**settings["tune"]), settings["seed"], settings["arch"])
+    run_trial = objective(data, split, TuneModelConfig(**settings["tune"]), settings["seed"], settings["arch"],
+                          robust)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     return study.run_worker(storage, Path(run_dir), name, run_trial, trials, worker, seed=settings["seed"],
                             pruner=pruner, heartbeat_s=settings["heartbeat_s"])
@@ -131,7 +135,8 @@ def tune_model(cfg: PipelineConfig, run_dir: RunDir) -> None:
     data = training.load_data(run_dir.path, cfg.cv.meds_split)
     training.ensure_split(run_dir, data.y, cfg.cv.test_fraction, cfg.cv.folds, cfg.run.seed,
                           remake=run_dir.forced, held_out=data.held_out)
-    settings = {"tune": dataclasses.asdict(tm), "arch": cfg.model.arch}
+    settings = {"tune": dataclasses.asdict(tm), "arch": cfg.model.arch,
+                "robust": {k: getattr(cfg.model, k) for k in ("robust", "robust_share", "robust_edits")}}
     archs = archs_searched(tm, cfg.model.arch)
     space = {name: study.describe(d) for arch in archs for name, d in search_space(tm, arch).items()}
     if len(archs) > 1:

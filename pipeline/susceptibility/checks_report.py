@@ -18,10 +18,10 @@ import xarray as xr
 
 from pipeline.attack import wiring
 from pipeline.attack.core import margin
-from pipeline.attack.entry_errors import mean_after
 from pipeline.checks import table
 from pipeline.checks.limits import Limits, caught, false_alarm_rate, flags
 from pipeline.config import ModelParams
+from pipeline.data.entry_errors import mean_after
 from pipeline.data.record import derive, feature_stats, width
 from pipeline.errors import InputError
 from pipeline.features import BY_NAME

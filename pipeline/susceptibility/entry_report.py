@@ -9,7 +9,7 @@ import torch
 import xarray as xr
 
 from pipeline.attack.core import margin
-from pipeline.attack.entry_errors import apply, mean_after
+from pipeline.data.entry_errors import apply, mean_after
 from pipeline.data.record import derive_record, feature_stats
 from pipeline.features import BY_NAME, FEATURES
 from pipeline.infra import cf, layout

@@ -10,7 +10,7 @@ import pandas as pd
 import xarray as xr
 
 from pipeline.figures import plt, save, suptitle  # pyplot on the Agg backend, chosen there before pyplot loads
-from pipeline.model.metrics import auprc, auroc, pr_curve, roc_curve
+from pipeline.metrics import auprc, auroc, pr_curve, roc_curve
 from pipeline.susceptibility.scores import label as direction_label
 
 

@@ -29,7 +29,7 @@ from pipeline.data.synth.tables import (
 from pipeline.data.synth.writing import GzipCsv, WriterThreads, write_table
 from pipeline.infra import layout
 from pipeline.infra.rundir import RunDir, atomic_path
-from pipeline.model.metrics import auroc
+from pipeline.metrics import auroc
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,9 @@ def model_name(run: Path) -> str:
         sys.exit(f"error: {run / 'model' / 'model.json'} not found (run the pipeline's `train` stage first)")
     if "external" in meta:
         return f"external ({Path(meta['external'].get('factory') or meta['external']['source']).name})"
-    return meta["params"].get("arch", "lstm")
+    params = meta["params"]
+    robust = params.get("robust", "none")  # a robust training mode is part of the model's name
+    return params.get("arch", "lstm") + ("" if robust == "none" else f" ({robust} training)")
 
 
 def pooled(frame: pd.DataFrame, share: str, weight: str = "targets") -> float:
@@ -141,6 +143,48 @@ def figure(table: pd.DataFrame, out: Path) -> plt.Figure:
     return fig
 
 
+BANDS = ("0.0–0.1", "0.1–0.2", "0.2–0.3", "0.3–0.5")  # |p − 0.5| of the clean prediction (analyze's confidence)
+
+
+def common_targets(runs: list[Path]) -> pd.DataFrame | None:
+    """The shares flipped by ≤ 1 and ≤ 3 edits on the targets every run has (samples each model classifies
+    right), overall and by each model's own confidence band: a model is not more robust for being more
+    confident, so two models compare fairly at equal clean margin (docs/methods.md §2.3). None when a run
+    has no tables/confidence_targets.csv (analyze before it was written) or no target is common."""
+    frames = {}
+    for run in runs:
+        path = run / "tables" / "confidence_targets.csv"
+        if not path.exists():
+            return None
+        frames[run] = pd.read_csv(path).drop_duplicates("dataset_index").set_index("dataset_index")
+    common = sorted(set.intersection(*(set(f.index) for f in frames.values())))
+    if not common:
+        return None
+    rows = []
+    for run, frame in frames.items():
+        mine = frame.loc[common]
+        for band, part in [("all", mine), *((BANDS[b], mine[mine.band == b]) for b in range(len(BANDS)))]:
+            edits = part.edits.fillna(np.inf)  # not flipped within the search's budget
+            rows.append({"run": run.name, "model": model_name(run), "band": band, "targets": len(part),
+                         "le_1": float((edits <= 1).mean()) if len(part) else np.nan,
+                         "le_3": float((edits <= 3).mean()) if len(part) else np.nan,
+                         "median_smallest_one_edit": float(part.smallest_one_edit.median())
+                         if "smallest_one_edit" in part and part.smallest_one_edit.notna().any() else np.nan})
+    return pd.DataFrame(rows)
+
+
+def common_markdown(frame: pd.DataFrame) -> str:
+    lines = [f"On the {int(frame.targets[frame.band == 'all'].iloc[0])} targets common to every run, by each "
+             "model's confidence |p − 0.5|:", "",
+             "| run | model | band | targets | ≤ 1 edit | ≤ 3 edits | median smallest one edit |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in frame.itertuples(index=False):
+        shares = ["–" if np.isnan(v) else f"{100 * v:.1f}%" for v in (r.le_1, r.le_3)]
+        size = "–" if np.isnan(r.median_smallest_one_edit) else f"{r.median_smallest_one_edit:.3f}"
+        lines.append(f"| {r.run} | {r.model} | {r.band} | {r.targets} | {shares[0]} | {shares[1]} | {size} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", type=Path, nargs="+")
@@ -150,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     table = pd.DataFrame([row(run, args.top) for run in args.runs])
     text = markdown(table)
+    common = common_targets(args.runs) if len(args.runs) > 1 else None
+    if common is not None:
+        text += "\n" + common_markdown(common)
     print(text)
     if args.table:
         args.table.write_text(text)

@@ -6,6 +6,9 @@ synth and prepare run once (the default 4,000 admissions); then, per architectur
 reading the same raw tables, so every model sees the same samples, split and targets' records.
 
     python benchmarks/architectures.py --out /tmp/bench-archs [--archs lstm gru …] [key=value …]
+
+With `--robust none errors adversarial`, each architecture is trained in each robust mode too ([model]
+robust, docs/methods.md §2.3), in run directories ARCH-MODE: the standard and the robust models side by side.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # analysis/ beside pipeline/
 from analysis.compare_models import markdown, row  # noqa: E402
-from pipeline.config import ARCHS  # noqa: E402
+from pipeline.config import ARCHS, ROBUST  # noqa: E402
 from pipeline.metrics import auroc  # noqa: E402
 
 
@@ -49,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-archs"))
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    ap.add_argument("--robust", nargs="+", default=["none"], choices=ROBUST, help="robust training modes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("overrides", nargs="*", help="extra key=value settings for every run")
@@ -59,11 +63,12 @@ def main() -> None:
     if not (source / "raw" / "TRUE_RISK.csv.gz").exists():
         pipeline("synth", "--run-dir", str(source), *common)
     rows, times = [], {}
-    for arch in args.archs:
-        run = args.out / arch
-        times[arch] = pipeline("run", "--run-dir", str(run), *common, f"prepare.mimic_dir={source / 'raw'}",
-                               f"model.arch={arch}", *args.overrides)
-        rows.append({**row(run, 3), "oracle_auroc": oracle_auroc(run, source / "raw"), "seconds": times[arch]})
+    for arch, mode in ((a, m) for a in args.archs for m in args.robust):
+        name = arch if args.robust == ["none"] else f"{arch}-{mode}"
+        run = args.out / name
+        times[name] = pipeline("run", "--run-dir", str(run), *common, f"prepare.mimic_dir={source / 'raw'}",
+                               f"model.arch={arch}", f"model.robust={mode}", *args.overrides)
+        rows.append({**row(run, 3), "oracle_auroc": oracle_auroc(run, source / "raw"), "seconds": times[name]})
     table = pd.DataFrame(rows)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
           f"seed {args.seed}, workers {args.workers}, overrides {args.overrides or 'none'}")

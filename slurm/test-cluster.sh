@@ -62,7 +62,9 @@ install() {
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends \
     slurmctld slurmd slurm-client slurmdbd munge mariadb-server postgresql >/dev/null
-  say "installed: $(sinfo --version), $(munged --version 2>&1 | head -1), $("$(pg_bin)/postgres" --version)"
+  # the package's version, not `sinfo --version`: with no slurm.conf yet, sinfo retries for 60 s first
+  say "installed: slurm $(dpkg-query -W -f='${Version}' slurm-client), $(munged --version 2>&1 | head -1)," \
+      "$("$(pg_bin)/postgres" --version)"
 }
 
 up_munge() {

@@ -124,7 +124,14 @@ def test_compare_models_is_readable_with_one_run_and_with_several(run, runs, sev
     compare = script("compare_models")
     assert compare.main([*map(str, chosen), "--out", str(tmp_path / "models.png")]) == 0
     assert_png(tmp_path / "models.png")
-    assert capsys.readouterr().out.count("| lstm |") == len(chosen)
+    out = capsys.readouterr().out
+    assert out.split("targets common to every run")[0].count("| lstm |") == len(chosen)  # the first table's rows
+    if several:  # copies: the same targets, so every one is common, and each run's shares are the first's
+        common = compare.common_targets(chosen)
+        assert f"On the {len(pd.read_csv(run / 'tables' / 'confidence_targets.csv'))} targets common" in out
+        per_run = [part.drop(columns=["run"]).reset_index(drop=True) for _, part in common.groupby("run", sort=False)]
+        for other in per_run[1:]:
+            pd.testing.assert_frame_equal(other, per_run[0])
     fig = compare.figure(pd.DataFrame([compare.row(r, 3) for r in chosen]), tmp_path / "again.png")
     fig.canvas.draw()
     titles = [ax.title.get_window_extent() for ax in fig.axes]

@@ -27,9 +27,10 @@ COHORT = ("hadm_id", "icustay_id", "subject_id", "intime", "y")
 
 @pytest.fixture(scope="module")
 def etl_root(demo_dir, tmp_path_factory):
-    """The ETL's MEDS root, run once (storetime = charttime: the labs at the CSV path's times)."""
+    """The ETL's MEDS root, run once, every lab stored an hour after its draw (storetime = charttime + 60 min):
+    read with lab_time = "draw", the labs are back at the CSV path's times (last test)."""
     where = tmp_path_factory.mktemp("real-etl")
-    return run_mimic_iv_etl(write_mimic_iv(demo_dir, where / "tables"), where / "meds")
+    return run_mimic_iv_etl(write_mimic_iv(demo_dir, where / "tables", lab_delay_minutes=60), where / "meds")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,8 @@ def pair(csv_root, etl_root, tmp_path_factory):
     where = tmp_path_factory.mktemp("real-etl-prepare")
     cfg = PrepareConfig(require_chartevents_data=False)
     csv = build_dataset(csv_root, cfg, work_dir=where)
-    meds = build_dataset(etl_root, dataclasses.replace(cfg, source="meds", feature_map="mimic-iv"), work_dir=where)
+    meds = build_dataset(etl_root, dataclasses.replace(cfg, source="meds", feature_map="mimic-iv", lab_time="draw"),
+                         work_dir=where)
     return csv, meds
 
 
@@ -78,8 +80,9 @@ def test_the_differences_of_the_etl_output_are_the_named_ones(pair, etl_root, de
       year here), so every age is older by less than a year — and the adult rule keeps the same stays;
     - chart rows flagged ERROR = 1: MIMIC-IV has no such column, the rewrite leaves them out, so the ETL's
       chart feature events are the CSV path's minus those (which the CSV path drops as errors);
-    - labs: each result at its storetime (= charttime here) plus a value-less LAB//SPECIMEN_COLLECTED event
-      that the map does not read; a result without a storetime is not written (none here);
+    - labs: each result at its storetime (an hour after charttime here) plus a value-less
+      LAB//SPECIMEN_COLLECTED event at charttime, which lab_time = "draw" pairs it with; a result without a
+      storetime is not written (none here);
     - an event identical to another in every MEDS column is written once: the demo's two results of one
       item drawn at one time give one specimen event (7 such pairs), and one chart row is doubled (item 76,
       no feature's). Identical feature events the CSV path drops too (`duplicates`, the same count);
@@ -104,7 +107,8 @@ def test_the_differences_of_the_etl_output_are_the_named_ones(pair, etl_root, de
     for rule in ("with_valuenum", "in_range", "duplicates"):
         assert a[rule] == b[rule], rule
     a, b = csv.attrs["event_counts"][LAB], meds.attrs["event_counts"][LAB]
-    assert {k: v for k, v in a.items() if k != "rows"} == {k: v for k, v in b.items() if k != "rows"}
+    assert {k: v for k, v in a.items() if k not in ("rows", "draw_time")} == \
+        {k: v for k, v in b.items() if k not in ("rows", "draw_time")}  # draw_time: the last test
 
     labs = pd.read_csv(find_table(demo_dir, "LABEVENTS"), usecols=["subject_id", "hadm_id", "itemid", "charttime"])
     assert len(events(etl_root, "^LAB//RESULT//")) == len(labs)  # every result: no two alike in the demo
@@ -126,7 +130,7 @@ def test_the_default_cohort_differs_only_by_has_chartevents_data(demo_dir, csv_r
     out of the MEDS cohort (the MEDS source derives the flag from the stays' events), as in tests/test_meds.py;
     every other sample is the CSV path's (x aside: the left-out samples moved the cohort's percentiles)."""
     csv = build_dataset(csv_root, PrepareConfig(), work_dir=tmp_path)
-    meds = build_dataset(etl_root, PrepareConfig(source="meds"), work_dir=tmp_path)
+    meds = build_dataset(etl_root, PrepareConfig(source="meds", lab_time="draw"), work_dir=tmp_path)
     admissions = pd.read_csv(find_table(demo_dir, "ADMISSIONS"), usecols=["hadm_id", "has_chartevents_data"])
     charted = set(pd.read_csv(find_table(demo_dir, "CHARTEVENTS"), usecols=["hadm_id"]).hadm_id.dropna().astype(int))
     flagged_without_rows = set(admissions.hadm_id[admissions.has_chartevents_data == 1]) - charted
@@ -138,24 +142,17 @@ def test_the_default_cohort_differs_only_by_has_chartevents_data(demo_dir, csv_r
         np.testing.assert_array_equal(same[name].values, meds[name].values, err_msg=name)
 
 
-@pytest.fixture(scope="module")
-def delayed_root(demo_dir, tmp_path_factory):
-    """The ETL's MEDS root with every lab stored an hour after its draw (storetime = charttime + 60 min)."""
-    where = tmp_path_factory.mktemp("real-etl-delayed")
-    return run_mimic_iv_etl(write_mimic_iv(demo_dir, where / "tables", lab_delay_minutes=60), where / "meds")
-
-
-def test_labs_stored_an_hour_late_are_back_at_their_draw_with_lab_time_draw(pair, delayed_root, tmp_path):
+def test_labs_stored_an_hour_late_are_back_at_their_draw_with_lab_time_draw(pair, etl_root, tmp_path):
     """prepare.lab_time = "draw" pairs the ETL's results with its LAB//SPECIMEN_COLLECTED events (the map's
     lab_draw): the CSV path's record again, bit for bit, every result paired with a draw (the ETL's doubled
     draws, above, are of no feature's item). At result time (the default) thousands of cells move."""
     csv, _ = pair
     cfg = PrepareConfig(source="meds", require_chartevents_data=False)
-    at_draw = build_dataset(delayed_root, dataclasses.replace(cfg, lab_time="draw"), work_dir=tmp_path)
+    at_draw = pair[1]
     found = at_draw.attrs["event_counts"][LAB]["draw_time"]
     assert found["no_draw"] == found["unused_draws"] == 0 and found["ambiguous"] > 0, found
     assert found["paired"] + found["ambiguous"] == at_draw.attrs["event_counts"][LAB]["with_key"]
     for name in (*COHORT, *RECORD):
         np.testing.assert_array_equal(at_draw[name].values, csv[name].values, err_msg=name)
-    at_result = build_dataset(delayed_root, cfg, work_dir=tmp_path)
+    at_result = build_dataset(etl_root, cfg, work_dir=tmp_path)
     assert int((at_result["count"].values != csv["count"].values).sum()) > 1000

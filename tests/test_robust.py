@@ -20,6 +20,8 @@ from pipeline.features import FEATURES
 from pipeline.model import robust, training
 from tests.support.chains import TINY_CHAIN, assert_complete
 
+pytestmark = pytest.mark.thirdparty  # torch: the floors job runs these (tests/test_floors.py)
+
 T, F, N = 4, len(FEATURES), 800
 DOMINANT = (1, 2)
 LO, HI = np.array([f.lo for f in FEATURES]), np.array([f.hi for f in FEATURES])
@@ -44,7 +46,7 @@ def data():
 def trained(data, **robust_keys):
     params = ModelParams(arch="logreg", lr=0.05, batch_size=64, **robust_keys)
     trainer = training.Trainer(data, np.arange(600), params, seed=1)
-    for _ in range(40):
+    for _ in range(25):
         trainer.train_epoch()
     return trainer
 
@@ -115,3 +117,4 @@ def test_a_whole_run_with_a_robust_mode_completes_with_its_report(mode, tmp_path
     assert_complete(run)
     saved = json.loads((run / "model" / "model.json").read_text())
     assert saved["params"]["robust"] == mode and saved["params"]["robust_edits"] == 1
+    assert (run / "report.md").read_text().splitlines()[0].endswith(f"LSTM, {mode} training")  # the title says it

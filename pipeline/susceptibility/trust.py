@@ -87,8 +87,10 @@ def model_name(model: dict) -> str:
     """'LSTM', 'GRU', … or 'external model' — as the report's title names it."""
     if "external" in model:
         return "external model"
-    arch = model.get("params", {}).get("arch", "lstm")
-    return ARCHS[arch].label if arch in ARCHS else str(arch)
+    params = model.get("params", {})
+    arch, robust = params.get("arch", "lstm"), params.get("robust", "none")
+    name = ARCHS[arch].label if arch in ARCHS else str(arch)
+    return name if robust == "none" else f"{name}, {robust} training"
 
 
 def auroc_interval(auroc: float, positives: int, negatives: int) -> tuple[float, float]:

@@ -87,6 +87,7 @@ def results_at_storetime(meds_root: Path, out: Path, delay_minutes: float) -> Pa
     event becomes the valued `LAB//RESULT//{itemid}//{unit}` `delay_minutes` later (storetime) and a value-less
     `LAB//SPECIMEN_COLLECTED//{itemid}` at its own time (charttime), in that order in the file."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from pipeline.features import FEATURES, LAB
@@ -95,16 +96,23 @@ def results_at_storetime(meds_root: Path, out: Path, delay_minutes: float) -> Pa
     shutil.copytree(meds_root / "metadata", out / "metadata")
     (out / "data").mkdir(parents=True)
     for path in sorted((meds_root / "data").rglob("*.parquet")):
+        # in pyarrow: pandas 2.0 (the floors) cannot concatenate these frames' datetime columns
         table = pq.read_table(path)
-        events = table.to_pandas()
-        item = events.code.str.extract(r"^LAB//(\d+)//")[0]
-        lab = item.isin(lab_items).to_numpy()
-        draws = events[lab].assign(code="LAB//SPECIMEN_COLLECTED//" + item[lab], numeric_value=np.nan)
-        results = events[lab].assign(code=events.code[lab].str.replace("LAB//", "LAB//RESULT//", n=1),
-                                     time=events.time[lab] + pd.Timedelta(minutes=delay_minutes))
-        events = pd.concat([events[~lab], results, draws]).sort_values(["subject_id", "time"], kind="stable")
-        pq.write_table(pa.Table.from_pandas(events, schema=table.schema, preserve_index=False),
-                       out / "data" / path.name)
+        item = pc.struct_field(pc.extract_regex(table["code"], r"^LAB//(?P<item>[0-9]+)//"), "item")
+        lab = pc.fill_null(pc.is_in(item, value_set=pa.array(lab_items)), False)
+        labs, lab_item = table.filter(lab), item.filter(lab)
+        delay = pa.scalar(int(delay_minutes * 60_000_000), pa.duration("us"))
+        results = labs.set_column(labs.schema.get_field_index("code"), "code",
+                                  pc.replace_substring_regex(labs["code"], "^LAB//", "LAB//RESULT//"))
+        results = results.set_column(results.schema.get_field_index("time"), "time",
+                                     pc.cast(pc.add(labs["time"], delay), table.schema.field("time").type))
+        draws = labs.set_column(labs.schema.get_field_index("code"), "code",
+                                pc.binary_join_element_wise("LAB//SPECIMEN_COLLECTED//", lab_item, ""))
+        draws = draws.set_column(draws.schema.get_field_index("numeric_value"), "numeric_value",
+                                 pa.nulls(draws.num_rows, table.schema.field("numeric_value").type))
+        events = pa.concat_tables([table.filter(pc.invert(lab)), results, draws])
+        order = pc.sort_indices(events, [("subject_id", "ascending"), ("time", "ascending")])  # stable
+        pq.write_table(events.take(order).cast(table.schema), out / "data" / path.name)
     return out
 
 

@@ -5,10 +5,12 @@ synth and prepare run once (the default 4,000 admissions); then, per architectur
 (`python -m pipeline run model.arch=ARCH`, tune-model within that architecture) in its own run directory
 reading the same raw tables, so every model sees the same samples, split and targets' records.
 
-    python benchmarks/architectures.py --out /tmp/bench-archs [--archs lstm gru …] [key=value …]
+    python benchmarks/architectures.py --out /tmp/bench-archs [--archs lstm gru …] [-- key=value …]
 
 With `--robust none errors adversarial`, each architecture is trained in each robust mode too ([model]
 robust, docs/methods.md §2.3), in run directories ARCH-MODE: the standard and the robust models side by side.
+`--` ends the lists of archs and modes before the key=value settings. "train s" is the time of the stages
+that train (tune-model, cv, train), from their markers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def pipeline(*args: str) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline", *args], check=True)
     return time.perf_counter() - start
+
+
+def training_seconds(run: Path) -> float:
+    """tune-model, cv and train: the stages whose time robust training changes."""
+    return sum(json.loads((run / ".stages" / f"{stage}.json").read_text())["seconds"]
+               for stage in ("tune-model", "cv", "train"))
 
 
 def oracle_auroc(run: Path, raw: Path) -> float:
@@ -68,14 +76,16 @@ def main() -> None:
         run = args.out / name
         times[name] = pipeline("run", "--run-dir", str(run), *common, f"prepare.mimic_dir={source / 'raw'}",
                                f"model.arch={arch}", f"model.robust={mode}", *args.overrides)
-        rows.append({**row(run, 3), "oracle_auroc": oracle_auroc(run, source / "raw"), "seconds": times[name]})
+        rows.append({**row(run, 3), "oracle_auroc": oracle_auroc(run, source / "raw"), "seconds": times[name],
+                     "train_seconds": training_seconds(run)})
     table = pd.DataFrame(rows)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, "
           f"seed {args.seed}, workers {args.workers}, overrides {args.overrides or 'none'}")
     print(markdown(table))
-    print("| run | oracle AUROC (the folds' samples) | CV − oracle | chain s |\n|---|---:|---:|---:|")
+    print("| run | oracle AUROC (the folds' samples) | CV − oracle | train s | chain s |\n|---|---:|---:|---:|---:|")
     for r in table.itertuples():
-        print(f"| {r.run} | {r.oracle_auroc:.3f} | {r.cv_auroc - r.oracle_auroc:+.3f} | {r.seconds:.0f} |")
+        print(f"| {r.run} | {r.oracle_auroc:.3f} | {r.cv_auroc - r.oracle_auroc:+.3f} | {r.train_seconds:.0f} "
+              f"| {r.seconds:.0f} |")
     table.to_csv(args.out / "architectures.csv", index=False)
 
 

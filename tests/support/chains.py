@@ -26,6 +26,7 @@ TINY_CHAIN = [
     "cv.folds=2", "cv.epochs=2", "train.epochs=3",
     "tune-attack.trials=2", "tune-attack.targets=8",
     "attack.max_iter=20", "attack.batch_size=16", "attack.chunk_samples=8", *FEWEST_QUICK,
+    "errors.max_errors=2", "errors.beam=1",  # greedy, two errors: a third of the errors stage's time
     "analyze.weak_run=warn",  # a tiny model's report says it means little; these tests check the plumbing
 ]
 FIGURES = {"gpp_heatmap.png", "s_heatmap.png", "gap_heatmap.png", "s_j_ranking.png", "norms.png",

@@ -2,7 +2,9 @@
 or the data's? One table and one figure of, per run: the model, its CV and test AUROC/AUPRC, the attack's
 success, the median edited values of the sparsest examples and the share flipped by ≤ 1, 2, 3 edits, the
 share flipped by ≤ 1, 2, 3 plausible entry errors, the share flipped by ≤ 1, 2, 3 edits that no range or delta
-check flags, and the most susceptible features.
+check flags, and the most susceptible features. With two runs or more, a second table and figure
+(FIGURE_bands.png) of the targets every run shares, by each model's confidence band (robust training,
+docs/methods.md §2.3).
 
     python analysis/compare_models.py RUN [RUN ...] [--out FIGURE.png] [--table TABLE]
 
@@ -173,6 +175,41 @@ def common_targets(runs: list[Path]) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
+def bands_figure(frame: pd.DataFrame, out: Path) -> plt.Figure:
+    """The common targets by confidence band, one bar per run in each band: how many targets each model holds
+    there, the share flipped by one edit, and the median smallest flipping edit (log scale; "–": none in the
+    band, or no one-edit flip) — a model can be more robust at equal confidence and still flip more targets
+    overall by being less confident."""
+    parts = frame[frame.band != "all"]
+    runs = list(dict.fromkeys(parts.run))
+    x, step = np.arange(len(BANDS)), 0.8 / len(runs)
+    panels = [("targets", "common targets in the band", "linear"),
+              ("le_1", "share flipped by one edit", "linear"),
+              ("median_smallest_one_edit", "median smallest one edit (scaled units)", "log")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
+    for ax, (col, title, scale) in zip(axes, panels, strict=True):
+        for i, run in enumerate(runs):
+            mine = parts[parts.run == run].set_index("band").reindex(BANDS)
+            values = mine[col].to_numpy(float)
+            bars = ax.bar(x + (i - (len(runs) - 1) / 2) * step, np.nan_to_num(values, nan=0.0), step,
+                          label=f"{mine.model.dropna().iloc[0]} ({run})" if mine.model.notna().any() else run)
+            shown = "{:.0f}" if col == "targets" else "{:.2f}" if col == "le_1" else "{:.2g}"
+            ax.bar_label(bars, ["" if np.isnan(v) else shown.format(v) for v in values], fontsize=7, padding=1)
+            for bar in (b for b, v in zip(bars, values, strict=True) if np.isnan(v)):  # at the axis: log has no 0
+                ax.annotate("–", (bar.get_x() + bar.get_width() / 2, 0), xycoords=("data", "axes fraction"),
+                            ha="center", va="bottom", fontsize=7)
+        ax.set_yscale(scale)
+        ax.set_ylim(top=ax.get_ylim()[1] * (3 if scale == "log" else 1.1))  # room for the values
+        ax.set_xticks(x, BANDS, fontsize=8)
+        ax.set_xlabel("confidence |p − 0.5| of the clean prediction", fontsize=8)
+        ax.set_title(title, fontsize=10)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncol=len(runs),
+               frameon=False)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return fig
+
+
 def common_markdown(frame: pd.DataFrame) -> str:
     lines = [f"On the {int(frame.targets[frame.band == 'all'].iloc[0])} targets common to every run, by each "
              "model's confidence |p − 0.5|:", "",
@@ -202,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         args.table.write_text(text)
     figure(table, args.out)
     print(f"figure: {args.out}")
+    if common is not None:
+        bands = args.out.with_name(f"{args.out.stem}_bands{args.out.suffix}")
+        bands_figure(common, bands)
+        print(f"figure: {bands}")
     return 0
 
 

@@ -132,6 +132,11 @@ def test_compare_models_is_readable_with_one_run_and_with_several(run, runs, sev
         per_run = [part.drop(columns=["run"]).reset_index(drop=True) for _, part in common.groupby("run", sort=False)]
         for other in per_run[1:]:
             pd.testing.assert_frame_equal(other, per_run[0])
+        assert_png(tmp_path / "models_bands.png")  # the bands as a figure, beside --out
+        bands = compare.bands_figure(common, tmp_path / "bands.png")
+        held = [bar.get_height() for bar in bands.axes[0].patches]  # run by run, a bar per band
+        assert len(held) == 4 * len(chosen) and sum(held[:4]) == int(common.targets[common.band == "all"].iloc[0])
+        assert held[:4] == held[4:8]  # copies: the same targets in the same bands
     fig = compare.figure(pd.DataFrame([compare.row(r, 3) for r in chosen]), tmp_path / "again.png")
     fig.canvas.draw()
     titles = [ax.title.get_window_extent() for ax in fig.axes]

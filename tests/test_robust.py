@@ -18,6 +18,7 @@ from pipeline.config import ModelParams
 from pipeline.data.record import derive_record
 from pipeline.features import FEATURES
 from pipeline.model import robust, training
+from pipeline.susceptibility.report import model_lines
 from tests.support.chains import TINY_CHAIN, assert_complete
 
 pytestmark = pytest.mark.thirdparty  # torch: the floors job runs these (tests/test_floors.py)
@@ -108,6 +109,14 @@ def test_the_default_trains_as_before(data):
         assert torch.equal(p, q)
 
 
+def test_the_report_names_the_training_mode_and_its_budget():
+    params = {"arch": "lstm", "hidden": 16, "lr": 0.01, "robust": "adversarial", "robust_share": 0.5, "robust_edits": 1}
+    line = model_lines({"params": params, "epochs": 3})[0]
+    assert line.startswith("LSTM, adversarial training: ") and "robust_share 0.5, robust_edits 1" in line
+    plain = model_lines({"params": {**params, "robust": "none"}, "epochs": 3})[0]
+    assert plain.startswith("LSTM: ") and "robust" not in plain  # a plain model's line as before
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize("mode", ["errors", "adversarial"])
 def test_a_whole_run_with_a_robust_mode_completes_with_its_report(mode, tmp_path):
@@ -117,4 +126,6 @@ def test_a_whole_run_with_a_robust_mode_completes_with_its_report(mode, tmp_path
     assert_complete(run)
     saved = json.loads((run / "model" / "model.json").read_text())
     assert saved["params"]["robust"] == mode and saved["params"]["robust_edits"] == 1
-    assert (run / "report.md").read_text().splitlines()[0].endswith(f"LSTM, {mode} training")  # the title says it
+    report = (run / "report.md").read_text()
+    assert report.splitlines()[0].endswith(f"LSTM, {mode} training")  # the title says it, and the model section
+    assert f"\nLSTM, {mode} training: " in report and "robust_share 0.5, robust_edits 1" in report

@@ -84,8 +84,10 @@ def model_lines(model: dict) -> list[str]:
     params = model.get("params", {})
     arch = params.get("arch", "lstm")
     used = {k: params[k] for k in (*ARCHS[arch].keys, *TRAINING) if k in params}
+    if params.get("robust", "none") != "none":  # the budget it was trained against (docs/methods.md §2.3)
+        used |= {k: params[k] for k in ("robust_share", "robust_edits") if k in params}
     epochs = model.get("epochs", "?")
-    return [f"{ARCHS[arch].label}: " + _params(used),
+    return [f"{trust.model_name(model)}: " + _params(used),
             f"(parameters from {model.get('params_source', '?')}; {epochs} epoch{'' if epochs == 1 else 's'} from "
             f"{model.get('epochs_source', '?')})."]
 
